@@ -1,0 +1,167 @@
+"""The ``unic-cache`` command line: a thin typer layer over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    help="Cache teacher features once (extract), then distil students from the cache alone.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker wrapped it in a traceback."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(exc).__name__
+
+
+def user_errors(fn):
+    """Print a UserError as one line on stderr and exit with code 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command("make-shapes")
+@user_errors
+def make_shapes_cmd(
+    out: Annotated[str, typer.Argument(help="Folder to write shapes-000000.tar ... into.")],
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 2000,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="World seed; the same seed gives the same bytes.")] = 0,
+    shard_size: Annotated[int, typer.Option(help="Samples per tar shard.")] = 500,
+) -> None:
+    """Write a procedural multi-task image world (shapes, colours, textures, counts, sizes, positions)."""
+    from .shapes import make_shapes
+
+    paths = make_shapes(out, n=n, size=size, seed=seed, shard_size=shard_size)
+    typer.echo(f"wrote {n} samples in {len(paths)} shards to {out}")
+
+
+@app.command("teachers")
+def teachers_cmd(
+    resolution: Annotated[Optional[int], typer.Option(help="Show grids at this resolution.")] = None,
+) -> None:
+    """List teacher aliases with their timm ids, dims, token grids and resolutions (builds no weights)."""
+    import timm
+    import torch
+
+    typer.echo(f"{'alias':<11} {'size':<7} {'timm id':<42} {'dim':>5} {'grid':>6} {'res':>4}  about")
+    from .teachers import FAMILIES
+
+    for family in FAMILIES.values():
+        for size, model_id in family.sizes.items():
+            with torch.device("meta"):
+                kwargs = {"img_size": resolution} if resolution else {}
+                model = timm.create_model(model_id, pretrained=False, num_classes=0, **kwargs)
+            res = resolution or model.pretrained_cfg["input_size"][-1]
+            grid = "x".join(str(g) for g in model.patch_embed.grid_size)
+            mark = "*" if size == family.default else " "
+            typer.echo(f"{family.alias:<11} {size + mark:<7} {model_id:<42} {model.num_features:>5} {grid:>6} {res:>4}  {family.about}")
+    typer.echo("* default size. Any other timm model: --teacher timm:<name>.")
+
+
+@app.command("extract")
+@user_errors
+def extract_cmd(
+    data: Annotated[str, typer.Argument(help="Input: tar shards (path, data-{000..009}.tar, glob, fsspec URL, folder of .tar) or an image folder.")],
+    cache: Annotated[str, typer.Option("--cache", help="Cache path or fsspec URL (created on first use).")],
+    teacher: Annotated[str, typer.Option(help="Teacher alias (see `unic-cache teachers`) or timm:<model name>.")],
+    size: Annotated[Optional[str], typer.Option(help="Alias size: small, base, large, ...")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name in the cache (default: the alias, with -SIZE when given).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Input resolution (default: the model's).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Weights: a .safetensors/.pth file, 'random', or the hub when omitted.")] = None,
+    views: Annotated[int, typer.Option(help="Augmented views per sample (view 0 is the eval view).")] = 8,
+    seed: Annotated[int, typer.Option(help="View-plan seed.")] = 0,
+    patch: Annotated[bool, typer.Option("--patch/--no-patch", help="Store patch tokens as well as the summary.")] = True,
+    codec: Annotated[str, typer.Option(help="Feature codec: f16-zstd or f32-zstd.")] = "f16-zstd",
+    batch_size: Annotated[int, typer.Option(help="Images (sample-views) per teacher forward.")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes (decode + replay).")] = 2,
+    shard_mb: Annotated[float, typer.Option(help="Uncompressed size of one zarr shard (one unit of work).")] = 256.0,
+    unit_rows: Annotated[Optional[int], typer.Option(help="Rows per zarr shard (overrides --shard-mb).")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="This process's rank (default: $RANK or 0).")] = None,
+    world_size: Annotated[Optional[int], typer.Option(help="Number of processes (default: $WORLD_SIZE or 1).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Run a teacher once over every (sample, view) and store its features. Re-run to resume."""
+    from .extract import ExtractOptions, extract
+
+    opts = ExtractOptions(teacher=teacher, size=size, name=name, resolution=resolution, weights=weights, views=views,
+                          seed=seed, patch=patch, codec=codec, batch_size=batch_size, workers=workers, shard_mb=shard_mb,
+                          unit_rows=unit_rows, rank=rank, world_size=world_size, device=device, progress=progress)
+    r = extract(data, cache, opts)
+    state = "complete" if r.complete else "incomplete (other ranks still working, or run again to resume)"
+    typer.echo(f"{r.teacher}: {r.units_done_now} units written now, {r.units_done_before} before, of {r.units_total}; "
+               f"{r.samples} samples in {r.seconds:.1f}s ({r.samples_per_s:.1f} samples/s); "
+               f"{r.bad_samples} bad samples skipped; {state}")
+
+
+@app.command("info")
+@user_errors
+def info_cmd(
+    cache: Annotated[str, typer.Argument(help="Cache path or URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Summarise a cache: samples, bad samples, views, and per teacher dims, grid, codec, bytes, completeness."""
+    from .audit import cache_info
+    from .store import Cache
+
+    dataset, teachers = cache_info(Cache.open(cache))
+    if as_json:
+        typer.echo(json.dumps({"dataset": dict(dataset), "teachers": teachers}, indent=1))
+        return
+    width = max(len(k) for k, _ in dataset)
+    for key, value in dataset:
+        typer.echo(f"{key:<{width}}  {value}")
+    if teachers:
+        cols = list(teachers[0])
+        cells = [[str(t[c]) for c in cols] for t in teachers]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        typer.echo("")
+        typer.echo(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        typer.echo("-+-".join("-" * w for w in widths))
+        for row in cells:
+            typer.echo(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
+    else:
+        typer.echo("no teachers yet")
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    cache: Annotated[str, typer.Argument(help="Cache path or URL.")],
+    data: Annotated[Optional[str], typer.Option(help="Also check that this dataset is the one the cache was made for.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Decode every chunk; check for NaN/Inf, progress consistency, statistics and fingerprint. Exit 1 on any problem."""
+    from .audit import verify_cache
+    from .sources import open_source
+    from .store import Cache
+
+    problems = verify_cache(Cache.open(cache), open_source(data) if data else None, progress)
+    for p in problems:
+        typer.echo(f"problem: {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {cache} verified")
+
+
+def main() -> None:
+    app()

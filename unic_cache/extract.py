@@ -1,0 +1,285 @@
+"""Stage 1: run a teacher once over every (sample, view) and write its features into the cache.
+
+Work is split into units (one zarr shard of rows); a process owns the units ``u % world_size ==
+rank``, and within a unit the batches are always the same rows in the same order, so features and
+statistics are bit-identical whatever the number of processes or restarts. Units already flagged in
+``progress`` are skipped: re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .codecs import cosine_sum, get_codec
+from .errors import UserError
+from .sources import Source, decode_image, open_source
+from .store import Cache, Moments, TeacherStore
+from .teachers import Teacher, build_teacher
+from .views import PlanConfig, replay
+
+
+@dataclass
+class ExtractOptions:
+    """Everything ``extract`` can be told; the CLI maps its flags one to one onto these fields."""
+
+    teacher: str
+    size: str | None = None
+    name: str | None = None
+    resolution: int | None = None
+    weights: str | None = None
+    views: int = 8
+    seed: int = 0
+    patch: bool = True
+    codec: str = "f16-zstd"
+    batch_size: int = 64  # images (sample-views) per teacher forward
+    workers: int = 2
+    shard_mb: float = 256.0
+    unit_rows: int | None = None
+    rank: int | None = None
+    world_size: int | None = None
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class ExtractReport:
+    """What one extract call did."""
+
+    teacher: str
+    cache: str
+    units_total: int
+    units_done_before: int
+    units_done_now: int
+    samples: int
+    seconds: float
+    complete: bool
+    bad_samples: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def _rank_world(opts: ExtractOptions) -> tuple[int, int]:
+    rank = opts.rank if opts.rank is not None else int(os.environ.get("RANK", 0))
+    world = opts.world_size if opts.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"--rank must be in [0, --world-size); got rank {rank} of {world}")
+    return rank, world
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA device is visible")
+    return torch.device(device)
+
+
+class ViewBatches(Dataset):
+    """Rows -> (rows, uint8 views (b, K, 3, R, R), valid (b,)); images are decoded once per row."""
+
+    def __init__(self, source: Source, cache: Cache, resolution: int):
+        self.source, self.url, self.resolution, self.views = source, cache.url, resolution, cache.views
+        self.keys, self.location, self.bad = cache.keys, cache.location, cache.bad
+        self._params = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        if self._params is None:  # opened lazily in each worker process
+            self._params = Cache.open(self.url).group["views/params"]
+        first, last = min(rows), max(rows)
+        params = self._params[first:last + 1]
+        r = self.resolution
+        images = torch.zeros(len(rows), self.views, 3, r, r, dtype=torch.uint8)
+        valid = torch.zeros(len(rows), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            if self.bad[row]:
+                continue
+            image = decode_image(self.source.read(self.location[row], str(self.keys[row])))
+            for v in range(self.views):
+                images[i, v] = replay(image, params[row - first, v], r)
+            valid[i] = True
+        return np.asarray(rows), images, valid
+
+
+def _as_is(batch):
+    return batch
+
+
+def batch_moments(x: torch.Tensor) -> Moments:
+    """Moments of the rows of x (M, D), computed in float64 on x's device."""
+    x = x.double()
+    mean = x.mean(0)
+    xc = x - mean
+    return Moments(float(x.shape[0]), mean.cpu().numpy(), (xc.T @ xc).cpu().numpy())
+
+
+class _UnitWriter:
+    """Writes finished units on a background thread so that the teacher keeps running."""
+
+    def __init__(self, store: TeacherStore):
+        self.store, self.error = store, None
+        self.jobs: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if self.error is None:
+                try:
+                    self.store.write_unit(*job)
+                except BaseException as exc:  # re-raised in the main thread by submit/close
+                    self.error = exc
+
+    def submit(self, *job) -> None:
+        if self.error is not None:
+            raise self.error
+        self.jobs.put(job)
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _open_or_create_cache(data: str, url: str, opts: ExtractOptions, rank: int) -> tuple[Source, Cache]:
+    source = open_source(data)
+    plan = PlanConfig(views=opts.views, seed=opts.seed)
+    if opts.views < 1:
+        raise UserError("--views must be at least 1")
+    if Cache.exists(url):
+        cache = Cache.open(url, mode="a")
+    elif rank == 0:
+        index = source.index(workers=max(1, opts.workers), progress=opts.progress)
+        cache = Cache.create(url, index, source, plan)
+    else:
+        cache = Cache.wait_ready(url)
+    cache.check_source(source)
+    cache.check_plan(plan)
+    return source, cache
+
+
+def _open_or_create_teacher(cache: Cache, name: str, teacher: Teacher, opts: ExtractOptions, rank: int) -> TeacherStore:
+    codec = get_codec(opts.codec)
+    if _teacher_ready(cache, name):
+        store = cache.teacher(name)
+        want = {**teacher.info.to_dict(), "codec": codec.name, "has_patch": opts.patch}
+        have = {k: store.attrs.get(k) for k in want}
+        diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if _jsonable(have[k]) != _jsonable(want[k]))
+        if diff:
+            raise UserError(f"teacher {name!r} is already in {cache.url} with other settings ({diff}); "
+                            "pass --name to store this one beside it")
+        return store
+    if rank == 0:
+        return cache.add_teacher(name, teacher.info, codec, opts.patch, opts.shard_mb, opts.unit_rows, __version__)
+    deadline = time.monotonic() + 3600
+    while not _teacher_ready(cache, name):
+        if time.monotonic() > deadline:
+            raise UserError(f"rank 0 did not create teacher {name!r} in {cache.url} within an hour")
+        time.sleep(1.0)
+    return cache.teacher(name)
+
+
+def _teacher_ready(cache: Cache, name: str) -> bool:
+    """True once a teacher's arrays exist (``progress`` is created last)."""
+    return name in cache.teacher_names() and "progress" in cache.group[f"teachers/{name}"]
+
+
+def _jsonable(v):
+    import json
+
+    return json.loads(json.dumps(v))
+
+
+def default_name(opts: ExtractOptions) -> str:
+    if opts.name:
+        return opts.name
+    base = opts.teacher[5:].split(".")[0] if opts.teacher.startswith("timm:") else opts.teacher
+    return f"{base}-{opts.size}" if opts.size else base
+
+
+def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
+    """Extract one teacher's features for ``data`` into the cache at ``cache_url`` (created if missing)."""
+    from tqdm import tqdm
+
+    rank, world = _rank_world(opts)
+    name = default_name(opts)
+    if "/" in name or not name:
+        raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
+    if opts.batch_size < 1 or opts.workers < 0:
+        raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    device = pick_device(opts.device)
+    source, cache = _open_or_create_cache(data, cache_url, opts, rank)
+    teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights).to(device)
+    store = _open_or_create_teacher(cache, name, teacher, opts, rank)
+    done = store.done()
+    pending = [u for u in range(store.units) if u % world == rank and not done[u]]
+    k, res = cache.views, teacher.info.resolution
+    rows_per_batch = max(1, opts.batch_size // k)
+    batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in [store.unit_rows(u)]
+               for i in range(0, len(rows), rows_per_batch)]
+    start = time.perf_counter()
+    report = ExtractReport(name, cache.url, store.units, int(done.sum()), 0, 0, 0.0, False, int(cache.bad.sum()))
+    if batches:
+        loader = DataLoader(ViewBatches(source, cache, res), batch_sampler=batches, num_workers=opts.workers,
+                            collate_fn=_as_is, pin_memory=device.type == "cuda",
+                            prefetch_factor=4 if opts.workers else None)
+        _run_units(loader, teacher, store, pending, device, report,
+                   tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample", desc=f"extract {name}",
+                        disable=not opts.progress or rank != 0, smoothing=0.1))
+    report.seconds = time.perf_counter() - start
+    report.complete = store.finalize() or store.complete
+    return report
+
+
+def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pending: list[int],
+               device: torch.device, report: ExtractReport, bar) -> None:
+    """The hot loop: forward each batch, fill the unit's buffers, hand full units to the writer."""
+    codec, kinds, k = store.codec, store.kinds, store.cache.views
+    d, t = teacher.info.dim, teacher.info.tokens
+    shapes = {"summary": (k, d), "patch": (k, t, d)}
+    writer = _UnitWriter(store)
+    unit_iter = iter(pending)
+    unit, rows, buffers, moments, cos, filled = None, range(0), {}, {}, {}, 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    try:
+        for batch_rows, images, valid in loader:
+            if filled == len(rows):  # start the next unit
+                unit = next(unit_iter)
+                rows, filled = store.unit_rows(unit), 0
+                buffers = {kind: np.zeros((len(rows), *shapes[kind]), codec.dtype) for kind in kinds}
+                moments = {kind: Moments(0.0, np.zeros(d), np.zeros((d, d))) for kind in kinds}
+                cos = {kind: 0.0 for kind in kinds}
+            local = batch_rows - rows.start
+            if valid.any():
+                x = images[valid].to(device, non_blocking=True).flatten(0, 1)
+                with autocast:
+                    out = dict(zip(("summary", "patch"), teacher(x)))
+                for kind in kinds:
+                    stored = codec.encode(out[kind])
+                    moments[kind] = moments[kind].merge(batch_moments(stored.reshape(-1, d)))
+                    cos[kind] += cosine_sum(out[kind], stored)
+                    buffers[kind][local[valid.numpy()]] = stored.reshape(-1, *shapes[kind]).cpu().numpy()
+            filled += len(batch_rows)
+            report.samples += len(batch_rows)
+            bar.update(len(batch_rows))
+            if filled == len(rows):
+                writer.submit(unit, buffers, moments, cos)
+                report.units_done_now += 1
+    finally:
+        bar.close()
+        writer.close()

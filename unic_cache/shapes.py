@@ -1,0 +1,165 @@
+"""A procedural multi-task image world: drawn shapes on textured backgrounds, written as webdataset shards.
+
+Every sample carries several labels (shape, colour, texture, object count as classes; object size and
+position as regression targets), so one small dataset can show whether a student keeps what each
+specialised teacher knows. Generation is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (40, 80, 230),
+    "yellow": (235, 215, 40),
+    "magenta": (215, 40, 200),
+    "cyan": (40, 210, 215),
+    "orange": (240, 140, 30),
+    "white": (245, 245, 245),
+}
+TEXTURES = ("plain", "hstripes", "vstripes", "checker", "dots", "noise")
+MAX_COUNT = 3
+
+
+@dataclass(frozen=True)
+class Task:
+    """One label of the shapes world: a classification (``classes`` > 0) or a regression target."""
+
+    name: str
+    classes: int  # 0 for regression
+
+    @property
+    def is_classification(self) -> bool:
+        return self.classes > 0
+
+
+TASKS = (
+    Task("shape", len(SHAPES)),
+    Task("colour", len(COLOURS)),
+    Task("texture", len(TEXTURES)),
+    Task("count", MAX_COUNT),  # label is count - 1
+    Task("size", 0),
+    Task("x", 0),
+    Task("y", 0),
+)
+
+
+_RADII = {"square": (1.0,) * 4, "triangle": (1.0,) * 3, "diamond": (1.0, 0.6) * 2, "star": (1.0, 0.45) * 5}
+_CROSS = ((-0.35, -1), (0.35, -1), (0.35, -0.35), (1, -0.35), (1, 0.35), (0.35, 0.35),
+          (0.35, 1), (-0.35, 1), (-0.35, 0.35), (-1, 0.35), (-1, -0.35), (-0.35, -0.35))
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Vertices of a shape of circumradius ``r`` centred at (cx, cy), rotated by ``angle``."""
+    if shape == "cross":
+        unit = [(math.hypot(x, y), math.atan2(y, x)) for x, y in _CROSS]
+    else:
+        radii = _RADII[shape]
+        unit = [(rad, 2 * math.pi * k / len(radii)) for k, rad in enumerate(radii)]
+    return [(cx + r * rad * math.cos(angle + a), cy + r * rad * math.sin(angle + a)) for rad, a in unit]
+
+
+def _background(texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A grey-level texture (H, W, 3) uint8 with a random tint, so colour labels stay with the objects."""
+    base = rng.uniform(40, 140)
+    amp = rng.uniform(35, 70)
+    period = rng.uniform(size / 10, size / 5)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    phase = rng.uniform(0, 2 * math.pi)
+    if texture == "plain":
+        g = np.zeros_like(xx)
+    elif texture == "hstripes":
+        g = np.sign(np.sin(2 * math.pi * yy / period + phase))
+    elif texture == "vstripes":
+        g = np.sign(np.sin(2 * math.pi * xx / period + phase))
+    elif texture == "checker":
+        g = np.sign(np.sin(2 * math.pi * xx / period + phase) * np.sin(2 * math.pi * yy / period + phase))
+    elif texture == "dots":
+        g = (np.sin(2 * math.pi * xx / period + phase) * np.sin(2 * math.pi * yy / period + phase) > 0.6) * 2.0 - 1.0
+    elif texture == "noise":
+        coarse = rng.uniform(-1, 1, size=(max(2, size // 6), max(2, size // 6)))
+        g = np.asarray(Image.fromarray(((coarse + 1) * 127.5).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float64) / 127.5 - 1
+    else:
+        raise ValueError(f"unknown texture: {texture}")
+    tint = rng.uniform(0.85, 1.15, size=3)
+    img = (base + amp * 0.5 * g)[..., None] * tint
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def draw_sample(rng: np.random.Generator, size: int) -> tuple[Image.Image, dict]:
+    """Draw one image of the shapes world and return it with its labels."""
+    shape_id = int(rng.integers(len(SHAPES)))
+    colour_id = int(rng.integers(len(COLOURS)))
+    texture_id = int(rng.integers(len(TEXTURES)))
+    count = int(rng.integers(1, MAX_COUNT + 1))
+    rel_size = float(rng.uniform(0.08, 0.2))  # circumradius relative to the image side
+    scale = 4  # draw large, then downsample for anti-aliasing
+    big = size * scale
+    canvas = Image.fromarray(_background(TEXTURES[texture_id], big, rng))
+    draw = ImageDraw.Draw(canvas)
+    colour = np.array(list(COLOURS.values())[colour_id], np.float64)
+    fill = tuple(int(c) for c in np.clip(colour * rng.uniform(0.85, 1.1), 0, 255))
+    r = rel_size * big
+    centres: list[tuple[float, float]] = []
+    for _ in range(count):
+        for _attempt in range(50):  # rejection sampling for non-overlapping objects
+            cx, cy = rng.uniform(r, big - r, size=2)
+            if all((cx - ox) ** 2 + (cy - oy) ** 2 > (2.1 * r) ** 2 for ox, oy in centres):
+                break
+        centres.append((float(cx), float(cy)))
+        angle = float(rng.uniform(0, 2 * math.pi))
+        if SHAPES[shape_id] == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            draw.polygon(_polygon(SHAPES[shape_id], cx, cy, r, angle), fill=fill)
+    image = canvas.resize((size, size), Image.LANCZOS)
+    labels = {
+        "shape": shape_id,
+        "colour": colour_id,
+        "texture": texture_id,
+        "count": count - 1,
+        "size": rel_size,
+        "x": float(np.mean([c[0] for c in centres]) / big),
+        "y": float(np.mean([c[1] for c in centres]) / big),
+    }
+    return image, labels
+
+
+def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, shard_size: int = 500) -> list[Path]:
+    """Write ``n`` samples as webdataset shards ``out/shapes-000000.tar`` ...; return the shard paths.
+
+    Sample ``i`` is drawn from its own generator keyed by (seed, i), so any prefix of a larger world
+    equals the smaller world, and the bytes are identical for a seed.
+    """
+    import webdataset as wds
+
+    from .errors import UserError
+
+    if n <= 0 or size < 16 or shard_size <= 0:
+        raise UserError("make-shapes needs --n > 0, --size >= 16 and --shard-size > 0")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for first in range(0, n, shard_size):
+        path = out / f"shapes-{first // shard_size:06d}.tar"
+        tmp = path.with_suffix(".tar.tmp")
+        with wds.TarWriter(str(tmp), mtime=0.0) as sink:
+            for i in range(first, min(n, first + shard_size)):
+                image, labels = draw_sample(np.random.default_rng([seed, i]), size)
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                sink.write({"__key__": f"sample{i:08d}", "png": buf.getvalue(), "json": json.dumps(labels).encode()})
+        tmp.replace(path)  # a crash never leaves a half-written shard under its final name
+        paths.append(path)
+    (out / "tasks.json").write_text(json.dumps([t.__dict__ for t in TASKS], indent=1))
+    return paths

@@ -1,0 +1,215 @@
+"""Teachers: a registry of aliases over timm models, weight loading, and the summary/patch forward.
+
+``build_teacher("dinov2", size="base")`` gives a ``Teacher`` whose forward maps uint8 views to
+(summary (B, D), patch (B, T, D)): the CLS token (or the pooled embedding of a model without one),
+and the patch tokens with CLS and register tokens removed. Any timm model is ``timm:<name>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class TeacherFamily:
+    """An alias: timm model ids per size, and the size used when none is given."""
+
+    alias: str
+    sizes: dict[str, str]
+    default: str
+    about: str
+
+
+FAMILIES = {
+    f.alias: f
+    for f in (
+        TeacherFamily("dinov2", {"small": "vit_small_patch14_dinov2.lvd142m", "base": "vit_base_patch14_dinov2.lvd142m",
+                                 "large": "vit_large_patch14_dinov2.lvd142m", "giant": "vit_giant_patch14_dinov2.lvd142m"},
+                      "base", "DINOv2 (self-supervised, LVD-142M)"),
+        TeacherFamily("dinov2-reg", {"small": "vit_small_patch14_reg4_dinov2.lvd142m", "base": "vit_base_patch14_reg4_dinov2.lvd142m",
+                                     "large": "vit_large_patch14_reg4_dinov2.lvd142m", "giant": "vit_giant_patch14_reg4_dinov2.lvd142m"},
+                      "base", "DINOv2 with 4 registers"),
+        TeacherFamily("dino", {"small": "vit_small_patch16_224.dino", "base": "vit_base_patch16_224.dino"},
+                      "base", "DINO (self-supervised, IN-1k)"),
+        TeacherFamily("deit3", {"small": "deit3_small_patch16_224.fb_in1k", "base": "deit3_base_patch16_224.fb_in1k",
+                                "large": "deit3_large_patch16_224.fb_in1k", "huge": "deit3_huge_patch14_224.fb_in1k"},
+                      "base", "DeiT-III (supervised, IN-1k)"),
+        TeacherFamily("clip", {"base": "vit_base_patch16_clip_224.openai", "large": "vit_large_patch14_clip_224.openai"},
+                      "base", "CLIP image tower (OpenAI)"),
+        TeacherFamily("siglip", {"base": "vit_base_patch16_siglip_224.webli", "large": "vit_large_patch16_siglip_256.webli",
+                                 "so400m": "vit_so400m_patch14_siglip_224.webli"},
+                      "base", "SigLIP image tower (no CLS: attention-pooled summary)"),
+        TeacherFamily("mae", {"base": "vit_base_patch16_224.mae", "large": "vit_large_patch16_224.mae",
+                              "huge": "vit_huge_patch14_224.mae"},
+                      "base", "MAE encoder (self-supervised, IN-1k)"),
+    )
+}
+
+
+def resolve(teacher: str, size: str | None = None) -> str:
+    """The timm model id for an alias (``dinov2``), ``timm:<name>``, with an optional size."""
+    import timm
+
+    if teacher.startswith("timm:"):
+        if size:
+            raise UserError("--size applies to aliases only; a timm:<name> teacher names its size itself")
+        model_id = teacher[5:]
+        if not timm.is_model(model_id.split(".")[0]):
+            raise UserError(f"timm has no model {model_id!r}; see `timm.list_models()` for names")
+        return model_id
+    family = FAMILIES.get(teacher)
+    if family is None:
+        raise UserError(f"unknown teacher {teacher!r}; use one of {', '.join(FAMILIES)} or timm:<model name>")
+    size = size or family.default
+    if size not in family.sizes:
+        raise UserError(f"teacher {teacher} has no size {size!r}; sizes: {', '.join(family.sizes)}")
+    return family.sizes[size]
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
+
+    model_id: str
+    weights: str  # "hub", "random", or the weight file's path
+    weights_sha256: str
+    resolution: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grid: tuple[int, int]
+    prefix_tokens: int
+    dim: int
+    summary_kind: str  # "cls" or "pooled"
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _timm_model(model_id: str, resolution: int | None, **kwargs) -> nn.Module:
+    """timm.create_model without classifier, at ``resolution`` where the architecture takes one."""
+    import timm
+
+    if resolution is not None:
+        try:
+            return timm.create_model(model_id, num_classes=0, img_size=resolution, **kwargs)
+        except TypeError as exc:  # convnets take any input size and have no img_size argument
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(model_id, num_classes=0, **kwargs)
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Use only the local hub cache when the hub cannot be resolved (no minute of retries offline)."""
+    import huggingface_hub.constants as hub
+
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+        reachable = True
+    except OSError:
+        reachable = False
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = before or not reachable
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+
+
+def _create(model_id: str, weights: str | None, resolution: int | None) -> nn.Module:
+    """A timm model with weights from the hub (None), a local file, or "random"."""
+    if weights == "random":
+        return _timm_model(model_id, resolution, pretrained=False)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"weight file not found: {weights}")
+        if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+            raise UserError(f"--weights must be a .safetensors or .pth file, got {path.name}")
+        try:  # timm reads safetensors, and .pth with torch.load(weights_only=True): nothing is unpickled
+            return _timm_model(model_id, resolution, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        except RuntimeError as exc:
+            raise UserError(f"weights in {weights} do not fit {model_id}: {' '.join(str(exc).split())[:300]}") from None
+        except Exception as exc:
+            if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+                raise UserError(f"{weights} holds pickled objects beyond tensors; save a plain state_dict "
+                                "or safetensors file") from None
+            raise
+    try:
+        with _hub_offline_unless_reachable():
+            return _timm_model(model_id, resolution, pretrained=True)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        raise UserError(f"cannot load pretrained weights for {model_id} from the hub ({reason}); "
+                        "download them where there is internet and pass --weights FILE (.safetensors or .pth), "
+                        "or --weights random for timing runs") from None
+
+
+class Teacher(nn.Module):
+    """A frozen timm encoder that maps uint8 views to (summary, patch tokens) in float32."""
+
+    def __init__(self, model: nn.Module, info: TeacherInfo):
+        super().__init__()
+        self.model, self.info = model.eval().requires_grad_(False), info
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (images.float() - self.mean) / self.std
+        feats = self.model.forward_features(x)
+        if feats.ndim == 4:  # a convnet: (B, C, H, W) map -> tokens, summary = pooled embedding
+            patch = feats.flatten(2).transpose(1, 2)
+            summary = self.model.forward_head(feats, pre_logits=True)
+        else:
+            patch = feats[:, self.info.prefix_tokens:]
+            summary = feats[:, 0] if self.info.summary_kind == "cls" else self.model.forward_head(feats, pre_logits=True)
+        return summary.float(), patch.float()
+
+
+def build_teacher(teacher: str, size: str | None = None, resolution: int | None = None,
+                  weights: str | None = None) -> Teacher:
+    """Build a teacher; ``weights`` is None for the hub, "random", or a .safetensors/.pth file."""
+    model_id = resolve(teacher, size)
+    model = _create(model_id, weights, resolution).eval()
+    cfg = model.pretrained_cfg
+    res = resolution or int(cfg["input_size"][-1])
+    with torch.inference_mode():
+        feats = model.forward_features(torch.zeros(1, 3, res, res))
+    if feats.ndim == 4:
+        grid, prefix, kind = (int(feats.shape[2]), int(feats.shape[3])), 0, "pooled"
+    else:
+        prefix = int(getattr(model, "num_prefix_tokens", 0))
+        has_cls = getattr(model, "cls_token", None) is not None
+        grid = tuple(int(g) for g in model.patch_embed.grid_size) if hasattr(model, "patch_embed") else (feats.shape[1] - prefix, 1)
+        kind = "cls" if has_cls else "pooled"
+    sha = _sha256(weights) if weights not in (None, "random") else ""
+    info = TeacherInfo(
+        model_id=model_id, weights=weights or "hub", weights_sha256=sha, resolution=res,
+        mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        grid=grid, prefix_tokens=prefix, dim=int(feats.shape[1] if feats.ndim == 4 else feats.shape[-1]), summary_kind=kind,
+    )
+    return Teacher(model, info)
