@@ -38,6 +38,19 @@ def user_errors(fn):
     return wrapper
 
 
+def parse_model_args(items: list[str]) -> dict:
+    """``["depth=2", "qkv_bias=false"]`` -> ``{"depth": 2, "qkv_bias": False}`` (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-arg takes KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 @app.command("make-shapes")
 @user_errors
 def make_shapes_cmd(
@@ -87,6 +100,7 @@ def extract_cmd(
     name: Annotated[Optional[str], typer.Option(help="Name in the cache (default: the alias, with -SIZE when given).")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Input resolution (default: the model's).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Weights: a .safetensors/.pth file, 'random', or the hub when omitted.")] = None,
+    model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE passed to timm.create_model, e.g. depth=2 (repeatable).")] = None,
     views: Annotated[int, typer.Option(help="Augmented views per sample (view 0 is the eval view).")] = 8,
     seed: Annotated[int, typer.Option(help="View-plan seed.")] = 0,
     patch: Annotated[bool, typer.Option("--patch/--no-patch", help="Store patch tokens as well as the summary.")] = True,
@@ -103,7 +117,8 @@ def extract_cmd(
     """Run a teacher once over every (sample, view) and store its features. Re-run to resume."""
     from .extract import ExtractOptions, extract
 
-    opts = ExtractOptions(teacher=teacher, size=size, name=name, resolution=resolution, weights=weights, views=views,
+    opts = ExtractOptions(teacher=teacher, size=size, name=name, resolution=resolution, weights=weights,
+                          model_args=parse_model_args(model_arg or []), views=views,
                           seed=seed, patch=patch, codec=codec, batch_size=batch_size, workers=workers, shard_mb=shard_mb,
                           unit_rows=unit_rows, rank=rank, world_size=world_size, device=device, progress=progress)
     r = extract(data, cache, opts)

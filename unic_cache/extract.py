@@ -22,7 +22,7 @@ from . import __version__
 from .codecs import cosine_sum, get_codec
 from .errors import UserError
 from .sources import Source, decode_image, open_source
-from .store import Cache, Moments, TeacherStore
+from .store import Cache, Moments, TeacherStore, json_normal
 from .teachers import Teacher, build_teacher
 from .views import PlanConfig, replay
 
@@ -36,6 +36,7 @@ class ExtractOptions:
     name: str | None = None
     resolution: int | None = None
     weights: str | None = None
+    model_args: dict = field(default_factory=dict)
     views: int = 8
     seed: int = 0
     patch: bool = True
@@ -156,8 +157,7 @@ class _UnitWriter:
             raise self.error
 
 
-def _open_or_create_cache(data: str, url: str, opts: ExtractOptions, rank: int) -> tuple[Source, Cache]:
-    source = open_source(data)
+def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, rank: int) -> Cache:
     plan = PlanConfig(views=opts.views, seed=opts.seed)
     if opts.views < 1:
         raise UserError("--views must be at least 1")
@@ -170,7 +170,7 @@ def _open_or_create_cache(data: str, url: str, opts: ExtractOptions, rank: int) 
         cache = Cache.wait_ready(url)
     cache.check_source(source)
     cache.check_plan(plan)
-    return source, cache
+    return cache
 
 
 def _open_or_create_teacher(cache: Cache, name: str, teacher: Teacher, opts: ExtractOptions, rank: int) -> TeacherStore:
@@ -179,7 +179,7 @@ def _open_or_create_teacher(cache: Cache, name: str, teacher: Teacher, opts: Ext
         store = cache.teacher(name)
         want = {**teacher.info.to_dict(), "codec": codec.name, "has_patch": opts.patch}
         have = {k: store.attrs.get(k) for k in want}
-        diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if _jsonable(have[k]) != _jsonable(want[k]))
+        diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if json_normal(have[k]) != json_normal(want[k]))
         if diff:
             raise UserError(f"teacher {name!r} is already in {cache.url} with other settings ({diff}); "
                             "pass --name to store this one beside it")
@@ -199,12 +199,6 @@ def _teacher_ready(cache: Cache, name: str) -> bool:
     return name in cache.teacher_names() and "progress" in cache.group[f"teachers/{name}"]
 
 
-def _jsonable(v):
-    import json
-
-    return json.loads(json.dumps(v))
-
-
 def default_name(opts: ExtractOptions) -> str:
     if opts.name:
         return opts.name
@@ -222,9 +216,12 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
         raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
     if opts.batch_size < 1 or opts.workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    get_codec(opts.codec)
     device = pick_device(opts.device)
-    source, cache = _open_or_create_cache(data, cache_url, opts, rank)
-    teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights).to(device)
+    source = open_source(data)
+    # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
+    teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
+    cache = _open_or_create_cache(source, cache_url, opts, rank)
     store = _open_or_create_teacher(cache, name, teacher, opts, rank)
     done = store.done()
     pending = [u for u in range(store.units) if u % world == rank and not done[u]]

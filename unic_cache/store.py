@@ -33,9 +33,19 @@ def quick_digest(source: Source) -> str:
     return hashlib.sha256(json.dumps(source.quick_fingerprint()).encode()).hexdigest()
 
 
+def json_normal(value):
+    """``value`` as it reads back from zarr attrs (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
+def local_path(url: str) -> str:
+    """``file://`` URLs as plain paths: zarr's LocalStore creates folders, fsspec's local store does not."""
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 def _open_group(url: str, mode: str) -> zarr.Group:
     try:
-        return zarr.open_group(url, mode=mode, zarr_format=3)
+        return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
     except FileNotFoundError:
         raise UserError(f"no cache at {url}; create it with `unic-cache extract DATA --cache {url} --teacher NAME`") from None
 
@@ -66,7 +76,7 @@ class Cache:
 
     def __init__(self, group: zarr.Group, url: str):
         self.group, self.url = group, url
-        attrs = group.attrs.asdict()
+        attrs = json_normal(group.attrs.asdict())
         if attrs.get("format") != "unic-cache":
             raise UserError(f"{url} is a zarr group but not a unic-cache cache")
         if attrs.get("format_version") != FORMAT_VERSION:
@@ -77,8 +87,8 @@ class Cache:
     @classmethod
     def exists(cls, url: str) -> bool:
         try:
-            return zarr.open_group(url, mode="r", zarr_format=3).attrs.get("ready", False)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return _open_group(url, mode="r").attrs.get("ready", False)
+        except (UserError, zarr.errors.GroupNotFoundError):
             return False
 
     @classmethod
@@ -101,7 +111,7 @@ class Cache:
     @classmethod
     def create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig) -> "Cache":
         """Write the index and the view plan; ``ready`` is set last, so a crash leaves no half-cache in use."""
-        group = zarr.open_group(url, mode="w", zarr_format=3)
+        group = zarr.open_group(local_path(url), mode="w", zarr_format=3)
         n, k = index.n, plan.views
         idx = group.create_group("index", attributes={"shards": index.shards,
                                                       "bad_reasons": {str(r): m for r, m in index.bad.items()}})
@@ -146,7 +156,7 @@ class Cache:
                             f"not {source.spec}; use a new --cache path for this dataset")
 
     def check_plan(self, plan: PlanConfig) -> None:
-        if plan.to_dict() != self.attrs["plan"]:
+        if json_normal(plan.to_dict()) != self.attrs["plan"]:
             raise UserError(f"cache {self.url} has a view plan of {self.views} views, seed {self.plan.seed}; "
                             "run with the same --views/--seed, or use a new --cache path")
 
@@ -232,7 +242,7 @@ class TeacherStore:
 
     def __init__(self, group: zarr.Group, cache: Cache):
         self.group, self.cache = group, cache
-        self.attrs = group.attrs.asdict()
+        self.attrs = json_normal(group.attrs.asdict())
         self.name = group.basename
 
     @property
@@ -307,7 +317,7 @@ class TeacherStore:
                 stats.create_array(name, shape=value.shape, dtype="float64", overwrite=True)[...] = value
             fidelity[kind] = cos / max(m.count, 1.0)
         self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
-        self.attrs = self.group.attrs.asdict()
+        self.attrs = json_normal(self.group.attrs.asdict())
         return True
 
     def stats(self, kind: str) -> dict[str, np.ndarray]:

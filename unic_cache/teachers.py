@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -90,6 +90,7 @@ class TeacherInfo:
     prefix_tokens: int
     dim: int
     summary_kind: str  # "cls" or "pooled"
+    model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
 
     @property
     def tokens(self) -> int:
@@ -138,10 +139,10 @@ def _hub_offline_unless_reachable() -> Iterator[None]:
         hub.HF_HUB_OFFLINE = before
 
 
-def _create(model_id: str, weights: str | None, resolution: int | None) -> nn.Module:
+def _create(model_id: str, weights: str | None, resolution: int | None, model_args: dict) -> nn.Module:
     """A timm model with weights from the hub (None), a local file, or "random"."""
     if weights == "random":
-        return _timm_model(model_id, resolution, pretrained=False)
+        return _timm_model(model_id, resolution, pretrained=False, **model_args)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -149,7 +150,7 @@ def _create(model_id: str, weights: str | None, resolution: int | None) -> nn.Mo
         if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
             raise UserError(f"--weights must be a .safetensors or .pth file, got {path.name}")
         try:  # timm reads safetensors, and .pth with torch.load(weights_only=True): nothing is unpickled
-            return _timm_model(model_id, resolution, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+            return _timm_model(model_id, resolution, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **model_args)
         except RuntimeError as exc:
             raise UserError(f"weights in {weights} do not fit {model_id}: {' '.join(str(exc).split())[:300]}") from None
         except Exception as exc:
@@ -159,9 +160,9 @@ def _create(model_id: str, weights: str | None, resolution: int | None) -> nn.Mo
             raise
     try:
         with _hub_offline_unless_reachable():
-            return _timm_model(model_id, resolution, pretrained=True)
+            return _timm_model(model_id, resolution, pretrained=True, **model_args)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:100]
         raise UserError(f"cannot load pretrained weights for {model_id} from the hub ({reason}); "
                         "download them where there is internet and pass --weights FILE (.safetensors or .pth), "
                         "or --weights random for timing runs") from None
@@ -190,10 +191,15 @@ class Teacher(nn.Module):
 
 
 def build_teacher(teacher: str, size: str | None = None, resolution: int | None = None,
-                  weights: str | None = None) -> Teacher:
-    """Build a teacher; ``weights`` is None for the hub, "random", or a .safetensors/.pth file."""
+                  weights: str | None = None, model_args: dict | None = None) -> Teacher:
+    """Build a teacher; ``weights`` is None for the hub, "random", or a .safetensors/.pth file;
+    ``model_args`` go to ``timm.create_model`` (e.g. ``{"depth": 2}`` for a small local teacher)."""
     model_id = resolve(teacher, size)
-    model = _create(model_id, weights, resolution).eval()
+    model_args = dict(model_args or {})
+    try:
+        model = _create(model_id, weights, resolution, model_args).eval()
+    except TypeError as exc:
+        raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
     cfg = model.pretrained_cfg
     res = resolution or int(cfg["input_size"][-1])
     with torch.inference_mode():
@@ -211,5 +217,6 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
         grid=grid, prefix_tokens=prefix, dim=int(feats.shape[1] if feats.ndim == 4 else feats.shape[-1]), summary_kind=kind,
+        model_args=model_args,
     )
     return Teacher(model, info)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny shapes world, a dataset with broken images, and tiny teacher weights."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import webdataset as wds
+from PIL import Image
+from safetensors.torch import save_file
+
+from unic_cache import make_shapes
+
+TINY = "vit_tiny_patch16_224"  # 192 wide, patch 16
+SMALL8 = "vit_small_patch8_224"  # 384 wide, patch 8: a second teacher with other width, patch and grid
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    make_shapes(out, n=24, size=32, seed=0, shard_size=10)
+    return out
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """Random but fixed teacher weights saved as safetensors, one file per (arch, resolution)."""
+    out = tmp_path_factory.mktemp("weights")
+    files = {}
+    for arch, res in ((TINY, 32), (SMALL8, 24)):
+        torch.manual_seed(0)
+        model = timm.create_model(arch, num_classes=0, img_size=res, depth=2)
+        files[arch] = out / f"{arch}.safetensors"
+        save_file(model.state_dict(), str(files[arch]))
+    return files
+
+
+def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def messy_dir(tmp_path_factory) -> Path:
+    """One tar with good images, odd modes (converted) and undecodable ones (recorded as bad)."""
+    out = tmp_path_factory.mktemp("messy")
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    good = _png(rgb)
+    samples = {
+        "a_ok": ("png", good),
+        "b_cmyk": ("jpg", _png(rgb.convert("CMYK"), "JPEG")),
+        "c_16bit": ("png", _png(Image.fromarray(rng.integers(0, 65535, (30, 30), dtype=np.uint16)))),
+        "d_palette": ("png", _png(rgb.convert("P"))),
+        "e_rgba": ("png", _png(rgb.convert("RGBA"))),
+        "f_truncated": ("png", good[: len(good) // 2]),
+        "g_empty": ("png", b""),
+        "h_text": ("jpg", b"this is not an image at all"),
+        "i_ok": ("png", good),
+    }
+    with wds.TarWriter(str(out / "messy-000.tar"), mtime=0.0) as sink:
+        for key, (ext, data) in samples.items():
+            sink.write({"__key__": key, ext: data, "cls": b"0"})
+    return out
+
+
+def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m unic_cache ARGS`` in a fresh process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "unic_cache", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)

@@ -1,0 +1,204 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from unic_cache import Cache, ExtractOptions, UserError, build_teacher, decode_image, extract, open_source, replay
+from unic_cache.audit import verify_cache
+
+from .conftest import SMALL8, TINY, run_cli
+
+VIEWS = 3
+
+
+def opts(weights, arch=TINY, res=32, **kw) -> ExtractOptions:
+    base = dict(teacher=f"timm:{arch}", resolution=res, weights=str(weights[arch]), model_args={"depth": 2},
+                views=VIEWS, batch_size=8, workers=0, unit_rows=4, progress=False)
+    return ExtractOptions(**{**base, **kw})
+
+
+def arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
+    """Every array below a group, by path."""
+    out = {}
+    for name, member in group.members():
+        if isinstance(member, zarr.Array):
+            out[prefix + name] = member[...]
+        else:
+            out.update(arrays(member, f"{prefix}{name}/"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_teacher_cache(shapes_dir, weights, tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("cache") / "c.zarr")
+    first = extract(str(shapes_dir), url, opts(weights))
+    assert first.complete and first.units_total == 6
+    before = arrays(zarr.open_group(url, mode="r")["teachers"])
+    second = extract(str(shapes_dir), url, opts(weights, arch=SMALL8, res=24, unit_rows=None, shard_mb=0.05))
+    assert second.complete
+    return url, before
+
+
+def test_features_equal_direct_recomputation(two_teacher_cache, shapes_dir, weights):
+    url, _ = two_teacher_cache
+    cache = Cache.open(url)
+    assert cache.teacher_names() == [SMALL8, TINY]
+    source = open_source(str(shapes_dir))
+    for arch, res, grid, dim in ((TINY, 32, 2, 192), (SMALL8, 24, 3, 384)):
+        store = cache.teacher(arch)
+        assert store.info.grid == (grid, grid) and store.info.dim == dim and store.info.resolution == res
+        summary, patch = store.group["summary"], store.group["patch"]
+        assert summary.shape == (24, VIEWS, dim) and patch.shape == (24, VIEWS, grid * grid, dim)
+        teacher = build_teacher(f"timm:{arch}", resolution=res, weights=str(weights[arch]), model_args={"depth": 2})
+        for row, view in ((0, 0), (5, 2), (13, 1), (23, 2)):
+            image = decode_image(source.read(cache.location[row], str(cache.keys[row])))
+            pixels = replay(image, cache.params(slice(row, row + 1))[0, view], res)
+            s, p = teacher(pixels[None])
+            np.testing.assert_allclose(summary[row, view], s[0].numpy(), rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(patch[row, view], p[0].numpy(), rtol=2e-3, atol=2e-3)
+            assert np.abs(summary[row, view]).max() > 0
+
+
+def test_second_teacher_leaves_the_first_untouched(two_teacher_cache):
+    url, before = two_teacher_cache
+    after = arrays(zarr.open_group(url, mode="r")["teachers"])
+    for path, value in before.items():
+        assert np.array_equal(after[path], value), path
+
+
+def test_stats_equal_numpy(two_teacher_cache):
+    url, _ = two_teacher_cache
+    store = Cache.open(url).teacher(TINY)
+    for kind in ("summary", "patch"):
+        x = store.group[kind][...].astype(np.float64).reshape(-1, store.info.dim)
+        stats = store.stats(kind)
+        assert stats["count"][0] == len(x)
+        np.testing.assert_allclose(stats["mean"], x.mean(0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(stats["cov"], np.cov(x, rowvar=False, bias=True), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(stats["var"], x.var(0), rtol=1e-9, atol=1e-12)
+    assert 0.9999 < store.attrs["fidelity_cosine"]["summary"] <= 1.0
+    assert verify_cache(Cache.open(url), progress=False) == []
+
+
+def _units_done(cache) -> int:
+    try:
+        return int(zarr.open_group(str(cache), mode="r")[f"teachers/{TINY}/progress"][:].sum())
+    except Exception:  # not created yet
+        return -1
+
+
+def test_resume_after_sigkill_is_bit_identical(shapes_dir, weights, tmp_path):
+    reference = tmp_path / "ref.zarr"
+    extract(str(shapes_dir), str(reference), opts(weights, unit_rows=1))
+    cache = tmp_path / "killed.zarr"
+    args = ["extract", str(shapes_dir), "--cache", str(cache), "--teacher", f"timm:{TINY}", "--resolution", "32",
+            "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8",
+            "--workers", "0", "--unit-rows", "1", "--no-progress"]
+    killed_at = []
+    for stage in ("creating the cache", 4, 12):  # killed during set-up, then twice in the middle of the work
+        proc = subprocess.Popen([sys.executable, "-m", "unic_cache", *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if stage == "creating the cache" and cache.exists() or isinstance(stage, int) and _units_done(cache) >= stage:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at.append(_units_done(cache))
+    assert killed_at[-1] < 24, f"the run finished before it could be killed: {killed_at}"
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "complete" in result.stdout
+    ref, got = arrays(zarr.open_group(str(reference), mode="r")), arrays(zarr.open_group(str(cache), mode="r"))
+    assert ref.keys() == got.keys()
+    for path in ref:
+        assert np.array_equal(ref[path], got[path]), path
+
+
+def test_two_ranks_equal_one(shapes_dir, weights, tmp_path):
+    one = tmp_path / "one.zarr"
+    extract(str(shapes_dir), str(one), opts(weights))
+    two = tmp_path / "two.zarr"
+    args = ["extract", str(shapes_dir), "--cache", str(two), "--teacher", f"timm:{TINY}", "--resolution", "32",
+            "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8",
+            "--workers", "0", "--unit-rows", "4", "--no-progress", "--world-size", "2"]
+    procs = [subprocess.Popen([sys.executable, "-m", "unic_cache", *args, "--rank", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (1, 0)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    ref, got = arrays(zarr.open_group(str(one), mode="r")), arrays(zarr.open_group(str(two), mode="r"))
+    assert ref.keys() == got.keys()
+    for path in ref:
+        assert np.array_equal(ref[path], got[path]), path
+    assert Cache.open(str(two)).teacher(TINY).complete
+
+
+def test_bad_images_are_skipped(messy_dir, weights, tmp_path):
+    url = str(tmp_path / "messy.zarr")
+    report = extract(str(messy_dir), url, opts(weights, unit_rows=2))
+    assert report.complete and report.bad_samples == 3
+    cache = Cache.open(url)
+    store = cache.teacher(TINY)
+    summary = store.group["summary"][...]
+    bad = cache.bad
+    assert bad.sum() == 3 and (summary[bad] == 0).all() and (np.abs(summary[~bad]).max(-1) > 0).all()
+    assert store.stats("summary")["count"][0] == 6 * VIEWS
+    assert verify_cache(cache, progress=False) == []
+
+
+def test_cache_refuses_another_dataset_or_plan(two_teacher_cache, messy_dir, shapes_dir, weights):
+    url, _ = two_teacher_cache
+    with pytest.raises(UserError, match="made for another dataset"):
+        extract(str(messy_dir), url, opts(weights))
+    with pytest.raises(UserError, match="view plan"):
+        extract(str(shapes_dir), url, opts(weights, views=VIEWS + 1))
+    with pytest.raises(UserError, match="other settings"):
+        extract(str(shapes_dir), url, opts(weights, res=48))
+    again = extract(str(shapes_dir), url, opts(weights))  # same teacher again: nothing to do
+    assert again.units_done_now == 0 and again.complete
+
+
+def test_fsspec_urls_for_data_and_cache(shapes_dir, weights, tmp_path):
+    data = f"file://{shapes_dir}/shapes-{{000000..000002}}.tar"
+    for url in (f"file://{tmp_path}/local-url.zarr", f"memory://{tmp_path.name}/remote.zarr"):
+        report = extract(data, url, opts(weights, patch=False, unit_rows=12))
+        assert report.complete
+        cache = Cache.open(url)
+        assert "patch" not in cache.group[f"teachers/{TINY}"] and cache.n == 24
+        assert verify_cache(cache, progress=False) == []
+
+
+def test_verify_finds_damage(shapes_dir, weights, tmp_path):
+    url = tmp_path / "damaged.zarr"
+    extract(str(shapes_dir), str(url), opts(weights))
+    store = zarr.open_group(str(url), mode="a")[f"teachers/{TINY}/summary"]
+    store[5, 1, 3] = np.nan
+    problems = verify_cache(Cache.open(str(url)), progress=False)
+    assert any("NaN" in p for p in problems)
+    shard = next((url / "teachers" / TINY / "patch" / "c").rglob("*"))
+    while shard.is_dir():
+        shard = next(shard.iterdir())
+    shard.unlink()
+    problems = verify_cache(Cache.open(str(url)), progress=False)
+    assert any("all-zero" in p for p in problems)
+    result = run_cli("verify", str(url), "--no-progress")
+    assert result.returncode == 1 and "problem:" in result.stderr
+
+
+def test_teacher_forward_matches_timm_tokens(weights):
+    teacher = build_teacher("dinov2-reg", size="small", resolution=28, weights="random", model_args={"depth": 2})
+    x = torch.randint(0, 255, (2, 3, 28, 28), dtype=torch.uint8)
+    s, p = teacher(x)
+    feats = teacher.model.forward_features((x.float() - teacher.mean) / teacher.std)
+    assert teacher.info.prefix_tokens == 5 and p.shape == (2, 4, 384)  # CLS + 4 registers dropped
+    assert torch.allclose(s, feats[:, 0]) and torch.allclose(p, feats[:, 5:])
+    pooled = build_teacher("siglip", resolution=32, weights="random", model_args={"depth": 2})
+    assert pooled.info.summary_kind == "pooled" and pooled.info.prefix_tokens == 0

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from unic_cache import UserError, open_source
+from unic_cache.shapes import make_shapes
+
+
+def test_tar_index_order_offsets_and_key_checks(shapes_dir):
+    src = open_source(str(shapes_dir / "shapes-{000000..000002}.tar"))
+    index = src.index(progress=False)
+    assert index.n == 24 and [s["count"] for s in index.shards] == [10, 10, 4]
+    assert [s["first_row"] for s in index.shards] == [0, 10, 20]
+    assert list(index.keys[:2]) == ["sample00000000", "sample00000001"] and not index.bad
+    assert (index.image_size == 32).all()
+    assert src.read(index.location[13], str(index.keys[13]))[:4] == b"\x89PNG"
+    with pytest.raises(UserError, match="index mismatch"):
+        src.read(index.location[13], str(index.keys[12]))
+    same = open_source(str(shapes_dir)).index(progress=False)  # a folder of .tar is the same dataset
+    assert same.fingerprint() == index.fingerprint()
+
+
+def test_bad_images_are_recorded_and_odd_modes_converted(messy_dir):
+    index = open_source(str(messy_dir)).index(progress=False)
+    keys = list(index.keys)
+    bad = {keys[r]: reason for r, reason in index.bad.items()}
+    assert set(bad) == {"f_truncated", "g_empty", "h_text"}
+    assert "empty" in bad["g_empty"]
+    for ok in ("a_ok", "b_cmyk", "c_16bit", "d_palette", "e_rgba", "i_ok"):
+        assert index.image_size[keys.index(ok)].min() > 0
+
+
+def test_duplicate_keys_and_missing_shards_are_errors(tmp_path):
+    make_shapes(tmp_path / "a", n=3, size=16, shard_size=3)
+    make_shapes(tmp_path / "b", n=3, size=16, shard_size=3)
+    (tmp_path / "b" / "shapes-000000.tar").rename(tmp_path / "b" / "other.tar")
+    with pytest.raises(UserError, match="duplicate sample key"):
+        open_source(f"{tmp_path}/a/shapes-000000.tar::{tmp_path}/b/other.tar").index(progress=False)
+    with pytest.raises(UserError, match="not found"):
+        open_source(str(tmp_path / "a" / "nope-{0..1}.tar"))
+
+
+def test_image_folder_source(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"nope")
+    src = open_source(str(tmp_path))
+    index = src.index(progress=False)
+    assert [s["name"] for s in index.shards] == ["cat", "dog"] and index.n == 7
+    assert list(index.keys[:3]) == ["cat/0.png", "cat/1.png", "cat/2.png"]
+    assert [index.keys[r] for r in index.bad] == ["dog/broken.jpg"]
+    assert src.read(index.location[0], str(index.keys[0]))[:4] == b"\x89PNG"
