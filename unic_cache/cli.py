@@ -106,7 +106,7 @@ def extract_cmd(
     patch: Annotated[bool, typer.Option("--patch/--no-patch", help="Store patch tokens as well as the summary.")] = True,
     codec: Annotated[str, typer.Option(help="Feature codec: f16-zstd or f32-zstd.")] = "f16-zstd",
     batch_size: Annotated[int, typer.Option(help="Images (sample-views) per teacher forward.")] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes (decode + replay).")] = 2,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes for decode + replay (default: 0 on CPU, min(8, cores-1) on GPU).")] = None,
     shard_mb: Annotated[float, typer.Option(help="Uncompressed size of one zarr shard (one unit of work).")] = 256.0,
     unit_rows: Annotated[Optional[int], typer.Option(help="Rows per zarr shard (overrides --shard-mb).")] = None,
     rank: Annotated[Optional[int], typer.Option(help="This process's rank (default: $RANK or 0).")] = None,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .codecs import cosine_sum, get_codec
+from .codecs import FeatureCodec, cosine_sum, get_codec
 from .errors import UserError
 from .sources import Source, decode_image, open_source
 from .store import Cache, Moments, TeacherStore, json_normal
@@ -42,7 +42,7 @@ class ExtractOptions:
     patch: bool = True
     codec: str = "f16-zstd"
     batch_size: int = 64  # images (sample-views) per teacher forward
-    workers: int = 2
+    workers: int | None = None  # None: 0 on CPU (the forward already uses every core), else min(8, cores - 1)
     shard_mb: float = 256.0
     unit_rows: int | None = None
     rank: int | None = None
@@ -159,12 +159,10 @@ class _UnitWriter:
 
 def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, rank: int) -> Cache:
     plan = PlanConfig(views=opts.views, seed=opts.seed)
-    if opts.views < 1:
-        raise UserError("--views must be at least 1")
     if Cache.exists(url):
         cache = Cache.open(url, mode="a")
     elif rank == 0:
-        index = source.index(workers=max(1, opts.workers), progress=opts.progress)
+        index = source.index(workers=min(8, os.cpu_count() or 1), progress=opts.progress)
         cache = Cache.create(url, index, source, plan)
     else:
         cache = Cache.wait_ready(url)
@@ -173,8 +171,8 @@ def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, rank: 
     return cache
 
 
-def _open_or_create_teacher(cache: Cache, name: str, teacher: Teacher, opts: ExtractOptions, rank: int) -> TeacherStore:
-    codec = get_codec(opts.codec)
+def _open_or_create_teacher(cache: Cache, name: str, teacher: Teacher, codec: FeatureCodec, opts: ExtractOptions,
+                            rank: int) -> TeacherStore:
     if _teacher_ready(cache, name):
         store = cache.teacher(name)
         want = {**teacher.info.to_dict(), "codec": codec.name, "has_patch": opts.patch}
@@ -214,15 +212,16 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     name = default_name(opts)
     if "/" in name or not name:
         raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
-    if opts.batch_size < 1 or opts.workers < 0:
-        raise UserError("--batch-size must be >= 1 and --workers >= 0")
-    get_codec(opts.codec)
+    if opts.batch_size < 1 or opts.views < 1 or (opts.workers is not None and opts.workers < 0):
+        raise UserError("--batch-size and --views must be >= 1, --workers >= 0")
+    codec = get_codec(opts.codec)
     device = pick_device(opts.device)
+    workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
     source = open_source(data)
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
     cache = _open_or_create_cache(source, cache_url, opts, rank)
-    store = _open_or_create_teacher(cache, name, teacher, opts, rank)
+    store = _open_or_create_teacher(cache, name, teacher, codec, opts, rank)
     done = store.done()
     pending = [u for u in range(store.units) if u % world == rank and not done[u]]
     k, res = cache.views, teacher.info.resolution
@@ -232,9 +231,9 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     start = time.perf_counter()
     report = ExtractReport(name, cache.url, store.units, int(done.sum()), 0, 0, 0.0, False, int(cache.bad.sum()))
     if batches:
-        loader = DataLoader(ViewBatches(source, cache, res), batch_sampler=batches, num_workers=opts.workers,
+        loader = DataLoader(ViewBatches(source, cache, res), batch_sampler=batches, num_workers=workers,
                             collate_fn=_as_is, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if opts.workers else None)
+                            prefetch_factor=4 if workers else None)
         _run_units(loader, teacher, store, pending, device, report,
                    tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample", desc=f"extract {name}",
                         disable=not opts.progress or rank != 0, smoothing=0.1))
@@ -259,7 +258,7 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
                 unit = next(unit_iter)
                 rows, filled = store.unit_rows(unit), 0
                 buffers = {kind: np.zeros((len(rows), *shapes[kind]), codec.dtype) for kind in kinds}
-                moments = {kind: Moments(0.0, np.zeros(d), np.zeros((d, d))) for kind in kinds}
+                moments = {kind: Moments.empty(d) for kind in kinds}
                 cos = {kind: 0.0 for kind in kinds}
             local = batch_rows - rows.start
             if valid.any():

@@ -58,6 +58,10 @@ class Moments:
     mean: np.ndarray
     m2: np.ndarray
 
+    @classmethod
+    def empty(cls, dim: int) -> "Moments":
+        return cls(0.0, np.zeros(dim), np.zeros((dim, dim)))
+
     def merge(self, other: "Moments") -> "Moments":
         """Chan et al.'s exact pairwise merge; folding in a fixed order gives bit-identical results."""
         n = self.count + other.count
@@ -299,7 +303,7 @@ class TeacherStore:
         partial = self.group["stats/partial"]
         counts = partial[f"{kind}_count"][:]
         d = self.info.dim
-        total = Moments(0.0, np.zeros(d), np.zeros((d, d)))
+        total = Moments.empty(d)
         for unit in range(self.units):
             total = total.merge(Moments(float(counts[unit]), partial[f"{kind}_mean"][unit], partial[f"{kind}_m2"][unit]))
         return total, float(partial[f"{kind}_cos"][:].sum())
