@@ -128,6 +128,61 @@ def extract_cmd(
                f"{r.bad_samples} bad samples skipped; {state}")
 
 
+@app.command("distill")
+@user_errors
+def distill_cmd(
+    data: Annotated[Optional[str], typer.Argument(help="The dataset the cache was made from (same spec as for extract).")] = None,
+    cache: Annotated[Optional[str], typer.Option(help="Cache path or URL.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder: checkpoints, metrics.jsonl, student.safetensors.")] = None,
+    config: Annotated[Optional[str], typer.Option(help="YAML file with any of these options; flags override it.")] = None,
+    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the cached teachers (default: all).")] = None,
+    student: Annotated[Optional[str], typer.Option(help="timm ViT name, e.g. vit_small_patch16_224.")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Student input resolution.")] = None,
+    model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for timm.create_model of the student (repeatable).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Initial encoder weights (.safetensors).")] = None,
+    lop_blocks: Annotated[Optional[str], typer.Option(help="Blocks feeding the projector ladder: all, last or i,j,k (the last block is always included).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="unic (0.5 cos + 0.5 smooth-L1) or gauss (Gaussian NLL).")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="Target standardisation: standard, phis or none.")] = None,
+    teacher_drop: Annotated[Optional[float], typer.Option(help="Probability of dropping each non-max-loss teacher.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs (or --steps).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (or --epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per step per process.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate for a global batch of 256 (scaled linearly).")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="Warm-up as a fraction of all steps.")] = None,
+    drop_path: Annotated[Optional[float], typer.Option(help="Stochastic depth rate of the student.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers per process.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the student init, data order and teacher dropping.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0: only at the end).")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint in --out.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda.")] = None,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,
+) -> None:
+    """Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP."""
+    import yaml
+
+    from .distill import DistillConfig, distill
+
+    values: dict = {}
+    if config:
+        try:
+            with open(config) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read --config {config}: {exc}") from None
+    flags = dict(data=data, cache=cache, out=out, student=student, img_size=img_size, init=init, lop_blocks=lop_blocks,
+                 loss=loss, norm=norm, teacher_drop=teacher_drop, epochs=epochs, steps=steps, batch_size=batch_size,
+                 lr=lr, warmup=warmup, drop_path=drop_path, workers=workers, seed=seed,
+                 checkpoint_every=checkpoint_every, resume=resume, device=device, progress=progress,
+                 teachers=teachers.split(",") if teachers else None,
+                 model_args=parse_model_args(model_arg) if model_arg else None)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if not values.get("data") or not values.get("cache"):
+        raise UserError("distill needs DATA and --cache (as flags or in --config)")
+    last = distill(DistillConfig.from_dict(values))
+    typer.echo(f"done: step {last.get('step')}, loss {last.get('loss', float('nan')):.4f}; "
+               f"student in {values.get('out', DistillConfig.out)}/student.safetensors")
+
+
 @app.command("info")
 @user_errors
 def info_cmd(

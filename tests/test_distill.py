@@ -1,0 +1,161 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+import zarr
+from safetensors.torch import load_file
+
+from unic_cache import Cache, ExtractOptions, UserError, extract
+from unic_cache import teachers as teachers_module
+from unic_cache.distill import DistillConfig, distill
+from unic_cache.loader import DistillStream, Selection
+from unic_cache.shapes import make_shapes
+
+from .conftest import SMALL8, TINY
+
+STUDENT = "vit_small_patch16_224"
+VIEWS = 2
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, weights):
+    root = tmp_path_factory.mktemp("distill")
+    make_shapes(root / "data", n=32, size=32, seed=1, shard_size=8)
+    cache = str(root / "cache.zarr")
+    for arch, res in ((TINY, 32), (SMALL8, 24)):
+        extract(str(root / "data"), cache, ExtractOptions(teacher=f"timm:{arch}", resolution=res, weights=str(weights[arch]),
+                                                           model_args={"depth": 2}, views=VIEWS, unit_rows=8, progress=False))
+    return root, cache
+
+
+def config(world, out, **kw) -> DistillConfig:
+    root, cache = world
+    base = dict(data=str(root / "data"), cache=cache, out=str(out), student=STUDENT, img_size=32,
+                model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02)
+    return DistillConfig(**{**base, **kw})
+
+
+def test_distill_never_builds_a_teacher_and_the_loss_decreases(world, tmp_path, monkeypatch):
+    teacher_ids = {TINY, SMALL8}
+    real_create = timm.create_model
+
+    def guarded_create(name, *args, **kwargs):
+        assert name not in teacher_ids, f"a teacher ({name}) was built during distill"
+        return real_create(name, *args, **kwargs)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("build_teacher called during distill")
+
+    monkeypatch.setattr(timm, "create_model", guarded_create)
+    monkeypatch.setattr(teachers_module, "build_teacher", no_teacher)
+    monkeypatch.setattr(teachers_module, "_create", no_teacher)
+    last = distill(config(world, tmp_path / "run", steps=40, teacher_drop=0.0))
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(losses) == 40 and last["step"] == 40
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["teachers"] == [SMALL8, TINY] and record["total_steps"] == 40
+
+
+def test_exported_encoder_loads_in_timm_with_the_same_features(world, tmp_path):
+    distill(config(world, tmp_path / "run", steps=2))
+    weights = tmp_path / "run" / "student.safetensors"
+    model = timm.create_model(STUDENT, pretrained=True, num_classes=0, img_size=32, depth=2,
+                              pretrained_cfg_overlay={"file": str(weights)}).eval()
+    state = load_file(str(weights))
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc1.weight"], state["blocks.1.mlp.fc1.weight"])
+    reference = timm.create_model(STUDENT, num_classes=0, img_size=32, depth=2).eval()
+    reference.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x))
+    heads = load_file(str(tmp_path / "run" / "heads.safetensors"))
+    assert any(k.startswith("heads.") for k in heads) and any(k.startswith("norms.") for k in heads)
+
+
+def test_resume_is_exact(world, tmp_path):
+    distill(config(world, tmp_path / "straight", steps=6, teacher_drop=0.5))
+    distill(config(world, tmp_path / "halves", steps=6, checkpoint_every=3, teacher_drop=0.5))
+    ckpt = tmp_path / "halves" / "checkpoints"
+    for extra in list(ckpt.iterdir()):
+        if extra.name.endswith("0006"):
+            import shutil
+            shutil.rmtree(extra)  # keep only the step-3 checkpoint, as if the run had been killed after it
+    distill(config(world, tmp_path / "halves", steps=6, checkpoint_every=3, teacher_drop=0.5, resume=True))
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "halves" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_views_cycle_and_each_row_once_per_epoch(world):
+    root, cache_url = world
+    cache = Cache.open(cache_url)
+    stream = DistillStream(str(root / "data"), cache_url, Selection.all_kinds(cache, [TINY]), 32, 4, block_rows=4)
+    seen = {}
+    for epoch in range(VIEWS):
+        order = stream.epoch_order(epoch)
+        rows = np.concatenate([r for _, r in order])
+        assert sorted(rows.tolist()) == list(range(32))  # every good row once per epoch
+        for view, block in order:
+            for row in block:
+                seen.setdefault(int(row), set()).add(view)
+    assert all(v == set(range(VIEWS)) for v in seen.values())
+    samples = [s for _, s in zip(range(32), stream)]
+    assert sorted(s["row"] for s in samples) == list(range(32))
+    first = samples[0]
+    summary = cache.teacher(TINY).group["summary"][first["row"], first["view"]]
+    assert np.array_equal(first[f"{TINY}/summary"].numpy(), summary)
+    assert first["image"].shape == (3, 32, 32) and first[f"{TINY}/patch"].shape == (4, 192)
+
+
+def test_misaligned_row_is_an_error(world, tmp_path):
+    root, cache_url = world
+    import shutil
+
+    bad = tmp_path / "misaligned.zarr"
+    shutil.copytree(cache_url, bad)
+    location = zarr.open_group(str(bad), mode="a")["index/location"]
+    loc = location[...]
+    loc[[3, 4]] = loc[[4, 3]]  # two rows now point at each other's image bytes
+    location[...] = loc
+    with pytest.raises(UserError, match="index mismatch"):
+        distill(config(world, tmp_path / "run", cache=str(bad), steps=8))
+
+
+def test_bad_options_are_user_errors(world, tmp_path):
+    with pytest.raises(UserError, match="exactly one of"):
+        distill(config(world, tmp_path / "r", steps=None))
+    with pytest.raises(UserError, match="unknown --loss"):
+        distill(config(world, tmp_path / "r", loss="mse"))
+    with pytest.raises(UserError, match="--lop-blocks"):
+        distill(config(world, tmp_path / "r", lop_blocks="7"))
+    with pytest.raises(UserError, match="no teacher"):
+        distill(config(world, tmp_path / "r", teachers=["nope"]))
+
+
+def test_gauss_loss_phis_and_last_block(world, tmp_path):
+    last = distill(config(world, tmp_path / "run", steps=3, loss="gauss", norm="phis", lop_blocks="last",
+                          teachers=[TINY]))
+    assert np.isfinite(last["loss"]) and set(k for k in last if k.startswith("loss/")) == {f"loss/{TINY}"}
+
+
+def test_torchrun_two_processes(world, tmp_path):
+    root, cache = world
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "unic_cache", "distill", str(root / "data"), "--cache", cache, "--out", str(out),
+           "--student", STUDENT, "--img-size", "32", "--model-arg", "depth=2", "--steps", "4", "--batch-size", "4",
+           "--workers", "0", "--no-progress", "--checkpoint-every", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert (out / "checkpoints" / "step-00000004" / "rng-1.safetensors").exists()

@@ -1,0 +1,309 @@
+"""Stage 2: train the student from the cache alone (no teacher is ever built or loaded).
+
+One step: images replayed at the student's resolution -> student + LoP heads -> per-teacher loss
+against standardised cached targets -> teacher dropping -> AdamW step. Checkpoints hold everything an
+exact resume needs (weights, optimizer, schedule, RNG states; the loader position is the step).
+Runs under torchrun with DDP (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from .errors import UserError
+from .extract import pick_device
+from .loader import DistillStream, Selection
+from .losses import gaussian_nll, teacher_drop_weights, unic_loss
+from .normalize import TargetNorm
+from .sources import open_source
+from .store import Cache
+from .student import Student
+
+LOSSES = ("unic", "gauss")
+
+
+@dataclass
+class DistillConfig:
+    """Every option of ``unic-cache distill`` (also the keys of a ``--config`` YAML file)."""
+
+    data: str = ""
+    cache: str = ""
+    out: str = "runs/student"
+    teachers: list[str] = field(default_factory=list)  # empty: every teacher in the cache
+    student: str = "vit_small_patch16_224"
+    img_size: int = 224
+    model_args: dict = field(default_factory=dict)
+    init: str | None = None
+    lop_blocks: str = "all"
+    loss: str = "unic"
+    norm: str = "standard"
+    teacher_drop: float = 0.5
+    epochs: float | None = None
+    steps: int | None = None
+    batch_size: int = 64  # per process
+    lr: float = 3e-4  # for a global batch of 256, scaled linearly
+    min_lr: float = 1e-6
+    weight_decay: float = 0.03
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup: float = 0.05  # fraction of all steps (UNIC: 10 of 200 epochs)
+    drop_path: float = 0.1
+    clip_grad: float = 3.0
+    workers: int = 2
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; 0: only the final checkpoint
+    resume: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown distill option(s) {', '.join(unknown)}; see `unic-cache distill --help`")
+        cfg = cls(**values)
+        cfg.betas = tuple(cfg.betas)
+        return cfg
+
+
+def _dist_setup(device: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if world > 1 else 0
+    dev = pick_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    return rank, world, dev
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    state = opt.state_dict()
+    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        i, k = name.split(".", 1)
+        state.setdefault(int(i), {})[k] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class Distiller:
+    """Builds everything for a run; ``run()`` trains to the last step and exports the student."""
+
+    def __init__(self, cfg: DistillConfig):
+        if cfg.loss not in LOSSES:
+            raise UserError(f"unknown --loss {cfg.loss!r}; choose unic or gauss")
+        if not 0 <= cfg.teacher_drop <= 1:
+            raise UserError("--teacher-drop must be in [0, 1]")
+        if (cfg.epochs is None) == (cfg.steps is None):
+            raise UserError("give exactly one of --epochs or --steps")
+        self.cfg = cfg
+        self.rank, self.world, self.device = _dist_setup(cfg.device)
+        cache = Cache.open(cfg.cache)
+        cache.check_source(open_source(cfg.data))
+        names = cfg.teachers or cache.teacher_names()
+        stores = {t: cache.teacher(t) for t in names}
+        for t, store in stores.items():
+            if not store.complete:
+                raise UserError(f"teacher {t} in {cfg.cache} is incomplete; finish it with unic-cache extract")
+        self.teachers = names
+        self.selection = Selection.all_kinds(cache, names)
+        self.norms = torch.nn.ModuleDict({
+            f"{t}__{kind}": TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
+        targets = {f"{t}/{kind}": (self.norms[f"{t}__{kind}"].out_dim, stores[t].info.grid if kind == "patch" else None)
+                   for t, kind in self.selection.targets}
+        torch.manual_seed(cfg.seed)
+        self.student = Student(cfg.student, cfg.img_size, targets, cfg.lop_blocks, cfg.drop_path,
+                               2 if cfg.loss == "gauss" else 1, cfg.model_args)
+        if cfg.init:
+            self.student.encoder.load_state_dict(load_file(cfg.init), strict=True)
+        self.student.to(self.device)
+        self.norms.to(self.device)
+        self.model = torch.nn.parallel.DistributedDataParallel(self.student) if self.world > 1 else self.student
+        good = int((~cache.bad).sum())
+        global_batch = cfg.batch_size * self.world
+        self.total = cfg.steps or max(1, math.ceil(cfg.epochs * good / global_batch))
+        decay = [p for n, p in self.student.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
+        no_decay = [p for n, p in self.student.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+        self.lr = cfg.lr * global_batch / 256
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=cfg.betas)
+        self.warmup = int(cfg.warmup * self.total)
+        self.drop_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        self.step = 0
+        self.out = Path(cfg.out)
+        if cfg.resume:
+            self._resume()
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to min_lr."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.total - self.warmup)
+        return self.cfg.min_lr + 0.5 * (self.lr - self.cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
+        preds = self.model(batch["image"].to(self.device, non_blocking=True))
+        per_teacher = []
+        for t in self.teachers:
+            total = 0.0
+            for teacher, kind in self.selection.targets:
+                if teacher != t:
+                    continue
+                target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True))
+                pred = preds[f"{t}/{kind}"].float()
+                if self.cfg.loss == "unic":
+                    total = total + unic_loss(pred, target)
+                else:
+                    mean, log_var = pred.chunk(2, dim=-1)
+                    total = total + gaussian_nll(mean, log_var, target)
+            per_teacher.append(total)
+        losses = torch.stack(per_teacher, 1)
+        weights = teacher_drop_weights(losses.detach().float().cpu(), self.cfg.teacher_drop, self.drop_gen).to(self.device)
+        return (weights * losses).sum(1).mean(), losses.detach(), weights
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        stream = DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
+                               self.rank, self.world, start_step=self.step)
+        loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.out / "config.json").write_text(json.dumps(self.config_record(), indent=1))
+        metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        tb = self._tensorboard()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
+        self.model.train()
+        last = {}
+        tick = time.perf_counter()
+        for batch in loader:
+            if self.step >= self.total:
+                break
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            with autocast:
+                loss, losses, weights = self.loss(batch)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip_grad)
+            self.opt.step()
+            self.step += 1
+            now = time.perf_counter()
+            record = self._reduce({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
+                                   **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
+                                   **{f"weight/{t}": weights[:, i].mean() for i, t in enumerate(self.teachers)}})
+            record.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
+                          samples_per_s=cfg.batch_size * self.world / max(now - tick, 1e-9))
+            tick, last = now, record
+            if metrics:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            if tb:
+                for k, v in record.items():
+                    tb.add_scalar(k, v, self.step)
+            bar.update()
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                self.checkpoint()
+        bar.close()
+        self.checkpoint()
+        self.export()
+        if metrics:
+            metrics.close()
+        return last
+
+    def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        stacked = torch.stack([v.float().to(self.device) for v in values.values()])
+        if self.world > 1:
+            dist.all_reduce(stacked)
+            stacked /= self.world
+        return dict(zip(values, stacked.tolist()))
+
+    def _tensorboard(self):
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    def config_record(self) -> dict:
+        return {**asdict(self.cfg), "world_size": self.world, "total_steps": self.total, "teachers": self.teachers,
+                "targets": {f"{t}/{k}": self.norms[f"{t}__{k}"].out_dim for t, k in self.selection.targets},
+                "lr_scaled": self.lr, "warmup_steps": self.warmup}
+
+    def checkpoint(self) -> None:
+        """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
+        final = self.out / "checkpoints" / f"step-{self.step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in self.student.state_dict().items()}, str(tmp / "model.safetensors"))
+            tensors, groups = _optimizer_tensors(self.opt)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "state.json").write_text(json.dumps({"step": self.step, "param_groups": groups, "world_size": self.world}))
+        self._barrier()
+        save_file({"torch": torch.get_rng_state(), "drop": self.drop_gen.get_state()}, str(tmp / f"rng-{self.rank}.safetensors"))
+        self._barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _resume(self) -> None:
+        ckpts = sorted((self.out / "checkpoints").glob("step-????????")) if (self.out / "checkpoints").exists() else []
+        if not ckpts:
+            raise UserError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
+        ckpt = ckpts[-1]
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["world_size"] != self.world:
+            raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume with the same number")
+        self.student.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        _load_optimizer(self.opt, load_file(str(ckpt / "optimizer.safetensors"), device=str(self.device)), state["param_groups"])
+        rng = load_file(str(ckpt / f"rng-{self.rank}.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        self.drop_gen.set_state(rng["drop"])
+        self.step = int(state["step"])
+
+    def export(self) -> None:
+        """``student.safetensors`` (encoder only, timm-loadable), ``heads.safetensors`` (LoP + target norms)."""
+        if self.rank != 0:
+            return
+        save_file({k: v.contiguous() for k, v in self.student.encoder.state_dict().items()}, str(self.out / "student.safetensors"))
+        heads = {f"heads.{k}": v.contiguous() for k, v in self.student.heads.state_dict().items()}
+        heads.update({f"norms.{k}": v.contiguous() for k, v in self.norms.state_dict().items()})
+        save_file(heads, str(self.out / "heads.safetensors"))
+
+
+def distill(cfg: DistillConfig) -> dict:
+    """Train a student from the cache; returns the last step's metrics."""
+    return Distiller(cfg).run()

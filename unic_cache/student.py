@@ -1,0 +1,93 @@
+"""The student: a timm ViT encoder and, per teacher and token type, a ladder of projectors (LoP).
+
+Each chosen block feeds one MLP per (teacher, kind) through ``forward_intermediates``; the MLP outputs
+are summed. Hidden width is the student's width (768 for ViT-B), the last block's 4x wider (3072), as
+UNIC. Where a teacher's token grid differs from the student's, the student's patch map is resized to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+
+def parse_blocks(spec: str, depth: int) -> list[int]:
+    """``all``, ``last`` or ``i,j,k`` (negative counts from the end) -> sorted block indices, always with the last."""
+    if spec == "all":
+        return list(range(depth))
+    try:
+        raw = [-1] if spec == "last" else [int(b) for b in spec.split(",")]
+    except ValueError:
+        raw = [depth]
+    if any(not -depth <= b < depth for b in raw):
+        raise UserError(f"--lop-blocks takes all, last or block indices below {depth} like 3,7,11; got {spec!r}")
+    return sorted({b % depth for b in raw} | {depth - 1})  # the last block (the exported output) always feeds
+
+
+def _mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class Ladder(nn.Module):
+    """One MLP per block; the projections of all blocks are summed."""
+
+    def __init__(self, dim: int, out: int, blocks: list[int], last: int):
+        super().__init__()
+        self.mlps = nn.ModuleList(_mlp(dim, dim * (4 if b == last else 1), out) for b in blocks)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return sum(mlp(x) for mlp, x in zip(self.mlps, features))
+
+
+class Student(nn.Module):
+    """Encoder + LoP heads; ``forward`` returns {"<teacher>/<kind>": prediction}."""
+
+    def __init__(self, arch: str, img_size: int, targets: dict[str, tuple[int, tuple[int, int] | None]],
+                 lop_blocks: str = "all", drop_path: float = 0.1, out_factor: int = 1, model_args: dict | None = None):
+        """``targets``: "<teacher>/<kind>" -> (output dim, teacher grid for patch targets or None)."""
+        super().__init__()
+        import timm
+
+        try:
+            self.encoder = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size,
+                                             drop_path_rate=drop_path, **(model_args or {}))
+        except (RuntimeError, TypeError) as exc:
+            raise UserError(f"cannot build student {arch!r}: {exc}") from None
+        if not hasattr(self.encoder, "forward_intermediates") or not hasattr(self.encoder, "patch_embed"):
+            raise UserError(f"student {arch!r} must be a timm ViT (with forward_intermediates)")
+        cfg = self.encoder.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5,) * 3)).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5,) * 3)).view(1, 3, 1, 1) * 255, persistent=False)
+        depth, dim = len(self.encoder.blocks), self.encoder.num_features
+        self.blocks = parse_blocks(lop_blocks, depth)
+        self.grid = tuple(self.encoder.patch_embed.grid_size)
+        self.grids = {name: grid for name, (_, grid) in targets.items()}
+        self.heads = nn.ModuleDict({name.replace("/", "__"): Ladder(dim, out * out_factor, self.blocks, depth - 1)
+                                    for name, (out, _) in targets.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 images (B, 3, H, W), normalised here with the encoder's mean/std, -> predictions."""
+        x = (images.float() - self.mean) / self.std
+        feats = self.encoder.forward_intermediates(x, indices=self.blocks, output_fmt="NLC", norm=False,
+                                                   intermediates_only=True, return_prefix_tokens=True)
+        norm = self.encoder.norm  # the last block is read after the final norm: what the exported encoder outputs
+        feats[-1] = (norm(feats[-1][0]), norm(feats[-1][1]))
+        summary = [prefix[:, 0] if prefix.shape[1] else patch.mean(1) for patch, prefix in feats]
+        out = {}
+        for name, grid in self.grids.items():
+            head = self.heads[name.replace("/", "__")]
+            if grid is None:
+                out[name] = head(summary)
+            else:
+                out[name] = head([self._resize(patch, grid) for patch, _ in feats])
+        return out
+
+    def _resize(self, patch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if tuple(grid) == self.grid:
+            return patch
+        b, _, d = patch.shape
+        fmap = patch.transpose(1, 2).reshape(b, d, *self.grid)
+        return F.interpolate(fmap, size=tuple(grid), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
