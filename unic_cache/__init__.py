@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .distill import DistillConfig, distill  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .extract import ExtractOptions, ExtractReport, extract  # noqa: E402
 from .shapes import TASKS, make_shapes  # noqa: E402
@@ -11,7 +12,7 @@ from .teachers import FAMILIES, Teacher, TeacherInfo, build_teacher, resolve  # 
 from .views import PARAM_NAMES, PlanConfig, ViewPolicy, plan_views, replay  # noqa: E402
 
 __all__ = [
-    "__version__", "UserError", "ExtractOptions", "ExtractReport", "extract", "TASKS", "make_shapes",
+    "__version__", "DistillConfig", "distill", "UserError", "ExtractOptions", "ExtractReport", "extract", "TASKS", "make_shapes",
     "DatasetIndex", "decode_image", "open_source", "Cache", "TeacherStore", "FAMILIES", "Teacher",
     "TeacherInfo", "build_teacher", "resolve", "PARAM_NAMES", "PlanConfig", "ViewPolicy", "plan_views", "replay",
 ]

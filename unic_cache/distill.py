@@ -184,17 +184,12 @@ class Distiller:
         from tqdm import tqdm
 
         cfg = self.cfg
-        stream = DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
-                               self.rank, self.world, start_step=self.step)
-        loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
-                            generator=torch.Generator().manual_seed(cfg.seed))
+        loader = self.loader()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out / "config.json").write_text(json.dumps(self.config_record(), indent=1))
         metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
         tb = self._tensorboard()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
         self.model.train()
         last = {}
@@ -202,19 +197,8 @@ class Distiller:
         for batch in loader:
             if self.step >= self.total:
                 break
-            for group in self.opt.param_groups:
-                group["lr"] = self.lr_at(self.step)
-            with autocast:
-                loss, losses, weights = self.loss(batch)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip_grad)
-            self.opt.step()
-            self.step += 1
+            record = self.train_step(batch)
             now = time.perf_counter()
-            record = self._reduce({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
-                                   **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
-                                   **{f"weight/{t}": weights[:, i].mean() for i, t in enumerate(self.teachers)}})
             record.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
                           samples_per_s=cfg.batch_size * self.world / max(now - tick, 1e-9))
             tick, last = now, record
@@ -234,6 +218,36 @@ class Distiller:
         if metrics:
             metrics.close()
         return last
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on a batch; returns its metrics, averaged over processes."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        with self.autocast():
+            loss, losses, weights = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.clip_grad)
+        self.opt.step()
+        self.step += 1
+        return self._reduce({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
+                             **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
+                             **{f"weight/{t}": weights[:, i].mean() for i, t in enumerate(self.teachers)}})
+
+    def autocast(self):
+        """bf16 autocast on GPU; full precision on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def loader(self) -> DataLoader:
+        """This process's endless data stream, starting at the current step."""
+        cfg = self.cfg
+        stream = DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
+                               self.rank, self.world, start_step=self.step)
+        return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                          generator=torch.Generator().manual_seed(cfg.seed))
 
     def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         stacked = torch.stack([v.float().to(self.device) for v in values.values()])

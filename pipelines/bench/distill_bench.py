@@ -1,0 +1,104 @@
+"""Distillation benchmark, side by side in one run: data-path headroom, cache overhead, peak memory.
+
+- headroom: loader samples/s (DataLoader workers decoding, replaying and reading the cache) divided by
+  student train-step samples/s on a batch already in memory;
+- cache overhead: a distill step fed by the loader divided by a step on a batch already in memory;
+- peak memory (max RSS of a fresh process) of distill with 1 vs 3 cached teachers.
+
+    python pipelines/bench/distill_bench.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from unic_cache import ExtractOptions, extract, make_shapes
+from unic_cache.distill import DistillConfig, Distiller
+
+ROOT = Path(__file__).resolve().parents[2]
+TEACHERS = (("t192", "vit_tiny_patch16_224"), ("t384", "vit_small_patch16_224"), ("t768", "vit_base_patch16_224"))
+
+
+def rate(fn, batches: int, batch_size: int) -> float:
+    """Samples/s of calling ``fn`` ``batches`` times after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(batches):
+        fn()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def peak_rss_mb(cfg: dict) -> float:
+    """Max RSS (MB) of a fresh process that runs distill with ``cfg``."""
+    code = ("import json, resource, sys; from unic_cache.distill import DistillConfig, distill; "
+            "distill(DistillConfig.from_dict(json.loads(sys.argv[1]))); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--size", type=int, default=96, help="image side of the shapes world")
+    ap.add_argument("--student", default="vit_small_patch16_224")
+    ap.add_argument("--img-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data, cache = str(Path(tmp) / "data"), str(Path(tmp) / "cache.zarr")
+        make_shapes(data, n=args.n, size=args.size, seed=0, shard_size=args.n // 4)
+        for name, arch in TEACHERS:
+            extract(data, cache, ExtractOptions(teacher=f"timm:{arch}", name=name, resolution=64, weights="random",
+                                                model_args={"depth": 2}, views=4, progress=False))
+        base = dict(data=data, cache=cache, out=str(Path(tmp) / "run"), student=args.student, img_size=args.img_size,
+                    batch_size=args.batch_size, workers=args.workers, steps=10**6, progress=False)
+        distiller = Distiller(DistillConfig.from_dict(base))
+        loader_iter = iter(distiller.loader())
+        loader_rate = rate(lambda: next(loader_iter), args.batches * 5, args.batch_size)  # past the prefetched batches
+        batch = next(loader_iter)
+        memory_rate = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
+        fed_rate = rate(lambda: distiller.train_step(next(loader_iter)), args.batches, args.batch_size)
+        head_mb = {k: sum(p.numel() for p in Distiller(DistillConfig.from_dict({**base, **extra})).student.heads.parameters())
+                   * 16 / 2**20 for k, extra in (("one", {"teachers": ["t768"]}), ("three", {}))}  # weights, grads, 2 Adam moments
+        one = peak_rss_mb({**base, "teachers": ["t768"], "steps": args.batches, "out": str(Path(tmp) / "m1")})
+        three = peak_rss_mb({**base, "steps": args.batches, "out": str(Path(tmp) / "m3")})
+    cmd = " ".join(["python", "pipelines/bench/distill_bench.py", *map(shlex.quote, sys.argv[1:])])
+    text = "\n".join([
+        f"### Distillation data path ({datetime.date.today()}, CPU {platform.machine()}, {torch.get_num_threads()} threads)",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Student {args.student} at {args.img_size} px, batch {args.batch_size}, {args.workers} DataLoader workers; "
+        f"3 cached teachers (widths 192/384/768, 4x4 grids, 4 views), {args.n} samples of {args.size} px PNG.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| data-path headroom: loader ÷ train step (batch in memory) | {loader_rate / memory_rate:.2f} | ≥ 2 |",
+        f"| cache overhead: distill step ÷ step on a batch in memory | {memory_rate / fed_rate:.3f} | ≤ 1.1 |",
+        f"| peak RSS, 1 teacher (t768) / 3 teachers | {one:.0f} MB / {three:.0f} MB (+{three - one:.0f} MB) | heads + batches only |",
+        f"| LoP heads with optimizer state, 1 / 3 teachers | {head_mb['one']:.0f} MB / {head_mb['three']:.0f} MB | |",
+        "",
+    ])
+    print(text)
+    if args.write:
+        with open(ROOT / "BENCHMARKS.md", "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
