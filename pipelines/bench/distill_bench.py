@@ -11,22 +11,17 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from report import heading, publish
 from unic_cache import ExtractOptions, extract, make_shapes
 from unic_cache.distill import DistillConfig, Distiller
 
-ROOT = Path(__file__).resolve().parents[2]
 TEACHERS = (("t192", "vit_tiny_patch16_224"), ("t384", "vit_small_patch16_224"), ("t768", "vit_base_patch16_224"))
 
 
@@ -77,12 +72,7 @@ def main() -> None:
                    * 16 / 2**20 for k, extra in (("one", {"teachers": ["t768"]}), ("three", {}))}  # weights, grads, 2 Adam moments
         one = peak_rss_mb({**base, "teachers": ["t768"], "steps": args.batches, "out": str(Path(tmp) / "m1")})
         three = peak_rss_mb({**base, "steps": args.batches, "out": str(Path(tmp) / "m3")})
-    cmd = " ".join(["python", "pipelines/bench/distill_bench.py", *map(shlex.quote, sys.argv[1:])])
-    text = "\n".join([
-        f"### Distillation data path ({datetime.date.today()}, CPU {platform.machine()}, {torch.get_num_threads()} threads)",
-        "",
-        f"Command: `{cmd}`",
-        "",
+    publish(heading("Distillation data path") + [
         f"Student {args.student} at {args.img_size} px, batch {args.batch_size}, {args.workers} DataLoader workers; "
         f"3 cached teachers (widths 192/384/768, 4x4 grids, 4 views), {args.n} samples of {args.size} px PNG.",
         "",
@@ -93,12 +83,7 @@ def main() -> None:
         f"| peak RSS, 1 teacher (t768) / 3 teachers | {one:.0f} MB / {three:.0f} MB (+{three - one:.0f} MB) | heads + batches only |",
         f"| LoP heads with optimizer state, 1 / 3 teachers | {head_mb['one']:.0f} MB / {head_mb['three']:.0f} MB | |",
         "",
-    ])
-    print(text)
-    if args.write:
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(text + "\n")
-
+    ], args.write)
 
 if __name__ == "__main__":
     main()

@@ -6,18 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import shlex
-import sys
 import timeit
-from pathlib import Path
 
 import torch
 
+from report import heading, publish
 from unic_cache.losses import teacher_drop_weights
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def loop_reference(losses: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -42,21 +36,11 @@ def main() -> None:
     losses = torch.rand(args.batch, args.teachers, generator=gen)
     vec = min(timeit.repeat(lambda: (teacher_drop_weights(losses, args.p, gen) * losses).sum(1).mean(), number=200, repeat=5)) / 200
     ref = min(timeit.repeat(lambda: (loop_reference(losses, args.p, gen) * losses).sum(1).mean(), number=3, repeat=3)) / 3
-    cmd = " ".join(["python", "pipelines/bench/drop_bench.py", *map(shlex.quote, sys.argv[1:])])
-    text = "\n".join([
-        f"### Teacher dropping ({datetime.date.today()}, CPU {platform.machine()}, {torch.get_num_threads()} threads)",
-        "",
-        f"Command: `{cmd}`",
-        "",
+    publish(heading(f"Teacher dropping, B={args.batch}, T={args.teachers}") + [
         f"B={args.batch}, T={args.teachers}, p={args.p}: weights and weighted loss, vectorised vs a per-sample Python "
         f"loop. **Speed-up: {ref / vec:.0f}×** (target ≥ 50×).",
         "",
-    ])
-    print(text)
-    if args.write:
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(text + "\n")
-
+    ], args.write)
 
 if __name__ == "__main__":
     main()

@@ -10,20 +10,15 @@ measured side by side in one run on one machine.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from report import heading, publish
 from unic_cache import Cache, ExtractOptions, build_teacher, extract, make_shapes
 from unic_cache.audit import cache_info
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def forward_only(arch: str, res: int, images: int, batch: int, device: str, model_args: dict) -> float:
@@ -68,13 +63,7 @@ def main() -> None:
         fwd = (before + forward_only(args.arch, args.res, images, args.batch_size, args.device, {})) / 2
         extract(str(data), cache, ExtractOptions(teacher=f"timm:{args.second_arch}", **common))
         _, teachers = cache_info(Cache.open(cache))
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    cmd = " ".join(["python", "pipelines/bench/extract_bench.py", *map(shlex.quote, sys.argv[1:])])
-    lines = [
-        f"### Extraction ({datetime.date.today()}, {device})",
-        "",
-        f"Command: `{cmd}`",
-        "",
+    lines = heading("Extraction", args.device) + [
         f"Teacher {args.arch} (random weights) at {args.res} px, {args.views} views, batch {args.batch_size} images, "
         f"{'default' if args.workers is None else args.workers} DataLoader worker(s), {args.n} samples of {args.size} px PNG, "
         f"zarr shards of {args.shard_mb:g} MB.",
@@ -90,15 +79,7 @@ def main() -> None:
         gh, gw = (int(v) for v in t["grid"].split("x"))
         f32 = 4 * t["dim"] * (1 + gh * gw)
         lines.append(f"| {t['model']} | {t['dim']} | {t['grid']} | {t['codec']} | {t['bytes/sample-view']} | {f32} | {t['vs float32']} |")
-    lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        head = "" if path.exists() else "# Benchmarks\n\nEvery figure with the command, machine and date that produced it.\n\n"
-        with open(path, "a") as f:
-            f.write(head + text + "\n")
-
+    publish(lines + [""], args.write)
 
 if __name__ == "__main__":
     main()
