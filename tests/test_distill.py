@@ -159,3 +159,11 @@ def test_torchrun_two_processes(world, tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert (out / "checkpoints" / "step-00000004" / "rng-1.safetensors").exists()
+
+
+def test_init_from_a_file_and_a_bad_init_file(world, tmp_path):
+    distill(config(world, tmp_path / "first", steps=1))
+    weights = tmp_path / "first" / "student.safetensors"
+    distill(config(world, tmp_path / "second", steps=1, init=str(weights)))
+    with pytest.raises(UserError, match="--init"):
+        distill(config(world, tmp_path / "third", steps=1, init=str(tmp_path / "missing.safetensors")))

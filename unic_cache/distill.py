@@ -133,18 +133,23 @@ class Distiller:
         self.student = Student(cfg.student, cfg.img_size, targets, cfg.lop_blocks, cfg.drop_path,
                                2 if cfg.loss == "gauss" else 1, cfg.model_args)
         if cfg.init:
-            self.student.encoder.load_state_dict(load_file(cfg.init), strict=True)
+            try:
+                self.student.encoder.load_state_dict(load_file(cfg.init), strict=True)
+            except (OSError, RuntimeError) as exc:
+                raise UserError(f"--init {cfg.init} cannot initialise {cfg.student}: {' '.join(str(exc).split())[:300]}") from None
         self.student.to(self.device)
         self.norms.to(self.device)
         self.model = torch.nn.parallel.DistributedDataParallel(self.student) if self.world > 1 else self.student
         good = int((~cache.bad).sum())
         global_batch = cfg.batch_size * self.world
         self.total = cfg.steps or max(1, math.ceil(cfg.epochs * good / global_batch))
-        decay = [p for n, p in self.student.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-        no_decay = [p for n, p in self.student.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+        params = dict(self.student.named_parameters())
+        # weight decay on matrices only: not on biases, norms, position embeddings or CLS/register tokens
+        decay = {n for n, p in params.items() if p.ndim > 1 and "pos_embed" not in n and "token" not in n}
         self.lr = cfg.lr * global_batch / 256
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=cfg.betas)
+        self.opt = torch.optim.AdamW([{"params": [params[n] for n in params if n in decay], "weight_decay": cfg.weight_decay},
+                                      {"params": [params[n] for n in params if n not in decay], "weight_decay": 0.0}],
+                                     lr=self.lr, betas=cfg.betas)
         self.warmup = int(cfg.warmup * self.total)
         self.drop_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.step = 0
