@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from .errors import UserError
-from .extract import pick_device
+from .extract import autocast_for, pick_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import TargetNorm
@@ -167,21 +167,16 @@ class Distiller:
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
         preds = self.model(batch["image"].to(self.device, non_blocking=True))
-        per_teacher = []
-        for t in self.teachers:
-            total = 0.0
-            for teacher, kind in self.selection.targets:
-                if teacher != t:
-                    continue
-                target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True))
-                pred = preds[f"{t}/{kind}"].float()
-                if self.cfg.loss == "unic":
-                    total = total + unic_loss(pred, target)
-                else:
-                    mean, log_var = pred.chunk(2, dim=-1)
-                    total = total + gaussian_nll(mean, log_var, target)
-            per_teacher.append(total)
-        losses = torch.stack(per_teacher, 1)
+        per_teacher = {t: 0.0 for t in self.teachers}  # summed over token kinds
+        for t, kind in self.selection.targets:
+            target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True))
+            pred = preds[f"{t}/{kind}"].float()
+            if self.cfg.loss == "unic":
+                per_teacher[t] = per_teacher[t] + unic_loss(pred, target)
+            else:
+                mean, log_var = pred.chunk(2, dim=-1)
+                per_teacher[t] = per_teacher[t] + gaussian_nll(mean, log_var, target)
+        losses = torch.stack([per_teacher[t] for t in self.teachers], 1)
         weights = teacher_drop_weights(losses.detach().float().cpu(), self.cfg.teacher_drop, self.drop_gen).to(self.device)
         return (weights * losses).sum(1).mean(), losses.detach(), weights
 
@@ -228,7 +223,7 @@ class Distiller:
         """One optimizer step on a batch; returns its metrics, averaged over processes."""
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        with self.autocast():
+        with autocast_for(self.device):
             loss, losses, weights = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,12 +233,6 @@ class Distiller:
         return self._reduce({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
                              **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
                              **{f"weight/{t}": weights[:, i].mean() for i, t in enumerate(self.teachers)}})
-
-    def autocast(self):
-        """bf16 autocast on GPU; full precision on CPU."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
 
     def loader(self) -> DataLoader:
         """This process's endless data stream, starting at the current step."""

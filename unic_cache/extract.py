@@ -87,6 +87,13 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on GPU; full precision (a disabled context) on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 class ViewBatches(Dataset):
     """Rows -> (rows, uint8 views (b, K, 3, R, R), valid (b,)); images are decoded once per row."""
 
@@ -251,7 +258,6 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
     writer = _UnitWriter(store)
     unit_iter = iter(pending)
     unit, rows, buffers, moments, cos, filled = None, range(0), {}, {}, {}, 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     try:
         for batch_rows, images, valid in loader:
             if filled == len(rows):  # start the next unit
@@ -263,7 +269,7 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
             local = batch_rows - rows.start
             if valid.any():
                 x = images[valid].to(device, non_blocking=True).flatten(0, 1)
-                with autocast:
+                with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))
                 for kind in kinds:
                     stored = codec.encode(out[kind])
