@@ -103,6 +103,7 @@ def extract_cmd(
     model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE passed to timm.create_model, e.g. depth=2 (repeatable).")] = None,
     views: Annotated[int, typer.Option(help="Augmented views per sample (view 0 is the eval view).")] = 8,
     seed: Annotated[int, typer.Option(help="View-plan seed.")] = 0,
+    crop_scale: Annotated[tuple[float, float], typer.Option(help="Area range of the random resized crops (views 1..K-1), e.g. 0.35 1 for small images.")] = (0.08, 1.0),
     patch: Annotated[bool, typer.Option("--patch/--no-patch", help="Store patch tokens as well as the summary.")] = True,
     codec: Annotated[str, typer.Option(help="Feature codec: f16-zstd or f32-zstd.")] = "f16-zstd",
     batch_size: Annotated[int, typer.Option(help="Images (sample-views) per teacher forward.")] = 64,
@@ -119,7 +120,7 @@ def extract_cmd(
 
     opts = ExtractOptions(teacher=teacher, size=size, name=name, resolution=resolution, weights=weights,
                           model_args=parse_model_args(model_arg or []), views=views,
-                          seed=seed, patch=patch, codec=codec, batch_size=batch_size, workers=workers, shard_mb=shard_mb,
+                          seed=seed, crop_scale=crop_scale, patch=patch, codec=codec, batch_size=batch_size, workers=workers, shard_mb=shard_mb,
                           unit_rows=unit_rows, rank=rank, world_size=world_size, device=device, progress=progress)
     r = extract(data, cache, opts)
     state = "complete" if r.complete else "incomplete (other ranks still working, or run again to resume)"
@@ -144,6 +145,8 @@ def distill_cmd(
     loss: Annotated[Optional[str], typer.Option(help="unic (0.5 cos + 0.5 smooth-L1) or gauss (Gaussian NLL).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="Target standardisation: standard, phis or none.")] = None,
     teacher_drop: Annotated[Optional[float], typer.Option(help="Probability of dropping each non-max-loss teacher.")] = None,
+    views: Annotated[Optional[int], typer.Option(help="Use only the first N cached views of each sample (default: all).")] = None,
+    online: Annotated[Optional[bool], typer.Option("--online/--cached", help="Reference mode: run the teachers on fresh views every step instead of reading the cache (slow).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs (or --steps).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (or --epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Samples per step per process.")] = None,
@@ -170,7 +173,7 @@ def distill_cmd(
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(f"cannot read --config {config}: {exc}") from None
     flags = dict(data=data, cache=cache, out=out, student=student, img_size=img_size, init=init, lop_blocks=lop_blocks,
-                 loss=loss, norm=norm, teacher_drop=teacher_drop, epochs=epochs, steps=steps, batch_size=batch_size,
+                 loss=loss, norm=norm, teacher_drop=teacher_drop, views=views, online=online, epochs=epochs, steps=steps, batch_size=batch_size,
                  lr=lr, warmup=warmup, drop_path=drop_path, workers=workers, seed=seed,
                  checkpoint_every=checkpoint_every, resume=resume, device=device, progress=progress,
                  teachers=teachers.split(",") if teachers else None,
@@ -181,6 +184,102 @@ def distill_cmd(
     last = distill(DistillConfig.from_dict(values))
     typer.echo(f"done: step {last.get('step')}, loss {last.get('loss', float('nan')):.4f}; "
                f"student in {values.get('out', DistillConfig.out)}/student.safetensors")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    data: Annotated[str, typer.Argument(help="The labelled dataset the cache was made from (shapes .json labels, .cls, or class folders).")],
+    cache: Annotated[str, typer.Option(help="Cache path or URL: teacher features come from its view 0.")],
+    student: Annotated[Optional[list[str]], typer.Option(help="A distill run folder, or NAME=FOLDER (repeatable).")] = None,
+    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated cached teachers (default: all; 'none' for none).")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks (default: all of the dataset's).")] = None,
+    out: Annotated[str, typer.Option(help="Folder for results.json, results.md and results.png.")] = "eval",
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/val/test split (hash of each key).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per student forward.")] = 128,
+    workers: Annotated[int, typer.Option(help="DataLoader workers for decoding.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Probe students and cached teachers per task: kNN, linear probe and k-means NMI (classes), ridge R² (targets)."""
+    from pathlib import Path
+
+    from .evaluate import EvalOptions, evaluate
+
+    students = {}
+    for item in student or []:
+        name, sep, folder = item.partition("=")
+        students[name if sep else Path(item).name] = folder if sep else item
+    chosen = None if teachers is None else ([] if teachers == "none" else teachers.split(","))
+    results = evaluate(EvalOptions(data=data, cache=cache, students=students, teachers=chosen,
+                                   tasks=tasks.split(",") if tasks else None, split_seed=split_seed,
+                                   batch_size=batch_size, workers=workers, device=device, progress=progress))
+    paths = results.save(out)
+    typer.echo(results.markdown())
+    typer.echo(f"table: {paths['markdown']}  json: {paths['json']}  chart: {paths['chart']}")
+
+
+@app.command("train-teacher")
+@user_errors
+def train_teacher_cmd(
+    data: Annotated[str, typer.Argument(help="A labelled dataset (e.g. a shapes world from make-shapes).")],
+    out: Annotated[str, typer.Option(help="The .safetensors file to write (a .json beside it records the recipe).")],
+    task: Annotated[list[str], typer.Option(help="A task to train on (repeatable), e.g. --task shape --task texture.")],
+    arch: Annotated[str, typer.Option(help="timm ViT architecture.")] = "vit_tiny_patch16_224",
+    img_size: Annotated[int, typer.Option(help="Input resolution.")] = 32,
+    model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for timm.create_model, e.g. depth=4 (repeatable).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Initialisation and order seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train a small specialised teacher on some tasks (never on eval's test rows); prints the extract command."""
+    from .train_teacher import TeacherTrainConfig, train_teacher
+
+    record = train_teacher(TeacherTrainConfig(data=data, out=out, tasks=task, arch=arch, img_size=img_size,
+                                              model_args=parse_model_args(model_arg or []), epochs=epochs,
+                                              batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress))
+    scores = ", ".join(f"{t} {v:.1f}" for t, v in record["val_score"].items())
+    typer.echo(f"wrote {out} (val: {scores})\nuse it with: {record['extract']}")
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    pipeline: Annotated[str, typer.Argument(help="A pipeline YAML (see pipelines/): data, teachers, cache, distill arms, seeds, eval.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set seeds=[0] --set distill.epochs=2 (repeatable).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Run a pipeline: make data, train/extract missing teachers (never re-extract), distil every arm, evaluate."""
+    from .pipeline import run_pipeline
+
+    _report(run_pipeline(pipeline, set_ or [], progress))
+
+
+@app.command("demo")
+@user_errors
+def demo_cmd(
+    out: Annotated[str, typer.Option(help="Folder for the world, teachers, cache, runs and results.")] = "demo",
+    quick: Annotated[bool, typer.Option("--quick", help="A much smaller, faster run (a smoke test, not a benchmark).")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Offline end to end: a shapes world, specialised teachers, one cache, a distilled student, the evaluation."""
+    from .demo import run_demo
+
+    _report(run_demo(out, quick, progress))
+
+
+def _report(run) -> None:
+    ran = [f"{step} {what}" for step, what, status in run.steps if status == "ran"]
+    skipped = [f"{step} {what}" for step, what, status in run.steps if status == "skipped"]
+    typer.echo("\n" + run.results.markdown())
+    typer.echo(f"ran: {', '.join(ran) or 'nothing'}")
+    if skipped:
+        typer.echo(f"reused: {', '.join(skipped)}")
+    typer.echo(f"table: {run.paths['markdown']}\nchart: {run.paths['chart']}\njson: {run.paths['json']}\n"
+               f"artefacts (data, teachers, cache, runs): {run.out}")
 
 
 @app.command("info")

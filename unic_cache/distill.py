@@ -29,6 +29,7 @@ from .normalize import TargetNorm
 from .sources import open_source
 from .store import Cache
 from .student import Student
+from .teachers import Teacher, TeacherInfo, build_teacher
 
 LOSSES = ("unic", "gauss")
 
@@ -49,6 +50,8 @@ class DistillConfig:
     loss: str = "unic"
     norm: str = "standard"
     teacher_drop: float = 0.5
+    views: int | None = None  # cached views used per sample (the first ones); None: all
+    online: bool = False  # reference mode: teachers run on fresh views every step (slow; never the default)
     epochs: float | None = None
     steps: int | None = None
     batch_size: int = 64  # per process
@@ -75,6 +78,17 @@ class DistillConfig:
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)
         return cfg
+
+
+def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
+    """The teacher a cache was extracted with, for the online reference mode; its weights must be unchanged."""
+    if info.weights == "random":
+        raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with random ones")
+    teacher = build_teacher(f"timm:{info.model_id}", None, info.resolution, None if info.weights == "hub" else info.weights,
+                            info.model_args)
+    if teacher.info.weights_sha256 != info.weights_sha256:
+        raise UserError(f"--online: {info.weights} changed since teacher {name} was extracted (sha256 differs)")
+    return teacher
 
 
 def _dist_setup(device: str) -> tuple[int, int, torch.device]:
@@ -125,6 +139,7 @@ class Distiller:
                 raise UserError(f"teacher {t} in {cfg.cache} is incomplete; finish it with unic-cache extract")
         self.teachers = names
         self.selection = Selection.all_kinds(cache, names)
+        self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in names} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
             f"{t}__{kind}": TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
         targets = {f"{t}/{kind}": (self.norms[f"{t}__{kind}"].out_dim, stores[t].info.grid if kind == "patch" else None)
@@ -167,9 +182,12 @@ class Distiller:
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
         preds = self.model(batch["image"].to(self.device, non_blocking=True))
+        for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
+            summary, patch = teacher(batch[f"{t}/image"].to(self.device, non_blocking=True))
+            batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
         per_teacher = {t: 0.0 for t in self.teachers}  # summed over token kinds
         for t, kind in self.selection.targets:
-            target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True))
+            target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True).float())
             pred = preds[f"{t}/{kind}"].float()
             if self.cfg.loss == "unic":
                 per_teacher[t] = per_teacher[t] + unic_loss(pred, target)
@@ -238,7 +256,8 @@ class Distiller:
         """This process's endless data stream, starting at the current step."""
         cfg = self.cfg
         stream = DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
-                               self.rank, self.world, start_step=self.step)
+                               self.rank, self.world, start_step=self.step, views=cfg.views,
+                               online={t: teacher.info.resolution for t, teacher in self.online.items()})
         return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                           generator=torch.Generator().manual_seed(cfg.seed))

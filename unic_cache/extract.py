@@ -24,7 +24,7 @@ from .errors import UserError
 from .sources import Source, decode_image, open_source
 from .store import Cache, Moments, TeacherStore, json_normal
 from .teachers import Teacher, build_teacher
-from .views import PlanConfig, replay
+from .views import PlanConfig, ViewPolicy, replay
 
 
 @dataclass
@@ -39,6 +39,7 @@ class ExtractOptions:
     model_args: dict = field(default_factory=dict)
     views: int = 8
     seed: int = 0
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range of views 1..K-1 (UNIC's)
     patch: bool = True
     codec: str = "f16-zstd"
     batch_size: int = 64  # images (sample-views) per teacher forward
@@ -165,7 +166,7 @@ class _UnitWriter:
 
 
 def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, rank: int) -> Cache:
-    plan = PlanConfig(views=opts.views, seed=opts.seed)
+    plan = PlanConfig(views=opts.views, seed=opts.seed, policy=ViewPolicy(scale=tuple(opts.crop_scale)))
     if Cache.exists(url):
         cache = Cache.open(url, mode="a")
     elif rank == 0:
@@ -221,6 +222,8 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
         raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
     if opts.batch_size < 1 or opts.views < 1 or (opts.workers is not None and opts.workers < 0):
         raise UserError("--batch-size and --views must be >= 1, --workers >= 0")
+    if not (len(opts.crop_scale) == 2 and 0 < opts.crop_scale[0] <= opts.crop_scale[1] <= 1):
+        raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {opts.crop_scale}")
     codec = get_codec(opts.codec)
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))

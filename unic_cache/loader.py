@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from .errors import UserError
 from .sources import decode_image, open_source
 from .store import Cache
-from .views import replay, uniforms
+from .views import PlanConfig, plan_views, replay, uniforms
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,19 @@ class DistillStream(IterableDataset):
 
     def __init__(self, data: str, cache_url: str, selection: Selection, resolution: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, start_step: int = 0,
-                 block_rows: int = 64, window_blocks: int = 4):
+                 block_rows: int = 64, window_blocks: int = 4, views: int | None = None,
+                 online: dict[str, int] | None = None):
+        """``views``: how many of the cached views to use (the first ones; default all). ``online``:
+        teacher -> resolution for the reference mode, where every epoch draws a fresh view per sample,
+        yields it at each teacher's resolution ("<teacher>/image") and reads no cached target."""
         self.data, self.url, self.selection, self.resolution = data, cache_url, selection, resolution
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
+        self.online = online or {}
         cache = Cache.open(cache_url)
-        self.views, good = cache.views, ~cache.bad
+        if views is not None and not 1 <= views <= cache.views:
+            raise UserError(f"--views must be between 1 and the {cache.views} views in the cache, got {views}")
+        self.views, good = views or cache.views, ~cache.bad
+        self.cached_views, self.plan = cache.views, cache.plan
         if good.sum() < world_size:
             raise UserError(f"{int(good.sum())} usable samples cannot feed {world_size} processes")
         block_rows = max(1, min(block_rows, int(good.sum()) // world_size))  # every rank gets a block
@@ -78,20 +86,28 @@ class DistillStream(IterableDataset):
         cache = Cache.open(self.url)
         stores = {t: cache.teacher(t) for t, _ in self.selection.targets}
         keys, location, params = cache.keys, cache.location, cache.group["views/params"]
+        fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
         for epoch, index, window in self._windows(worker, workers):
             rows = np.concatenate([r for _, r in window])
             views = np.concatenate([np.full(len(r), v) for v, r in window])
             if skip >= len(rows):
                 skip -= len(rows)
                 continue
-            window_params = _gather(params, window)
-            targets = {f"{t}/{kind}": _gather(stores[t].group[kind], window) for t, kind in self.selection.targets}
+            if self.online:  # view numbers past the cached ones: never a view the cache holds
+                views[:] = self.cached_views + epoch
+                window_params = plan_views(fresh, rows, cache.image_size[rows], first_view=int(views[0]))[:, 0]
+                targets = {}
+            else:
+                window_params = _gather(params, window)
+                targets = {f"{t}/{kind}": _gather(stores[t].group[kind], window) for t, kind in self.selection.targets}
             order = np.random.default_rng([self.seed, epoch, index, 7]).permutation(len(rows))[skip:]
             skip = 0
             for i in order:
                 row, view = int(rows[i]), int(views[i])
                 image = decode_image(source.read(location[row], str(keys[row])))
                 sample = {"image": replay(image, window_params[i], self.resolution), "row": row, "view": view}
+                for t, res in self.online.items():
+                    sample[f"{t}/image"] = replay(image, window_params[i], res)
                 for name, values in targets.items():
                     sample[name] = torch.from_numpy(values[i])
                 yield sample
@@ -100,3 +116,32 @@ class DistillStream(IterableDataset):
 def _gather(array, window: list[tuple[int, np.ndarray]]) -> np.ndarray:
     """Rows of ``array`` at one view per block, each block read as one contiguous range."""
     return np.concatenate([array[rows[0]:rows[-1] + 1, view][rows - rows[0]] for view, rows in window])
+
+
+class EvalViews(Dataset):
+    """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
+
+    def __init__(self, data: str, keys: np.ndarray, location: np.ndarray, image_size: np.ndarray,
+                 rows: np.ndarray, resolution: int):
+        self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
+        self.params = plan_views(PlanConfig(views=1), rows, image_size[rows])[:, 0]
+        self._source = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._source is None:  # opened lazily in each worker process
+            self._source = open_source(self.data)
+        row = int(self.rows[i])
+        return replay(decode_image(self._source.read(self.location[row], str(self.keys[row]))), self.params[i], self.resolution)
+
+    def batches(self, batch_size: int = 128, workers: int = 0, desc: str = "images", progress: bool = True):
+        """Yield uint8 batches (b, 3, R, R) in row order, with a progress bar."""
+        from tqdm import tqdm
+
+        loader = DataLoader(self, batch_size=batch_size, num_workers=workers)
+        with tqdm(total=len(self), desc=desc, unit="img", disable=not progress) as bar:
+            for images in loader:
+                yield images
+                bar.update(len(images))

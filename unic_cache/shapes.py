@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .labels import Task
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS = {
@@ -29,18 +30,6 @@ COLOURS = {
 }
 TEXTURES = ("plain", "hstripes", "vstripes", "checker", "dots", "noise")
 MAX_COUNT = 3
-
-
-@dataclass(frozen=True)
-class Task:
-    """One label of the shapes world: a classification (``classes`` > 0) or a regression target."""
-
-    name: str
-    classes: int  # 0 for regression
-
-    @property
-    def is_classification(self) -> bool:
-        return self.classes > 0
 
 
 TASKS = (

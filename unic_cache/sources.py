@@ -25,7 +25,7 @@ from PIL import Image
 from .errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
-_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset rule: key = path up to the first dot of the basename
+KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset rule: key = path up to the first dot of the basename
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class TarSource(Source):
                 for info in members:
                     if not info.isfile():
                         continue
-                    m = _KEY_RE.match(info.name)
+                    m = KEY_RE.match(info.name)
                     if m is None:
                         continue
                     key, ext = m.group(1), m.group(2).lower()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .views import PixelNorm
 
 
 def parse_blocks(spec: str, depth: int) -> list[int]:
@@ -58,9 +59,7 @@ class Student(nn.Module):
             raise UserError(f"cannot build student {arch!r}: {exc}") from None
         if not hasattr(self.encoder, "forward_intermediates") or not hasattr(self.encoder, "patch_embed"):
             raise UserError(f"student {arch!r} must be a timm ViT (with forward_intermediates)")
-        cfg = self.encoder.pretrained_cfg
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5,) * 3)).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5,) * 3)).view(1, 3, 1, 1) * 255, persistent=False)
+        self.pixels = PixelNorm.of(self.encoder)
         depth, dim = len(self.encoder.blocks), self.encoder.num_features
         self.blocks = parse_blocks(lop_blocks, depth)
         self.grid = tuple(self.encoder.patch_embed.grid_size)
@@ -70,8 +69,7 @@ class Student(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 images (B, 3, H, W), normalised here with the encoder's mean/std, -> predictions."""
-        x = (images.float() - self.mean) / self.std
-        feats = self.encoder.forward_intermediates(x, indices=self.blocks, output_fmt="NLC", norm=False,
+        feats = self.encoder.forward_intermediates(self.pixels(images), indices=self.blocks, output_fmt="NLC", norm=False,
                                                    intermediates_only=True, return_prefix_tokens=True)
         norm = self.encoder.norm  # the last block is read after the final norm: what the exported encoder outputs
         feats[-1] = (norm(feats[-1][0]), norm(feats[-1][1]))
@@ -91,3 +89,27 @@ class Student(nn.Module):
         b, _, d = patch.shape
         fmap = patch.transpose(1, 2).reshape(b, d, *self.grid)
         return F.interpolate(fmap, size=tuple(grid), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+
+
+def pooled(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm encoder's pooled embedding (the CLS token after the final norm for a ViT)."""
+    return encoder.forward_head(encoder.forward_features(x), pre_logits=True)
+
+
+def load_exported(run: str) -> tuple[nn.Module, int]:
+    """(encoder, input resolution) of a finished distill run folder (``student.safetensors`` + ``config.json``)."""
+    import json
+    from pathlib import Path
+
+    import timm
+    from safetensors.torch import load_file
+
+    folder = Path(run)
+    weights, config = folder / "student.safetensors", folder / "config.json"
+    if not weights.is_file() or not config.is_file():
+        raise UserError(f"{run} is not a finished distill run (needs student.safetensors and config.json)")
+    cfg = json.loads(config.read_text())
+    encoder = timm.create_model(cfg["student"], pretrained=False, num_classes=0, img_size=cfg["img_size"],
+                                **cfg.get("model_args", {}))
+    encoder.load_state_dict(load_file(str(weights)))
+    return encoder.eval(), int(cfg["img_size"])

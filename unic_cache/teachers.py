@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .views import PixelNorm
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,11 @@ class Teacher(nn.Module):
     def __init__(self, model: nn.Module, info: TeacherInfo):
         super().__init__()
         self.model, self.info = model.eval().requires_grad_(False), info
-        self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.pixels = PixelNorm(info.mean, info.std)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (images.float() - self.mean) / self.std
-        feats = self.model.forward_features(x)
+        feats = self.model.forward_features(self.pixels(images))
         if feats.ndim == 4:  # a convnet: (B, C, H, W) map -> tokens, summary = pooled embedding
             patch = feats.flatten(2).transpose(1, 2)
             summary = self.model.forward_head(feats, pre_logits=True)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 PARAM_NAMES = (
     "crop_x", "crop_y", "crop_w", "crop_h",  # crop box, relative to image width / height
@@ -89,11 +90,14 @@ def _lerp(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + (hi - lo) * u
 
 
-def plan_views(config: PlanConfig, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:
-    """View parameters (len(rows), K, P) float32 for ``rows`` with image sizes (len(rows), 2) = (w, h)."""
+def plan_views(config: PlanConfig, rows: np.ndarray, image_size: np.ndarray, first_view: int = 0) -> np.ndarray:
+    """View parameters (len(rows), K, P) float32 for ``rows`` with image sizes (len(rows), 2) = (w, h).
+
+    The views are numbers ``first_view`` .. ``first_view + K - 1`` of each row; number 0 is the eval view.
+    """
     pol, k = config.policy, config.views
     n = len(rows)
-    u = uniforms(config.seed, np.asarray(rows), np.arange(k), _DRAWS)
+    u = uniforms(config.seed, np.asarray(rows), np.arange(first_view, first_view + k), _DRAWS)
     w_img = np.maximum(image_size[:, 0], 1).astype(np.float64)[:, None]
     h_img = np.maximum(image_size[:, 1], 1).astype(np.float64)[:, None]
     out = np.zeros((n, k, P), np.float64)
@@ -134,7 +138,8 @@ def plan_views(config: PlanConfig, rows: np.ndarray, image_size: np.ndarray) -> 
     ev[:, 0], ev[:, 1] = (1 - ev[:, 2]) / 2, (1 - ev[:, 3]) / 2
     ev[:, 5:8] = 1.0
     ev[:, 9:13] = np.arange(4)
-    out[:, 0] = ev
+    if first_view == 0:
+        out[:, 0] = ev
     return out.astype(np.float32)
 
 
@@ -166,3 +171,21 @@ def replay(image: Image.Image, params: np.ndarray, resolution: int) -> torch.Ten
     if params[15] >= 0.5:
         x = F.solarize(x, 128)
     return x.contiguous()
+
+
+class PixelNorm(nn.Module):
+    """uint8 pixels (B, 3, H, W) -> float input normalised with a model's per-channel mean and std."""
+
+    def __init__(self, mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225)):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "PixelNorm":
+        """The normalisation a timm model was trained with (its ``pretrained_cfg``)."""
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        return cls(*(tuple(cfg[k]) for k in ("mean", "std"))) if "mean" in cfg and "std" in cfg else cls()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std

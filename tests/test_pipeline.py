@@ -1,0 +1,155 @@
+"""Pipelines reuse the cache (a complete teacher is never extracted again), the demo runs end to end,
+and the distill options the ablations need (views used, online reference mode) do what they say."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unic_cache import UserError
+from unic_cache.distill import DistillConfig, Distiller
+from unic_cache.loader import DistillStream, Selection
+from unic_cache.pipeline import run_pipeline
+from unic_cache.store import Cache
+from unic_cache.views import PlanConfig, plan_views, replay
+
+from .conftest import run_cli
+
+TINY_ARGS = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def _config(out) -> dict:
+    return {
+        "name": "tiny", "out": str(out),
+        "data": {"shapes": {"n": 60, "size": 32, "seed": 0, "shard_size": 30}},
+        "cache": {"views": 2},
+        "teachers": {
+            "colour": {"teacher": "timm:vit_tiny_patch16_224", "resolution": 32, "model_args": TINY_ARGS,
+                       "train": {"tasks": ["colour"], "epochs": 1}},
+        },
+        "distill": {"student": "vit_tiny_patch16_224", "img_size": 32, "model_args": TINY_ARGS, "steps": 2,
+                    "batch_size": 16, "workers": 0},
+        "arms": {"base": {}, "one-view": {"views": 1}},
+        "seeds": [0],
+    }
+
+
+def _ran(run, step: str) -> list[str]:
+    return [what for s, what, status in run.steps if s == step and status == "ran"]
+
+
+def _skipped(run, step: str) -> list[str]:
+    return [what for s, what, status in run.steps if s == step and status == "skipped"]
+
+
+def test_pipeline_reuses_the_cache(tmp_path):
+    config = _config(tmp_path / "p")
+    first = run_pipeline(config, progress=False)
+    assert _ran(first, "extract") == ["colour"] and _ran(first, "distill") == ["base/seed-0", "one-view/seed-0"]
+    assert set(first.results.models) == {"colour", "base", "one-view"}
+    assert all(p.exists() for p in first.paths.values())
+    progress_file = tmp_path / "p" / "cache.zarr" / "teachers" / "colour" / "progress" / "c" / "0"
+    stamp = progress_file.stat().st_mtime_ns
+
+    second = run_pipeline(copy.deepcopy(config), progress=False)
+    assert _ran(second, "extract") == [] and _skipped(second, "extract") == ["colour"]
+    assert _ran(second, "train-teacher") == [] and _ran(second, "distill") == [] and _ran(second, "eval") == []
+    assert second.results.models == first.results.models
+
+    # a new teacher and a changed arm: only they run; the cached teacher is still not extracted again
+    config["teachers"]["random"] = {"teacher": "timm:vit_tiny_patch16_224", "resolution": 32, "weights": "random",
+                                    "model_args": TINY_ARGS}
+    config["arms"]["one-view"] = {"views": 1, "teacher_drop": 0.0}
+    third = run_pipeline(config, progress=False)
+    assert _ran(third, "extract") == ["random"] and _skipped(third, "extract") == ["colour"]
+    assert _ran(third, "distill") == ["base/seed-0", "one-view/seed-0"]  # the base arm now distils both teachers
+    assert progress_file.stat().st_mtime_ns == stamp
+    assert Cache.open(str(tmp_path / "p" / "cache.zarr")).teacher_names() == ["colour", "random"]
+
+
+def test_run_cli_with_overrides_and_bad_keys(tmp_path):
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path / "p")))
+    r = run_cli("run", str(path), "--set", "arms={base: {}}", "--set", "distill.steps=1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "| base | student |" in r.stdout and "chart:" in r.stdout
+    r = run_cli("run", str(path), "--set", "distill.colour=1", "--no-progress")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown distill option(s) colour") and "Traceback" not in r.stderr
+    path.write_text("out: x\nteachers: {}\nbogus: 1\n")
+    r = run_cli("run", str(path))
+    assert r.returncode == 2 and "unknown pipeline key(s) bogus" in r.stderr
+
+
+def test_demo_quick_mode(tmp_path):
+    r = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for model in ("shape-texture", "colour-geometry", "student"):
+        assert f"| {model} |" in r.stdout
+    assert (tmp_path / "demo" / "results.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(summary["tasks"]) == {"shape", "colour", "texture", "count", "size", "x", "y"}
+    assert "student" in summary["claims"]
+
+
+def test_train_teacher_cli_gives_a_working_extract_command(shapes_dir, tmp_path):
+    out = tmp_path / "t.safetensors"
+    r = run_cli("train-teacher", str(shapes_dir), "--out", str(out), "--task", "colour", "--task", "size", "--epochs", "1",
+                "--model-arg", "patch_size=8", "--model-arg", "depth=2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    command = r.stdout.strip().splitlines()[-1].split("use it with: ")[1].split()
+    assert command[:2] == ["unic-cache", "extract"]
+    r = run_cli(*[str(tmp_path / "c.zarr") if a == "CACHE" else a for a in command[1:]], "--views", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train-teacher", str(shapes_dir), "--out", str(out), "--task", "flavour")
+    assert r.returncode == 2 and "no task 'flavour'" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_cache(tmp_path_factory):
+    """A pipeline's output: a world, a cache with one trained teacher, and nothing distilled."""
+    out = tmp_path_factory.mktemp("trained")
+    config = _config(out)
+    config["arms"] = {"base": {}}
+    run_pipeline(config, progress=False)
+    return out
+
+
+def test_views_option_limits_the_views_used(trained_cache):
+    cache = str(trained_cache / "cache.zarr")
+    selection = Selection.all_kinds(Cache.open(cache), ["colour"])
+    stream = DistillStream(str(trained_cache / "data"), cache, selection, 32, 8, views=1)
+    assert {s["view"] for s, _ in zip(stream, range(200))} == {0}
+    with pytest.raises(UserError, match="between 1 and the 2 views"):
+        DistillStream(str(trained_cache / "data"), cache, selection, 32, 8, views=3)
+
+
+def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
+    data, cache_url = str(trained_cache / "data"), str(trained_cache / "cache.zarr")
+    cache = Cache.open(cache_url)
+    selection = Selection.all_kinds(cache, ["colour"])
+    stream = DistillStream(data, cache_url, selection, 32, 8, online={"colour": 24})
+    sample = next(iter(stream))
+    assert sample["view"] == cache.views and "colour/summary" not in sample and sample["colour/image"].shape == (3, 24, 24)
+    from unic_cache import decode_image, open_source
+
+    row = sample["row"]
+    params = plan_views(PlanConfig(views=1, seed=cache.plan.seed), np.array([row]), cache.image_size[[row]],
+                        first_view=cache.views)[0, 0]
+    image = decode_image(open_source(data).read(cache.location[row], str(cache.keys[row])))
+    assert torch.equal(sample["image"], replay(image, params, 32))
+    assert not np.allclose(params, cache.params(slice(row, row + 1))[0, 1])  # not a cached view
+
+    cfg = DistillConfig(data=data, cache=cache_url, out=str(trained_cache / "online"), student="vit_tiny_patch16_224",
+                        img_size=32, model_args=TINY_ARGS, steps=2, batch_size=8, workers=0, online=True, progress=False)
+    distiller = Distiller(cfg)
+    batch = next(iter(distiller.loader()))
+    expected = distiller.online["colour"](batch["colour/image"])[0]
+    distiller.loss(batch)
+    assert torch.allclose(batch["colour/summary"], expected)  # the targets are the teacher's outputs on this batch
+    assert np.isfinite(distiller.run()["loss"])

@@ -1,0 +1,27 @@
+"""``unic-cache demo``: the bundled offline pipeline (``configs/demo.yaml``), full size or reduced for smoke tests."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from .pipeline import PipelineRun, load_config, run_pipeline
+
+QUICK = [  # a smoke test of every step in well under a minute; its numbers mean nothing
+    "data.shapes.n=240",
+    "cache.views=2",
+    "teachers.shape-texture.train.epochs=1",
+    "teachers.colour-geometry.train.epochs=1",
+    "distill.epochs=1",
+    "distill.workers=0",
+]
+
+
+def demo_config(out: str, quick: bool = False) -> dict:
+    """The demo pipeline config writing into ``out``."""
+    path = resources.files("unic_cache") / "configs" / "demo.yaml"
+    return load_config(str(path), [f"out={out}", *(QUICK if quick else [])])
+
+
+def run_demo(out: str = "demo", quick: bool = False, progress: bool = True) -> PipelineRun:
+    """Run the demo end to end into ``out``; re-running reuses every finished step."""
+    return run_pipeline(demo_config(out, quick), progress=progress)

@@ -1,0 +1,252 @@
+"""``unic-cache run pipeline.yaml``: data -> teachers (trained or given) -> one cache -> distill arms -> eval -> results.
+
+A pipeline is resumable and incremental: the shapes world is generated once, a trained teacher is
+reused while its recipe is unchanged, a teacher already complete in the cache is never extracted again
+(a partial one resumes), a finished distill run is reused while its configuration is unchanged (an
+interrupted one resumes from its last checkpoint), and evaluation scores are kept beside each run.
+Every step is recorded in ``PipelineRun.steps`` as (step, what, "ran" | "skipped").
+
+YAML keys (paths are relative to the working directory)::
+
+    name: demo                          # results go to <out>/<name>.{md,json,png} (default: results)
+    out: runs/demo                      # every artefact goes below this folder; pipelines may share one
+    data: {shapes: {n: 1200, size: 32, seed: 0}}   # generated into <out>/data; or {path: DATA SPEC}
+    cache: {views: 4, seed: 0, crop_scale: [0.35, 1]}   # optional; path defaults to <out>/cache.zarr
+    teachers:                           # name in the cache -> how to get it
+      shape-texture:
+        teacher: timm:vit_tiny_patch16_224   # or an alias (dinov2, ...) with size
+        resolution: 32
+        model_args: {depth: 4}
+        train: {tasks: [shape, texture], epochs: 20}   # train-teacher first; or weights: FILE | random
+        extract: {batch_size: 64}       # any other extract option
+    distill: {student: vit_tiny_patch16_224, img_size: 32, epochs: 10}   # shared by every arm
+    arms: {unic: {}, no-drop: {teacher_drop: 0.0}}   # name -> distill options that differ
+    seeds: [0, 1, 2]
+    eval: {k: 20}                       # any eval option
+
+A file may start from another: ``base: shapes.yaml`` takes every section of that file except its arms and
+seeds, and this file's sections are merged over it (this is how ``ablations.yaml`` shares the benchmark's
+world, teachers and cache).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .distill import DistillConfig, distill
+from .errors import UserError
+from .evaluate import EvalOptions, Evaluator
+from .extract import ExtractOptions, extract
+from .results import Results
+from .shapes import make_shapes
+from .store import Cache
+from .train_teacher import TeacherTrainConfig, train_teacher
+
+_KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
+_TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract"}
+
+
+def set_value(config: dict, assignment: str) -> None:
+    """Apply ``a.b.c=VALUE`` (VALUE read as YAML) to a nested dict, creating levels as needed."""
+    path, sep, value = assignment.partition("=")
+    if not sep or not path:
+        raise UserError(f"--set takes KEY.PATH=VALUE, got {assignment!r}")
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {assignment}: {key} is not a section")
+    node[last] = yaml.safe_load(value)
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``, section by section (nested dicts merge, other values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A pipeline file; ``base: other.yaml`` (relative to this file) is read first and overridden by this one."""
+    if path.resolve() in seen:
+        raise UserError(f"pipeline {path} includes itself through 'base'")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read pipeline {path}: {' '.join(str(exc).split())}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"pipeline {path} must be a YAML mapping")
+    if "base" in config:
+        base = _read_yaml(path.parent / config.pop("base"), (*seen, path.resolve()))
+        base.pop("arms", None)  # arms and seeds are what a derived pipeline is about: never inherited
+        base.pop("seeds", None)
+        config = merged(base, config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A pipeline YAML as a dict, with its ``base`` merged in, ``--set`` overrides applied and its keys checked."""
+    config = _read_yaml(Path(path))
+    for assignment in overrides:
+        set_value(config, assignment)
+    unknown = sorted(set(config) - _KEYS)
+    if unknown:
+        raise UserError(f"unknown pipeline key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KEYS))}")
+    for key in ("out", "data", "teachers", "distill"):
+        if key not in config:
+            raise UserError(f"pipeline {path} needs a {key!r} section")
+    for name, spec in config["teachers"].items():
+        bad = sorted(set(spec) - _TEACHER_KEYS)
+        if bad or "teacher" not in spec:
+            raise UserError(f"teacher {name}: needs 'teacher' and takes only {', '.join(sorted(_TEACHER_KEYS))} (got {', '.join(bad)})")
+    return config
+
+
+@dataclass
+class PipelineRun:
+    """What a pipeline run did and produced."""
+
+    out: Path
+    results: Results | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    steps: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def log(self, step: str, what: str, status: str) -> None:
+        self.steps.append((step, what, status))
+
+
+class Pipeline:
+    """Runs the steps of one pipeline config; each step skips work that is already done."""
+
+    def __init__(self, config: dict, progress: bool = True):
+        self.config, self.progress = config, progress
+        self.out = Path(config["out"])
+        self.run = PipelineRun(self.out)
+        cache = config.get("cache", {}) or {}
+        self.cache_url = cache.get("path") or str(self.out / "cache.zarr")
+        self.views, self.view_seed = int(cache.get("views", 8)), int(cache.get("seed", 0))
+        self.crop_scale = tuple(cache.get("crop_scale", ExtractOptions.crop_scale))
+        self.unit_rows = cache.get("unit_rows")
+
+    def data(self) -> str:
+        """The dataset spec, generating the shapes world first when the config asks for one."""
+        spec = self.config["data"]
+        if "path" in spec:
+            return str(spec["path"])
+        world = {"n": 2000, "size": 64, "seed": 0, "shard_size": 500, **spec.get("shapes", {})}
+        folder = self.out / "data"
+        marker = folder / "world.json"
+        if marker.exists() and json.loads(marker.read_text()) == world:
+            self.run.log("data", str(folder), "skipped")
+            return str(folder)
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} holds another dataset than this pipeline's shapes world; delete it or change 'out'")
+        make_shapes(folder, **world)
+        marker.write_text(json.dumps(world))
+        self.run.log("data", str(folder), "ran")
+        return str(folder)
+
+    def teacher(self, data: str, name: str, spec: dict) -> None:
+        """Train the teacher if it is trained here, then extract it unless the cache already holds it complete."""
+        weights = spec.get("weights")
+        if "train" in spec:
+            if not spec["teacher"].startswith("timm:"):
+                raise UserError(f"teacher {name}: only timm:<arch> teachers can be trained here")
+            weights = str(self.out / "teachers" / f"{name}.safetensors")
+            cfg = TeacherTrainConfig.from_dict({"data": data, "out": weights, "arch": spec["teacher"][5:],
+                                                "img_size": spec.get("resolution") or 224,
+                                                "model_args": spec.get("model_args", {}), "progress": self.progress,
+                                                **spec["train"]})
+            record = Path(weights).with_suffix(".json")
+            same = record.exists() and Path(weights).exists() and json.loads(record.read_text())["config"] == \
+                json.loads(json.dumps(asdict(cfg)))
+            if same:
+                self.run.log("train-teacher", name, "skipped")
+            else:
+                train_teacher(cfg)
+                self.run.log("train-teacher", name, "ran")
+        if Cache.exists(self.cache_url):
+            cache = Cache.open(self.cache_url)
+            if name in cache.teacher_names() and cache.teacher(name).complete:
+                self.run.log("extract", name, "skipped")
+                return
+        opts = ExtractOptions(teacher=spec["teacher"], size=spec.get("size"), name=name, resolution=spec.get("resolution"),
+                              weights=weights, model_args=spec.get("model_args", {}), views=self.views,
+                              seed=self.view_seed, crop_scale=self.crop_scale, unit_rows=self.unit_rows, progress=self.progress,
+                              **spec.get("extract", {}))
+        report = extract(data, self.cache_url, opts)
+        if not report.complete:
+            raise UserError(f"extract of {name} did not complete (other ranks still running?); run the pipeline again")
+        self.run.log("extract", name, "ran")
+
+    def distill_arm(self, data: str, arm: str, overrides: dict, seed: int) -> Path:
+        """Distil one arm for one seed into ``<out>/runs[/<name>]/<arm>/seed-<seed>``, reusing a finished identical run."""
+        folder = self.out / "runs" / self.config.get("name", "") / arm / f"seed-{seed}"
+        values = {**self.config["distill"], **(overrides or {}), "data": data, "cache": self.cache_url,
+                  "out": str(folder), "seed": seed, "progress": self.progress}
+        cfg = DistillConfig.from_dict(values)
+        want = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("progress", "resume")}))
+        want["teachers"] = cfg.teachers or Cache.open(self.cache_url).teacher_names()  # as the run records them
+        saved = folder / "config.json"
+        if saved.exists():
+            have = {k: v for k, v in json.loads(saved.read_text()).items() if k in want}
+            if have != want:
+                shutil.rmtree(folder)  # the arm's recipe changed: its old results no longer apply
+            elif (folder / "student.safetensors").exists():
+                self.run.log("distill", f"{arm}/seed-{seed}", "skipped")
+                return folder
+            else:
+                cfg.resume = (folder / "checkpoints").exists() and any((folder / "checkpoints").glob("step-????????"))
+        distill(cfg)
+        self.run.log("distill", f"{arm}/seed-{seed}", "ran")
+        return folder
+
+    def evaluate(self, data: str, runs: dict[str, list[Path]]) -> Results:
+        """Probe every teacher once and every run (scores kept in ``<run>/eval.json`` for reuse)."""
+        opts = EvalOptions(data=data, cache=self.cache_url, teachers=list(self.config["teachers"]), progress=self.progress,
+                           **self.config.get("eval", {}))
+        ev = Evaluator(opts)
+        results = ev.results()
+        for name in ev.teacher_names():
+            results.add(name, "teacher", ev.scores(ev.teacher_features(name)))
+        key = json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k not in ("progress", "students")}))
+        for arm, folders in runs.items():
+            for folder in folders:
+                saved = folder / "eval.json"
+                fresh = saved.exists() and saved.stat().st_mtime >= (folder / "student.safetensors").stat().st_mtime
+                record = json.loads(saved.read_text()) if fresh else None
+                if record is None or record["options"] != key:
+                    record = {"options": key, "scores": ev.scores(ev.student_features(str(folder), f"{arm}/{folder.name}"))}
+                    saved.write_text(json.dumps(record, indent=1))
+                    self.run.log("eval", f"{arm}/{folder.name}", "ran")
+                else:
+                    self.run.log("eval", f"{arm}/{folder.name}", "skipped")
+                results.add(arm, "student", record["scores"])
+        return results
+
+    def __call__(self) -> PipelineRun:
+        data = self.data()
+        for name, spec in self.config["teachers"].items():
+            self.teacher(data, name, spec)
+        arms = self.config.get("arms") or {"student": {}}
+        seeds = self.config.get("seeds") or [0]
+        runs = {arm: [self.distill_arm(data, arm, overrides, int(s)) for s in seeds] for arm, overrides in arms.items()}
+        self.run.results = self.evaluate(data, runs)
+        stem = self.config.get("name") or "results"
+        self.run.paths = self.run.results.save(self.out, stem)
+        (self.out / f"{stem}-steps.json").write_text(json.dumps(self.run.steps, indent=1))
+        return self.run
+
+
+def run_pipeline(config: str | Path | dict, overrides: list[str] = (), progress: bool = True) -> PipelineRun:
+    """Run a pipeline from a YAML file (with ``a.b=c`` overrides) or an already loaded config dict."""
+    if not isinstance(config, dict):
+        config = load_config(config, overrides)
+    return Pipeline(config, progress)()

@@ -1,0 +1,134 @@
+"""Evaluation results: per model, task and metric a list of scores (one per seed), as tables and a chart.
+
+The headline score of a task is the linear-probe accuracy for a classification and the ridge R² for a
+regression target (both in points, 0-100). ``claims()`` checks UNIC's claim for every student: within
+2 points of the best teacher on every task, and above every teacher on the average over tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²"}
+TOLERANCE = 2.0  # points
+
+
+@dataclass
+class Results:
+    """``models[name] = {"kind": "teacher" | "student", "scores": {task: {metric: [score per seed]}}}``."""
+
+    tasks: dict[str, int]  # task -> classes (0: regression)
+    models: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, model: str, kind: str, scores: dict[str, dict[str, float]]) -> None:
+        entry = self.models.setdefault(model, {"kind": kind, "scores": {}})
+        for task, metrics in scores.items():
+            for metric, value in metrics.items():
+                entry["scores"].setdefault(task, {}).setdefault(metric, []).append(float(value))
+
+    def headline(self, task: str) -> str:
+        return "linear" if self.tasks[task] > 0 else "r2"
+
+    def values(self, model: str, task: str, metric: str | None = None) -> np.ndarray:
+        return np.asarray(self.models[model]["scores"][task][metric or self.headline(task)])
+
+    def average(self, model: str) -> np.ndarray:
+        """Per seed, the mean headline score over tasks."""
+        return np.mean([self.values(model, t) for t in self.tasks], axis=0)
+
+    def of_kind(self, kind: str) -> list[str]:
+        return [m for m, e in self.models.items() if e["kind"] == kind]
+
+    def best_teacher(self, task: str | None = None) -> float:
+        """The best teacher's headline score on ``task`` (None: on the average)."""
+        teachers = self.of_kind("teacher")
+        return max(float((self.values(t, task) if task else self.average(t)).mean()) for t in teachers)
+
+    def claims(self) -> dict[str, dict]:
+        """For each student: gap to the best teacher per task, whether it is within tolerance, and the average."""
+        if not self.of_kind("teacher"):
+            return {}
+        out = {}
+        for s in self.of_kind("student"):
+            gaps = {t: float(self.values(s, t).mean()) - self.best_teacher(t) for t in self.tasks}
+            avg_gap = float(self.average(s).mean()) - self.best_teacher()
+            out[s] = {"gap_to_best_teacher": gaps, "within_tolerance": all(g >= -TOLERANCE for g in gaps.values()),
+                      "average_gap": avg_gap, "beats_every_teacher_on_average": avg_gap > 0}
+        return out
+
+    def _cell(self, values: np.ndarray) -> str:
+        return f"{values.mean():.1f}" if len(values) == 1 else f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+
+    def markdown(self) -> str:
+        """The headline table (models x tasks + average), the other metrics, and the claim check."""
+        tasks = list(self.tasks)
+        head = [f"{t} ({'acc' if self.tasks[t] else 'R²'})" for t in tasks]
+        lines = ["| model | kind | " + " | ".join(head) + " | average |", "|" + "---|" * (len(tasks) + 3)]
+        for m, e in self.models.items():
+            cells = [self._cell(self.values(m, t)) for t in tasks]
+            lines.append(f"| {m} | {e['kind']} | " + " | ".join(cells) + f" | {self._cell(self.average(m))} |")
+        seeds = max(len(self.values(m, t)) for m in self.models for t in tasks)
+        lines.append("")
+        lines.append("Classification: linear-probe accuracy (%); regression: ridge R² (x100); test split"
+                     + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "."))
+        extra = [(t, metric) for t in tasks if self.tasks[t] for metric in ("knn", "nmi")]
+        if extra:
+            lines += ["", "| model | " + " | ".join(f"{t} {metric}" for t, metric in extra) + " |",
+                      "|" + "---|" * (len(extra) + 1)]
+            for m in self.models:
+                lines.append(f"| {m} | " + " | ".join(self._cell(self.values(m, t, metric)) for t, metric in extra) + " |")
+            lines += ["", "kNN: k=20, cosine, temperature-weighted vote; NMI: k-means (k = classes) on L2-normalised features."]
+        for s, c in self.claims().items():
+            worst = min(c["gap_to_best_teacher"], key=c["gap_to_best_teacher"].get)
+            lines += ["", f"**{s}**: within {TOLERANCE:g} points of the best teacher on every task: "
+                      f"{'yes' if c['within_tolerance'] else 'no'} (worst: {worst} {c['gap_to_best_teacher'][worst]:+.1f}); "
+                      f"beats every teacher on the average: {'yes' if c['beats_every_teacher_on_average'] else 'no'} "
+                      f"({c['average_gap']:+.1f} points)."]
+        return "\n".join(lines) + "\n"
+
+    def chart(self, path: str | Path) -> None:
+        """Grouped bars: each model's headline score minus the best teacher's, per task and on the average."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        columns = list(self.tasks) + ["average"]
+        models = list(self.models)
+        width = 0.8 / max(1, len(models))
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) + 2), 4.2))
+        for i, m in enumerate(models):
+            per = [self.values(m, t) - self.best_teacher(t) for t in self.tasks] + [self.average(m) - self.best_teacher()]
+            means = [float(v.mean()) for v in per]
+            errs = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in per]
+            hatch = "" if self.models[m]["kind"] == "student" else "//"
+            ax.bar(np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width, means, width, yerr=errs,
+                   label=m, hatch=hatch, capsize=2)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(-TOLERANCE, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(len(columns)), columns)
+        ax.set_ylabel("points relative to the best teacher")
+        ax.set_title("Score relative to the best teacher per task (hatched: teachers)")
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    def save(self, folder: str | Path, stem: str = "results") -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``folder``; return their paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "chart": folder / f"{stem}.png"}
+        paths["json"].write_text(json.dumps({"tasks": self.tasks, "models": self.models, "claims": self.claims()}, indent=1))
+        paths["markdown"].write_text(self.markdown())
+        self.chart(paths["chart"])
+        return paths
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Results":
+        d = json.loads(Path(path).read_text())
+        return cls(d["tasks"], d["models"])
