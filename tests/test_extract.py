@@ -196,7 +196,7 @@ def test_teacher_forward_matches_timm_tokens(weights):
     teacher = build_teacher("dinov2-reg", size="small", resolution=28, weights="random", model_args={"depth": 2})
     x = torch.randint(0, 255, (2, 3, 28, 28), dtype=torch.uint8)
     s, p = teacher(x)
-    feats = teacher.model.forward_features((x.float() - teacher.mean) / teacher.std)
+    feats = teacher.model.forward_features((x.float() - teacher.pixels.mean) / teacher.pixels.std)
     assert teacher.info.prefix_tokens == 5 and p.shape == (2, 4, 384)  # CLS + 4 registers dropped
     assert torch.allclose(s, feats[:, 0]) and torch.allclose(p, feats[:, 5:])
     pooled = build_teacher("siglip", resolution=32, weights="random", model_args={"depth": 2})

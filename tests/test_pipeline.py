@@ -70,6 +70,11 @@ def test_pipeline_reuses_the_cache(tmp_path):
     assert progress_file.stat().st_mtime_ns == stamp
     assert Cache.open(str(tmp_path / "p" / "cache.zarr")).teacher_names() == ["colour", "random"]
 
+    # a changed recipe retrains the teacher; the cache's features of the old one are refused, not reused
+    config["teachers"]["colour"]["train"]["epochs"] = 2
+    with pytest.raises(UserError, match="colour .* was extracted with other weights"):
+        run_pipeline(config, progress=False)
+
 
 def test_run_cli_with_overrides_and_bad_keys(tmp_path):
     import yaml
@@ -153,3 +158,17 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     distiller.loss(batch)
     assert torch.allclose(batch["colour/summary"], expected)  # the targets are the teacher's outputs on this batch
     assert np.isfinite(distiller.run()["loss"])
+
+
+@pytest.mark.parametrize("name", ["shapes", "ablations", "unic_in1k"])
+def test_shipped_pipelines_are_valid(name):
+    from pathlib import Path
+
+    from unic_cache.extract import ExtractOptions
+    from unic_cache.pipeline import load_config
+
+    config = load_config(Path(__file__).parents[1] / "pipelines" / f"{name}.yaml")
+    for arm, overrides in config["arms"].items():
+        DistillConfig.from_dict({**config["distill"], **(overrides or {})})  # unknown options raise
+    for teacher, spec in config["teachers"].items():
+        ExtractOptions(teacher=spec["teacher"], **spec.get("extract", {}))

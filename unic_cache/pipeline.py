@@ -45,6 +45,7 @@ from .extract import ExtractOptions, extract
 from .results import Results
 from .shapes import make_shapes
 from .store import Cache
+from .teachers import file_sha256
 from .train_teacher import TeacherTrainConfig, train_teacher
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
@@ -107,6 +108,19 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         if bad or "teacher" not in spec:
             raise UserError(f"teacher {name}: needs 'teacher' and takes only {', '.join(sorted(_TEACHER_KEYS))} (got {', '.join(bad)})")
     return config
+
+
+def _check_same_teacher(name: str, attrs: dict, spec: dict, weights: str | None, cache_url: str) -> None:
+    """A teacher complete in the cache must be the one the config describes (weights, resolution, model args)."""
+    sha = file_sha256(weights) if weights not in (None, "random") and Path(weights).is_file() else ""
+    differs = [what for what, same in (
+        ("weights", attrs.get("weights_sha256", "") == sha),
+        ("resolution", spec.get("resolution") in (None, attrs.get("resolution"))),
+        ("model_args", json.loads(json.dumps(spec.get("model_args", {}))) == attrs.get("model_args", {})),
+    ) if not same]
+    if differs:
+        raise UserError(f"teacher {name} in {cache_url} was extracted with other {', '.join(differs)} than this pipeline "
+                        f"asks for; give the new one another name, or delete {cache_url}/teachers/{name}")
 
 
 @dataclass
@@ -175,6 +189,7 @@ class Pipeline:
         if Cache.exists(self.cache_url):
             cache = Cache.open(self.cache_url)
             if name in cache.teacher_names() and cache.teacher(name).complete:
+                _check_same_teacher(name, cache.teacher(name).attrs, spec, weights, self.cache_url)
                 self.run.log("extract", name, "skipped")
                 return
         opts = ExtractOptions(teacher=spec["teacher"], size=spec.get("size"), name=name, resolution=spec.get("resolution"),

@@ -106,7 +106,7 @@ class Results:
             means = [float(v.mean()) for v in per]
             errs = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in per]
             hatch = "" if self.models[m]["kind"] == "student" else "//"
-            ax.bar(np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width, means, width, yerr=errs,
+            ax.bar(np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None,
                    label=m, hatch=hatch, capsize=2)
         ax.axhline(0, color="black", lw=0.8)
         ax.axhline(-TOLERANCE, color="grey", lw=0.8, ls="--")

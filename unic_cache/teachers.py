@@ -101,7 +101,7 @@ class TeacherInfo:
         return asdict(self)
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -210,7 +210,7 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
         has_cls = getattr(model, "cls_token", None) is not None
         grid = tuple(int(g) for g in model.patch_embed.grid_size) if hasattr(model, "patch_embed") else (feats.shape[1] - prefix, 1)
         kind = "cls" if has_cls else "pooled"
-    sha = _sha256(weights) if weights not in (None, "random") else ""
+    sha = file_sha256(weights) if weights not in (None, "random") else ""
     info = TeacherInfo(
         model_id=model_id, weights=weights or "hub", weights_sha256=sha, resolution=res,
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),

@@ -22,6 +22,7 @@ from .errors import UserError
 from .extract import pick_device
 from .labels import Labels, read_labels, split_rows
 from .loader import EvalViews
+from .probes import r2_score
 from .student import pooled
 from .sources import open_source
 from .views import PixelNorm
@@ -82,7 +83,7 @@ def _score(pred: torch.Tensor, target: torch.Tensor, classification: bool) -> fl
     pred, target = pred[known], target[known]
     if classification:
         return float((pred.argmax(1) == target).float().mean() * 100)
-    return float((1 - ((pred[:, 0] - target) ** 2).sum() / ((target - target.mean()) ** 2).sum().clamp_min(1e-12)) * 100)
+    return r2_score(pred[:, 0], target)
 
 
 def train_teacher(cfg: TeacherTrainConfig) -> dict:
