@@ -172,3 +172,15 @@ def test_shipped_pipelines_are_valid(name):
         DistillConfig.from_dict({**config["distill"], **(overrides or {})})  # unknown options raise
     for teacher, spec in config["teachers"].items():
         ExtractOptions(teacher=spec["teacher"], **spec.get("extract", {}))
+
+
+def test_eval_cli(trained_cache, tmp_path):
+    data, cache = str(trained_cache / "data"), str(trained_cache / "cache.zarr")
+    run = str(trained_cache / "runs" / "tiny" / "base" / "seed-0")
+    r = run_cli("eval", data, "--cache", cache, "--student", f"s={run}", "--tasks", "colour,size", "--out", str(tmp_path),
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "| colour | teacher |" in r.stdout and "| s | student |" in r.stdout and (tmp_path / "results.png").exists()
+    assert set(json.loads((tmp_path / "results.json").read_text())["tasks"]) == {"colour", "size"}
+    r = run_cli("eval", data, "--cache", cache, "--student", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "is not a finished distill run" in r.stderr and "Traceback" not in r.stderr

@@ -231,7 +231,7 @@ class Pipeline:
         results = ev.results()
         for name in ev.teacher_names():
             results.add(name, "teacher", ev.scores(ev.teacher_features(name)))
-        key = json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k not in ("progress", "students")}))
+        key = json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k not in ("progress", "students", "teachers")}))
         for arm, folders in runs.items():
             for folder in folders:
                 saved = folder / "eval.json"
