@@ -184,3 +184,13 @@ def test_eval_cli(trained_cache, tmp_path):
     assert set(json.loads((tmp_path / "results.json").read_text())["tasks"]) == {"colour", "size"}
     r = run_cli("eval", data, "--cache", cache, "--student", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "is not a finished distill run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_student_eval_view_is_the_cached_view_0(trained_cache):
+    from unic_cache.loader import EvalViews
+
+    cache = Cache.open(str(trained_cache / "cache.zarr"))
+    rows = np.array([0, 5, 17])
+    views = EvalViews(str(trained_cache / "data"), cache.keys, cache.location, cache.image_size, rows, 32, cache.plan.policy)
+    np.testing.assert_array_equal(views.params, cache.params(slice(0, 18))[rows, 0])
+    assert views[1].shape == (3, 32, 32) and views[1].dtype == torch.uint8

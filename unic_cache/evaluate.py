@@ -80,7 +80,8 @@ class Evaluator:
         encoder, resolution = load_exported(run)
         encoder.to(self.device)
         pixels = PixelNorm.of(encoder).to(self.device)
-        views = EvalViews(self.opts.data, self.cache.keys, self.cache.location, self.cache.image_size, self.rows, resolution)
+        views = EvalViews(self.opts.data, self.cache.keys, self.cache.location, self.cache.image_size, self.rows, resolution,
+                          self.cache.plan.policy)
         feats = [pooled(encoder, pixels(images.to(self.device))).float().cpu()
                  for images in views.batches(self.opts.batch_size, self.opts.workers, f"features {name}", self.opts.progress)]
         return torch.cat(feats)

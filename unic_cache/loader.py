@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from .errors import UserError
 from .sources import decode_image, open_source
 from .store import Cache
-from .views import PlanConfig, plan_views, replay, uniforms
+from .views import PlanConfig, ViewPolicy, plan_views, replay, uniforms
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class DistillStream(IterableDataset):
         source = open_source(self.data)
         cache = Cache.open(self.url)
         stores = {t: cache.teacher(t) for t, _ in self.selection.targets}
-        keys, location, params = cache.keys, cache.location, cache.group["views/params"]
+        keys, location, params, image_size = cache.keys, cache.location, cache.group["views/params"], cache.image_size
         fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
         for epoch, index, window in self._windows(worker, workers):
             rows = np.concatenate([r for _, r in window])
@@ -95,7 +95,7 @@ class DistillStream(IterableDataset):
                 continue
             if self.online:  # view numbers past the cached ones: never a view the cache holds
                 views[:] = self.cached_views + epoch
-                window_params = plan_views(fresh, rows, cache.image_size[rows], first_view=int(views[0]))[:, 0]
+                window_params = plan_views(fresh, rows, image_size[rows], first_view=int(views[0]))[:, 0]
                 targets = {}
             else:
                 window_params = _gather(params, window)
@@ -122,9 +122,10 @@ class EvalViews(Dataset):
     """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
 
     def __init__(self, data: str, keys: np.ndarray, location: np.ndarray, image_size: np.ndarray,
-                 rows: np.ndarray, resolution: int):
+                 rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy()):
+        """``policy``: the view policy whose eval crop to use (a cache's, so that its view 0 is matched)."""
         self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
-        self.params = plan_views(PlanConfig(views=1), rows, image_size[rows])[:, 0]
+        self.params = plan_views(PlanConfig(views=1, policy=policy), rows, image_size[rows])[:, 0]
         self._source = None
 
     def __len__(self) -> int:
