@@ -179,8 +179,9 @@ class Pipeline:
                                                 "model_args": spec.get("model_args", {}), "progress": self.progress,
                                                 **spec["train"]})
             record = Path(weights).with_suffix(".json")
-            same = record.exists() and Path(weights).exists() and json.loads(record.read_text())["config"] == \
-                json.loads(json.dumps(asdict(cfg)))
+            recipe = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k != "progress"}
+            same = record.exists() and Path(weights).exists() and \
+                {k: v for k, v in json.loads(record.read_text())["config"].items() if k != "progress"} == recipe
             if same:
                 self.run.log("train-teacher", name, "skipped")
             else:
