@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unic_cache import UserError
 from unic_cache.labels import read_labels, split_rows
 from unic_cache.probes import kmeans_nmi, knn_accuracy, linear_probe, nmi, ridge_r2
 from unic_cache.results import Results
@@ -104,3 +105,5 @@ def test_results_table_chart_and_claims(tmp_path):
     paths = results.save(tmp_path)
     assert "90.0 ± 1.4" in paths["markdown"].read_text() and paths["chart"].stat().st_size > 1000
     assert Results.load(paths["json"]).models == results.models
+    with pytest.raises(UserError, match="names both a teacher and a student"):
+        results.add("a", "student", {"shape": {"linear": 1}})

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+
 METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²"}
 TOLERANCE = 2.0  # points
 
@@ -26,6 +28,8 @@ class Results:
 
     def add(self, model: str, kind: str, scores: dict[str, dict[str, float]]) -> None:
         entry = self.models.setdefault(model, {"kind": kind, "scores": {}})
+        if entry["kind"] != kind:
+            raise UserError(f"{model!r} names both a teacher and a student; give the student (or arm) another name")
         for task, metrics in scores.items():
             for metric, value in metrics.items():
                 entry["scores"].setdefault(task, {}).setdefault(metric, []).append(float(value))
