@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineRun
 
 app = typer.Typer(
     help="Cache teacher features once (extract), then distil students from the cache alone.",
@@ -271,7 +274,8 @@ def demo_cmd(
     _report(run_demo(out, quick, progress))
 
 
-def _report(run) -> None:
+def _report(run: "PipelineRun") -> None:
+    """Print a pipeline's table, what ran and what was reused, and where its outputs are."""
     ran = [f"{step} {what}" for step, what, status in run.steps if status == "ran"]
     skipped = [f"{step} {what}" for step, what, status in run.steps if status == "skipped"]
     typer.echo("\n" + run.results.markdown())
