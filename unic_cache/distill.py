@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from .errors import UserError
+from .errors import UserError, check_options
 from .extract import autocast_for, pick_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
@@ -71,10 +71,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown distill option(s) {', '.join(unknown)}; see `unic-cache distill --help`")
+        check_options(cls, values, "distill")
         cfg = cls(**values)
         cfg.betas = tuple(cfg.betas)
         return cfg

@@ -3,3 +3,12 @@
 
 class UserError(Exception):
     """A problem with the user's input; the CLI prints its message as one line, without a traceback."""
+
+
+def check_options(cls: type, values: dict, command: str) -> None:
+    """Refuse keys that are not fields of the options dataclass ``cls`` of ``unic-cache <command>``."""
+    from dataclasses import fields
+
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise UserError(f"unknown {command} option(s) {', '.join(unknown)}; see `unic-cache {command} --help`")

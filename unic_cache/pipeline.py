@@ -39,12 +39,12 @@ from pathlib import Path
 import yaml
 
 from .distill import DistillConfig, distill
-from .errors import UserError
+from .errors import UserError, check_options
 from .evaluate import EvalOptions, Evaluator
 from .extract import ExtractOptions, extract
 from .results import Results
 from .shapes import make_shapes
-from .store import Cache
+from .store import Cache, json_normal
 from .teachers import file_sha256
 from .train_teacher import TeacherTrainConfig, train_teacher
 
@@ -107,7 +107,17 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         bad = sorted(set(spec) - _TEACHER_KEYS)
         if bad or "teacher" not in spec:
             raise UserError(f"teacher {name}: needs 'teacher' and takes only {', '.join(sorted(_TEACHER_KEYS))} (got {', '.join(bad)})")
+        check_options(ExtractOptions, spec.get("extract", {}), "extract")
+        check_options(TeacherTrainConfig, spec.get("train", {}), "train-teacher")
+    for overrides in [config["distill"], *(config.get("arms") or {}).values()]:
+        check_options(DistillConfig, overrides or {}, "distill")
+    check_options(EvalOptions, config.get("eval", {}), "eval")  # every key is checked before anything runs
     return config
+
+
+def _recipe(values: dict, *ignore: str) -> dict:
+    """``values`` as JSON reads them back, without the keys that do not change results."""
+    return {k: v for k, v in json_normal(values).items() if k not in ignore}
 
 
 def _check_same_teacher(name: str, attrs: dict, spec: dict, weights: str | None, cache_url: str) -> None:
@@ -116,7 +126,7 @@ def _check_same_teacher(name: str, attrs: dict, spec: dict, weights: str | None,
     differs = [what for what, same in (
         ("weights", attrs.get("weights_sha256", "") == sha),
         ("resolution", spec.get("resolution") in (None, attrs.get("resolution"))),
-        ("model_args", json.loads(json.dumps(spec.get("model_args", {}))) == attrs.get("model_args", {})),
+        ("model_args", json_normal(spec.get("model_args", {})) == attrs.get("model_args", {})),
     ) if not same]
     if differs:
         raise UserError(f"teacher {name} in {cache_url} was extracted with other {', '.join(differs)} than this pipeline "
@@ -174,14 +184,13 @@ class Pipeline:
             if not spec["teacher"].startswith("timm:"):
                 raise UserError(f"teacher {name}: only timm:<arch> teachers can be trained here")
             weights = str(self.out / "teachers" / f"{name}.safetensors")
-            cfg = TeacherTrainConfig.from_dict({"data": data, "out": weights, "arch": spec["teacher"][5:],
-                                                "img_size": spec.get("resolution") or 224,
-                                                "model_args": spec.get("model_args", {}), "progress": self.progress,
-                                                **spec["train"]})
+            cfg = TeacherTrainConfig(**{"data": data, "out": weights, "arch": spec["teacher"][5:],
+                                        "img_size": spec.get("resolution") or 224,
+                                        "model_args": spec.get("model_args", {}), "progress": self.progress,
+                                        **spec["train"]})
             record = Path(weights).with_suffix(".json")
-            recipe = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k != "progress"}
             same = record.exists() and Path(weights).exists() and \
-                {k: v for k, v in json.loads(record.read_text())["config"].items() if k != "progress"} == recipe
+                _recipe(json.loads(record.read_text())["config"], "progress") == _recipe(asdict(cfg), "progress")
             if same:
                 self.run.log("train-teacher", name, "skipped")
             else:
@@ -208,7 +217,7 @@ class Pipeline:
         values = {**self.config["distill"], **(overrides or {}), "data": data, "cache": self.cache_url,
                   "out": str(folder), "seed": seed, "progress": self.progress}
         cfg = DistillConfig.from_dict(values)
-        want = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("progress", "resume")}))
+        want = _recipe(asdict(cfg), "progress", "resume")
         want["teachers"] = cfg.teachers or Cache.open(self.cache_url).teacher_names()  # as the run records them
         saved = folder / "config.json"
         if saved.exists():
@@ -232,7 +241,7 @@ class Pipeline:
         results = ev.results()
         for name in ev.teacher_names():
             results.add(name, "teacher", ev.scores(ev.teacher_features(name)))
-        key = json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k not in ("progress", "students", "teachers")}))
+        key = _recipe(asdict(opts), "progress", "students", "teachers")
         for arm, folders in runs.items():
             for folder in folders:
                 saved = folder / "eval.json"

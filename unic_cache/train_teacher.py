@@ -48,14 +48,6 @@ class TeacherTrainConfig:
     device: str = "auto"
     progress: bool = True
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "TeacherTrainConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown train-teacher option(s) {', '.join(unknown)}; see `unic-cache train-teacher --help`")
-        return cls(**values)
-
 
 class _Heads(nn.Module):
     """One linear head per task on the encoder's pooled embedding."""
