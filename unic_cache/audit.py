@@ -1,12 +1,20 @@
-"""Looking at a cache: ``cache_info`` (a summary table) and ``verify_cache`` (decode and check everything)."""
+"""Looking at a cache: ``cache_info`` (a summary table), ``find_damage`` / ``verify_cache`` (decode and
+check every chunk of every array) and ``repair_cache`` (make damaged parts be extracted again)."""
 
 from __future__ import annotations
 
-import numpy as np
-from tqdm import tqdm
+from dataclasses import dataclass, field
 
-from .sources import Source
-from .store import Cache, TeacherStore, quick_digest
+import numpy as np
+import zarr
+from tqdm import tqdm
+from zarr.core.sync import sync
+
+from .claims import clean_stale_temp_files
+from .errors import UserError
+from .sources import Source, content_digest
+from .store import INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, read_checked, write_plan
+from .views import plan_views
 
 
 def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
@@ -16,6 +24,9 @@ def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
         ("bad samples", str(cache.attrs["bad_samples"])), ("views", str(cache.views)),
         ("plan seed", str(cache.plan.seed)), ("input shards", str(len(cache.shards))),
         ("created", cache.attrs["created"]), ("fingerprint", cache.attrs["fingerprint"][:16]),
+        ("format", str(cache.attrs["format_version"])),
+        ("integrity", "crc32c on every chunk, image digests" if cache.checksummed
+         else "unchecked (format 1: no checksums, no image digests)"),
     ]
     teachers = []
     for name in cache.teacher_names():
@@ -30,60 +41,202 @@ def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
             "summary": info.summary_kind, "codec": store.codec.name, "bytes on disk": stored,
             "bytes/sample-view": round(per_view), "vs float32": f"{per_view / f32:.3f}",
             "units done": f"{int(done.sum())}/{store.units}", "complete": store.complete,
+            "checksums": checksummed(store.group["summary"]),
             "fidelity (cos)": {k: round(v, 6) for k, v in store.attrs.get("fidelity_cosine", {}).items()},
         })
     return dataset, teachers
 
 
-def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool) -> list[str]:
-    problems = []
+@dataclass
+class Damage:
+    """What ``find_damage`` found: problems as lines, and what ``repair_cache`` can act on."""
+
+    problems: list[str] = field(default_factory=list)
+    units: dict[str, set[int]] = field(default_factory=dict)  # teacher -> damaged units (extract them again)
+    stats: set[str] = field(default_factory=set)  # teachers whose merged statistics must be merged again
+    index: set[str] = field(default_factory=set)  # damaged index arrays (rebuilt from the dataset)
+    plan: bool = False  # views/params must be rewritten from the plan
+
+    def unit(self, store: TeacherStore, unit: int, problem: str) -> None:
+        self.problems.append(problem)
+        self.units.setdefault(store.name, set()).add(unit)
+
+
+def _shard_missing(array: zarr.Array, unit: int) -> bool:
+    """True when the stored object (shard) holding ``unit``'s rows does not exist."""
+    key = array.metadata.encode_chunk_key((unit,) + (0,) * (array.ndim - 1))
+    return not sync(array.store_path.store.exists(f"{array.store_path.path}/{key}"))
+
+
+def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage) -> None:
+    rows = store.unit_rows(unit)
+    good = ~bad[rows.start:rows.stop]
+    k, tokens = store.cache.views, store.info.tokens
+    for kind in store.kinds:
+        where = f"teacher {store.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
+        if _shard_missing(store.group[kind], unit):
+            damage.unit(store, unit, f"{where}: shard missing (deleted?) for a done unit")
+            continue
+        try:
+            x = store.read(kind, slice(rows.start, rows.stop), slice(None))
+        except UserError as exc:
+            damage.unit(store, unit, str(exc).split(";")[0])
+            continue
+        flat = x.reshape(len(rows), k, -1)
+        if (np.abs(flat[good]).max(axis=-1, initial=0) == 0).any():
+            damage.unit(store, unit, f"{where}: all-zero features for a decodable sample (missing data for a done unit)")
+        if np.abs(flat[~good]).max(initial=0) != 0:
+            damage.unit(store, unit, f"{where}: features stored for a bad sample")
+        try:
+            moments, _ = store.unit_moments(kind, unit)
+        except UserError as exc:
+            damage.unit(store, unit, str(exc).split(";")[0])
+            continue
+        expected = good.sum() * k * (tokens if kind == "patch" else 1)
+        if moments.count != expected or not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
+            damage.unit(store, unit, f"{where}: partial statistics wrong (count {moments.count:.0f}, expected {expected}, "
+                                     "or non-finite)")
+
+
+def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage: Damage) -> None:
+    progress_flags = store.group["progress"]
+    for unit in range(store.units):
+        try:
+            read_checked(progress_flags, unit, "")
+        except UserError:
+            damage.unit(store, unit, f"teacher {store.name}: progress flag of unit {unit} damaged")
     done = store.done()
     if not done.all():
-        problems.append(f"teacher {store.name}: {int((~done).sum())}/{store.units} units not extracted; run extract again")
-    partial = store.group["stats/partial"]
-    k, tokens = store.cache.views, store.info.tokens
+        damage.problems.append(f"teacher {store.name}: {int((~done).sum())}/{store.units} units not extracted; run extract again")
     for unit in tqdm(np.flatnonzero(done), desc=f"verify {store.name}", unit="unit", disable=not progress):
-        rows = store.unit_rows(int(unit))
-        good = ~bad[rows.start:rows.stop]
-        for kind in store.kinds:
-            x = store.group[kind][rows.start:rows.stop]
-            where = f"teacher {store.name} {kind} rows {rows.start}-{rows.stop - 1}"
-            if not np.isfinite(x).all():
-                problems.append(f"{where}: NaN or Inf values")
-            flat = x.reshape(len(rows), k, -1)
-            if (np.abs(flat[good]).max(axis=-1) == 0).any():
-                problems.append(f"{where}: all-zero features for a decodable sample (missing data for a done unit)")
-            if np.abs(flat[~good]).max(initial=0) != 0:
-                problems.append(f"{where}: features stored for a bad sample")
-            expected = good.sum() * k * (tokens if kind == "patch" else 1)
-            if partial[f"{kind}_count"][int(unit)] != expected:
-                problems.append(f"{where}: statistics count {partial[f'{kind}_count'][int(unit)]:.0f}, expected {expected}")
+        _check_unit(store, int(unit), bad, damage)
     if store.complete:
         for kind in store.kinds:
-            stats = store.stats(kind)
-            if not all(np.isfinite(v).all() for v in stats.values()):
-                problems.append(f"teacher {store.name} {kind} statistics: NaN or Inf")
+            try:
+                stats = store.stats(kind)
+            except UserError as exc:
+                damage.problems.append(str(exc).split(";")[0])
+                damage.stats.add(store.name)
+                continue
+            if store.name in damage.units:
+                continue  # the partials are damaged: the comparison below would say nothing new
             folded, _ = store.fold(kind)
             if not np.array_equal(folded.mean, stats["mean"]) or folded.count != stats["count"][0]:
-                problems.append(f"teacher {store.name} {kind} statistics do not match the per-unit partials")
+                damage.problems.append(f"teacher {store.name} {kind} statistics do not match the per-unit partials")
+                damage.stats.add(store.name)
     elif done.all():
-        problems.append(f"teacher {store.name}: all units done but statistics not finalised; run extract again")
-    return problems
+        damage.problems.append(f"teacher {store.name}: all units done but statistics not finalised; run extract again")
+
+
+def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Damage) -> None:
+    index = cache.group["index"]
+    for name in INDEX_ARRAYS:
+        if name not in index:
+            continue
+        try:
+            cache.index_array(name)
+        except UserError as exc:
+            damage.problems.append(str(exc).split(";")[0])
+            damage.index.add(name)
+    if damage.index:
+        return
+    if cache.dataset_index().fingerprint() != cache.attrs["fingerprint"]:
+        damage.problems.append("index does not match the cache fingerprint (index arrays were modified)")
+    if set(np.flatnonzero(cache.bad).tolist()) != set(cache.bad_reasons):
+        damage.problems.append("index/bad flags disagree with the recorded bad-sample reasons")
+    if source is not None:
+        if quick_digest(source) != cache.attrs["quick_digest"]:
+            damage.problems.append(f"dataset {source.spec} is not the one this cache was made for")
+        elif cache.digest is not None:
+            _check_images(cache, source, progress, damage)
+
+
+def _check_images(cache: Cache, source: Source, progress: bool, damage: Damage) -> None:
+    """Every image's bytes against the digest recorded when the dataset was indexed."""
+    changed = []
+    for row in tqdm(np.flatnonzero(~cache.bad), desc="verify images", unit="img", disable=not progress):
+        try:
+            data = source._read(cache.location[row], str(cache.keys[row]))
+        except (UserError, OSError) as exc:
+            changed.append(f"{cache.keys[row]} ({str(exc)[:80]})")
+            continue
+        if content_digest(data) != int(cache.digest[row]):
+            changed.append(str(cache.keys[row]))
+    if changed:
+        damage.problems.append(f"{len(changed)} image(s) changed since the cache was made, e.g. {', '.join(changed[:3])}")
+
+
+def _check_plan(cache: Cache, damage: Damage) -> None:
+    params = cache.group["views/params"]
+    if params.shape[:2] != (cache.n, cache.views):
+        damage.problems.append("views/params has the wrong shape")
+        return
+    step = params.chunks[0] * 16
+    for a in range(0, cache.n, step):
+        rows = slice(a, min(cache.n, a + step))
+        try:
+            stored = cache.params(rows)
+        except UserError as exc:
+            damage.problems.append(str(exc).split(";")[0])
+            damage.plan = True
+            continue
+        if not np.array_equal(stored, plan_views(cache.plan, np.arange(rows.start, rows.stop), cache.image_size[rows]),
+                              equal_nan=False):
+            damage.problems.append(f"views/params rows {rows.start}-{rows.stop - 1} differ from the view plan (missing or altered)")
+            damage.plan = True
+
+
+def find_damage(cache: Cache, source: Source | None = None, progress: bool = True) -> Damage:
+    """Check everything: index (and, given the dataset, every image), view plan, every chunk of every
+    teacher array, statistics. Nothing raises: every problem is a line in ``Damage.problems``."""
+    damage = Damage()
+    if not cache.checksummed:
+        damage.problems.append("note: format-1 cache: chunks carry no checksums and images no digests (unchecked)")
+    _check_index(cache, source, progress, damage)
+    if not damage.index:
+        _check_plan(cache, damage)
+        for name in cache.teacher_names():
+            _check_teacher(cache.teacher(name), cache.bad, progress, damage)
+    return damage
 
 
 def verify_cache(cache: Cache, source: Source | None = None, progress: bool = True) -> list[str]:
-    """Every problem found in a cache (empty when it is sound): fingerprint, index, every chunk, stats."""
-    problems = []
-    if cache.dataset_index().fingerprint() != cache.attrs["fingerprint"]:
-        problems.append("index does not match the cache fingerprint (index arrays were modified)")
-    if source is not None and quick_digest(source) != cache.attrs["quick_digest"]:
-        problems.append(f"dataset {source.spec} is not the one this cache was made for")
-    bad = cache.bad
-    if set(np.flatnonzero(bad).tolist()) != set(cache.bad_reasons):
-        problems.append("index/bad flags disagree with the recorded bad-sample reasons")
-    params = cache.group["views/params"]
-    if params.shape[:2] != (cache.n, cache.views) or not np.isfinite(params[:]).all():
-        problems.append("views/params has the wrong shape or non-finite values")
-    for name in cache.teacher_names():
-        problems.extend(_check_teacher(cache.teacher(name), bad, progress))
-    return problems
+    """Every problem found in a cache (empty when it is sound; a format-1 cache says it is unchecked)."""
+    return [p for p in find_damage(cache, source, progress).problems if not p.startswith("note:")]
+
+
+def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> list[str]:
+    """Make the damage found be redone: damaged units are unflagged (and their teacher's statistics
+    marked for a new merge), the view plan is rewritten, damaged index arrays are rebuilt from the
+    dataset (``source``). Running the same extract afterwards restores a bit-identical cache."""
+    done = []
+    if damage.index:
+        if source is None:
+            raise UserError(f"index arrays {', '.join(sorted(damage.index))} are damaged; repairing them needs the "
+                            "dataset: `unic-cache verify CACHE --repair --data DATA`")
+        cache.check_source(source)
+        index = source.index(progress=False)
+        if index.fingerprint() != cache.attrs["fingerprint"]:
+            raise UserError("the dataset's index differs from the one this cache was made from; it cannot repair the index")
+        bad = np.zeros(index.n, np.uint8)
+        bad[list(index.bad)] = 1
+        fresh = index_arrays(index, bad)
+        for name in sorted(damage.index):
+            cache.group[f"index/{name}"][...] = fresh[name]
+            done.append(f"rebuilt index/{name} from the dataset")
+        cache.forget_index()
+        return done + ["run verify again: the rest of the cache could not be checked with a damaged index"]
+    if damage.plan:
+        write_plan(cache.group["views/params"], cache.plan, cache.image_size)
+        done.append("rewrote views/params from the view plan")
+    for name in sorted(set(damage.units) | damage.stats):
+        store = cache.teacher(name)
+        for unit in sorted(damage.units.get(name, ())):
+            store.group["progress"][unit] = 0
+        store.group.attrs["complete"] = False
+        n = len(damage.units.get(name, ()))
+        done.append(f"teacher {name}: {n} unit(s) to extract again, statistics to merge again")
+    removed = clean_stale_temp_files(cache.url, older_than=0)
+    if removed:
+        done.append(f"removed {removed} temp file(s) of interrupted writes")
+    return done

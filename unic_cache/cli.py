@@ -320,17 +320,27 @@ def info_cmd(
 @user_errors
 def verify_cmd(
     cache: Annotated[str, typer.Argument(help="Cache path or URL.")],
-    data: Annotated[Optional[str], typer.Option(help="Also check that this dataset is the one the cache was made for.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="The dataset: check it is the one the cache was made for, and every image's digest.")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Unflag damaged units (re-run the same extract to rewrite them), rewrite a damaged view plan, rebuild a damaged index from --data.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
-    """Decode every chunk; check for NaN/Inf, progress consistency, statistics and fingerprint. Exit 1 on any problem."""
-    from .audit import verify_cache
+    """Decode every chunk of every array (checksums), check progress, statistics, view plan, index and
+    fingerprint; with --data, every image's digest. Exit 1 on any problem (after --repair: 0 once repaired)."""
+    from .audit import find_damage, repair_cache
     from .sources import open_source
     from .store import Cache
 
-    problems = verify_cache(Cache.open(cache), open_source(data) if data else None, progress)
-    for p in problems:
-        typer.echo(f"problem: {p}", err=True)
+    opened = Cache.open(cache, mode="a" if repair else "r")
+    source = open_source(data) if data else None
+    damage = find_damage(opened, source, progress)
+    for p in damage.problems:
+        typer.echo(p if p.startswith("note:") else f"problem: {p}", err=True)
+    problems = [p for p in damage.problems if not p.startswith("note:")]
+    if repair and problems:
+        for action in repair_cache(opened, damage, source):
+            typer.echo(f"repaired: {action}")
+        typer.echo(f"now run the same `unic-cache extract ... --cache {cache}` command(s) to rewrite what was unflagged")
+        return
     if problems:
         raise typer.Exit(1)
     typer.echo(f"ok: {cache} verified")

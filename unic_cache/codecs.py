@@ -1,6 +1,7 @@
 """How teacher features are stored: element type + compressor, and the fidelity each one keeps.
 
-Every codec here is made of standard zarr v3 codecs, so any zarr reader decodes the cache.
+Every codec here is made of standard zarr v3 codecs, so any zarr reader decodes the cache; every
+array's chain ends in crc32c (``checked``), so a damaged chunk fails on read instead of decoding.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from dataclasses import dataclass
 
 import torch
 import zarr
+
+
+def checked(*compressors) -> tuple:
+    """A compressor chain with a crc32c checksum last."""
+    return (*compressors, zarr.codecs.Crc32cCodec())
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from . import __version__
 from .codecs import FeatureCodec, cosine_sum, get_codec
 from .errors import UserError
 from .sources import Source, decode_image, open_source
-from .store import Cache, Moments, TeacherStore, json_normal
+from .claims import clean_stale_temp_files
+from .store import Cache, Moments, TeacherStore
 from .teachers import Teacher, build_teacher
 from .views import PlanConfig, ViewPolicy, replay
 
@@ -100,24 +101,25 @@ class ViewBatches(Dataset):
 
     def __init__(self, source: Source, cache: Cache, resolution: int):
         self.source, self.url, self.resolution, self.views = source, cache.url, resolution, cache.views
-        self.keys, self.location, self.bad = cache.keys, cache.location, cache.bad
-        self._params = None
+        self.keys, self.location, self.bad, self.digest = cache.keys, cache.location, cache.bad, cache.digest
+        self._cache = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        if self._params is None:  # opened lazily in each worker process
-            self._params = Cache.open(self.url).group["views/params"]
+        if self._cache is None:  # opened lazily in each worker process
+            self._cache = Cache.open(self.url)
         first, last = min(rows), max(rows)
-        params = self._params[first:last + 1]
+        params = self._cache.params(slice(first, last + 1))
         r = self.resolution
         images = torch.zeros(len(rows), self.views, 3, r, r, dtype=torch.uint8)
         valid = torch.zeros(len(rows), dtype=torch.bool)
         for i, row in enumerate(rows):
             if self.bad[row]:
                 continue
-            image = decode_image(self.source.read(self.location[row], str(self.keys[row])))
+            digest = None if self.digest is None else self.digest[row]
+            image = decode_image(self.source.read(self.location[row], str(self.keys[row]), digest))
             for v in range(self.views):
                 images[i, v] = replay(image, params[row - first, v], r)
             valid[i] = True
@@ -165,44 +167,13 @@ class _UnitWriter:
             raise self.error
 
 
-def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, rank: int) -> Cache:
+def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions) -> Cache:
     plan = PlanConfig(views=opts.views, seed=opts.seed, policy=ViewPolicy(scale=tuple(opts.crop_scale)))
-    if Cache.exists(url):
-        cache = Cache.open(url, mode="a")
-    elif rank == 0:
-        index = source.index(workers=min(8, os.cpu_count() or 1), progress=opts.progress)
-        cache = Cache.create(url, index, source, plan)
-    else:
-        cache = Cache.wait_ready(url)
+    cache = Cache.open_or_create(url, lambda: source.index(workers=min(8, os.cpu_count() or 1), progress=opts.progress),
+                                 source, plan)
     cache.check_source(source)
     cache.check_plan(plan)
     return cache
-
-
-def _open_or_create_teacher(cache: Cache, name: str, teacher: Teacher, codec: FeatureCodec, opts: ExtractOptions,
-                            rank: int) -> TeacherStore:
-    if _teacher_ready(cache, name):
-        store = cache.teacher(name)
-        want = {**teacher.info.to_dict(), "codec": codec.name, "has_patch": opts.patch}
-        have = {k: store.attrs.get(k) for k in want}
-        diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if json_normal(have[k]) != json_normal(want[k]))
-        if diff:
-            raise UserError(f"teacher {name!r} is already in {cache.url} with other settings ({diff}); "
-                            "pass --name to store this one beside it")
-        return store
-    if rank == 0:
-        return cache.add_teacher(name, teacher.info, codec, opts.patch, opts.shard_mb, opts.unit_rows, __version__)
-    deadline = time.monotonic() + 3600
-    while not _teacher_ready(cache, name):
-        if time.monotonic() > deadline:
-            raise UserError(f"rank 0 did not create teacher {name!r} in {cache.url} within an hour")
-        time.sleep(1.0)
-    return cache.teacher(name)
-
-
-def _teacher_ready(cache: Cache, name: str) -> bool:
-    """True once a teacher's arrays exist (``progress`` is created last)."""
-    return name in cache.teacher_names() and "progress" in cache.group[f"teachers/{name}"]
 
 
 def default_name(opts: ExtractOptions) -> str:
@@ -230,8 +201,9 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     source = open_source(data)
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
-    cache = _open_or_create_cache(source, cache_url, opts, rank)
-    store = _open_or_create_teacher(cache, name, teacher, codec, opts, rank)
+    cache = _open_or_create_cache(source, cache_url, opts)
+    store = cache.require_teacher(name, teacher.info, codec, opts.patch, opts.shard_mb, opts.unit_rows, __version__)
+    clean_stale_temp_files(cache.url)
     done = store.done()
     pending = [u for u in range(store.units) if u % world == rank and not done[u]]
     k, res = cache.views, teacher.info.resolution

@@ -1,9 +1,10 @@
 """Input datasets: webdataset tar shards or an image folder, and the index pass that fixes row order.
 
 The index records, for every sample in canonical order, its key, where its image bytes live
-(shard, byte offset, length), the decoded image size, and why it is bad if it cannot be decoded.
-Readers fetch one sample with a ranged read and check the tar header in front of it, so a row can
-never silently point at another sample's bytes.
+(shard, byte offset, length), the decoded image size, a crc32c digest of the image bytes, and why it
+is bad if it cannot be decoded. Readers fetch one sample with a ranged read, check the tar header in
+front of it and the digest of the bytes, so a row can never silently point at another sample's bytes,
+nor at an image replaced in place.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
+import google_crc32c
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 from braceexpand import braceexpand
 from PIL import Image
 
@@ -46,6 +48,7 @@ class DatasetIndex:
     location: np.ndarray  # (N, 3) int64: shard, byte offset of the image data (-1 for files), byte length
     image_size: np.ndarray  # (N, 2) int32: width, height (0 for bad samples)
     bad: dict[int, str] = field(default_factory=dict)  # row -> reason
+    digest: np.ndarray | None = None  # (N,) uint32: crc32c of each image's bytes (None: a cache made before digests)
 
     @property
     def n(self) -> int:
@@ -57,6 +60,11 @@ class DatasetIndex:
         for key in self.keys:
             h.update(key.encode() + b"\0")
         return h.hexdigest()
+
+
+def content_digest(data: bytes) -> int:
+    """crc32c of a sample's image bytes, as the index records it."""
+    return int(google_crc32c.value(data))
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -88,13 +96,22 @@ class Source:
     def __init__(self, spec: str, fs: fsspec.AbstractFileSystem, shards: list[ShardRef]):
         self.spec, self.fs, self.shards = spec, fs, shards
 
-    def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None]]:
-        """Rows of one shard: (key, offset, nbytes, width, height, bad reason)."""
+    def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None, int]]:
+        """Rows of one shard: (key, offset, nbytes, width, height, bad reason, crc32c of the bytes)."""
         raise NotImplementedError
 
-    def read(self, location: np.ndarray, key: str) -> bytes:
-        """The image bytes of the sample at ``location``; raises if they do not belong to ``key``."""
+    def _read(self, location: np.ndarray, key: str) -> bytes:
         raise NotImplementedError
+
+    def read(self, location: np.ndarray, key: str, digest: int | None = None) -> bytes:
+        """The image bytes of the sample at ``location``; raises if they do not belong to ``key`` or,
+        given the indexed ``digest``, if they changed since the dataset was indexed."""
+        data = self._read(location, key)
+        if digest is not None and content_digest(data) != int(digest):
+            shard = self.shards[int(location[0])].name if len(self.shards) > int(location[0]) >= 0 else "?"
+            raise UserError(f"sample {key!r} in {shard} changed since the cache was made (crc32c differs); "
+                            "the dataset no longer matches the cache: restore it or extract into a new cache")
+        return data
 
     def quick_fingerprint(self) -> list[list]:
         """Shard names and byte sizes, known without reading any data."""
@@ -118,15 +135,16 @@ class Source:
                 results.append(self.scan_shard(i))
                 bar.update()
         bar.close()
-        shards, keys, location, sizes, bad = [], [], [], [], {}
+        shards, keys, location, sizes, bad, digests = [], [], [], [], {}, []
         for i, rows in enumerate(results):
             shards.append({"name": self.shards[i].name, "nbytes": self.shards[i].nbytes, "count": len(rows), "first_row": len(keys)})
-            for key, offset, nbytes, width, height, reason in rows:
+            for key, offset, nbytes, width, height, reason, digest in rows:
                 if reason is not None:
                     bad[len(keys)] = reason
                 keys.append(key)
                 location.append((i, offset, nbytes))
                 sizes.append((width, height))
+                digests.append(digest)
         if not keys:
             raise UserError(f"no samples found in {self.spec}")
         keys_arr = np.array(keys, dtype=str)
@@ -135,14 +153,14 @@ class Source:
             dup = str(uniq[counts > 1][0])
             raise UserError(f"duplicate sample key {dup!r} in {self.spec}: keys must be unique across all shards")
         return DatasetIndex(shards, keys_arr, np.array(location, np.int64).reshape(-1, 3),
-                            np.array(sizes, np.int32).reshape(-1, 2), bad)
+                            np.array(sizes, np.int32).reshape(-1, 2), bad, np.array(digests, np.uint32))
 
 
 class TarSource(Source):
     """webdataset shards: samples are consecutive tar members sharing a key (``key.jpg``, ``key.json``)."""
 
-    def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None]]:
-        rows: list[tuple[str, int, int, int, int, str | None]] = []
+    def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None, int]]:
+        rows: list[tuple[str, int, int, int, int, str | None, int]] = []
         seen: dict[str, int] = {}
         with self.fs.open(self.shards[shard].url, "rb") as f:
             try:
@@ -156,17 +174,17 @@ class TarSource(Source):
                     key, ext = m.group(1), m.group(2).lower()
                     if key not in seen:
                         seen[key] = len(rows)
-                        rows.append((key, -1, 0, 0, 0, "no image member"))
+                        rows.append((key, -1, 0, 0, 0, "no image member", 0))
                     if ext.rsplit(".", 1)[-1] in IMAGE_EXTS and rows[seen[key]][1] < 0:
                         f.seek(info.offset_data)
-                        width, height, reason = _check_decodes(f.read(info.size))
-                        rows[seen[key]] = (key, info.offset_data, info.size, width, height, reason)
+                        data = f.read(info.size)
+                        rows[seen[key]] = (key, info.offset_data, info.size, *_check_decodes(data), content_digest(data))
             except tarfile.TarError as exc:
                 raise UserError(f"{self.shards[shard].url} is not a readable uncompressed tar ({exc}); "
                                 "re-pack it as a plain .tar (compressed tars cannot be read by byte range)") from None
         return rows
 
-    def read(self, location: np.ndarray, key: str) -> bytes:
+    def _read(self, location: np.ndarray, key: str) -> bytes:
         shard, offset, nbytes = (int(v) for v in location)
         if offset < 512:
             raise ValueError(f"sample {key!r} has no image")
@@ -199,14 +217,15 @@ class FolderSource(Source):
     def quick_fingerprint(self) -> list[list]:
         return [[rel, n] for members in self.files.values() for rel, n in members]
 
-    def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None]]:
+    def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None, int]]:
         rows = []
         for rel, nbytes in self.files[self.shards[shard].name]:
             with self.fs.open(f"{self.root}/{rel}", "rb") as f:
-                rows.append((rel, -1, nbytes, *_check_decodes(f.read())))
+                data = f.read()
+            rows.append((rel, -1, nbytes, *_check_decodes(data), content_digest(data)))
         return rows
 
-    def read(self, location: np.ndarray, key: str) -> bytes:
+    def _read(self, location: np.ndarray, key: str) -> bytes:
         with self.fs.open(f"{self.root}/{key}", "rb") as f:
             return f.read()
 

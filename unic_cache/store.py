@@ -5,6 +5,13 @@ Layout (DESIGN.md): root attrs (format, fingerprint, plan), ``index/*``, ``views
 one zarr shard of ``summary`` and of ``patch`` each. A writer owns whole units; a unit's features,
 then its partial statistics, then its progress flag are written, so a unit whose flag is set is
 complete, and nothing else needs to be trusted on resume.
+
+Integrity (format 2): every array's codec chain ends in crc32c (inside shards too), so a damaged
+chunk fails on read; float arrays are filled with NaN and every written chunk is stored, so a missing
+chunk never reads as plausible data; ``read_checked`` turns both into one-line errors naming the
+array and rows. A cache is created only where nothing exists or where our own unfinished creation is
+(``claims``), and creation, teacher addition and the statistics merge are done by one process.
+Format-1 caches (no checksums, no image digests) still open; ``checksummed`` says which is which.
 """
 
 from __future__ import annotations
@@ -14,17 +21,23 @@ import json
 import time
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 import zarr
 
-from .codecs import FeatureCodec, get_codec
+from . import claims
+from .codecs import FeatureCodec, checked, get_codec
 from .errors import UserError
 from .sources import DatasetIndex, Source
 from .teachers import TeacherInfo
 from .views import P, PlanConfig, plan_views
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: before checksums and image digests
 KINDS = ("summary", "patch")
+INDEX_ARRAYS = ("keys", "location", "image_size", "bad", "digest")
+TOP_LEVEL = {"zarr.json", "index", "views", "teachers"}  # all that a cache holds at its top level
+ALWAYS_WRITE = {"write_empty_chunks": True}  # every written chunk exists, so a missing one is damage
 _PLAN_BLOCK = 65536  # rows planned per step, bounding memory on ImageNet-size datasets
 
 
@@ -43,11 +56,74 @@ def local_path(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+def checksummed(array: zarr.Array) -> bool:
+    """Whether an array's chunks carry a crc32c (format 2), inside shards or directly."""
+    return "crc32c" in json.dumps(array.metadata.to_dict()["codecs"])
+
+
+def _fill(dtype: str):
+    """NaN for floats (a missing chunk can never pass as data), 0 otherwise."""
+    return float("nan") if np.dtype(dtype).kind == "f" else 0
+
+
+def create_checked(group: zarr.Group, name: str, shape: tuple, dtype, chunks: tuple | None = None, **kw) -> zarr.Array:
+    """A format-2 array: crc32c last in its codec chain, NaN fill for floats, every chunk stored."""
+    compressors = checked(*kw.pop("compressors", ()))
+    fill = kw.pop("fill_value", _fill(dtype) if dtype is not str else "")
+    return group.create_array(name, shape=shape, chunks=chunks or shape, dtype=dtype, compressors=compressors,
+                              fill_value=fill, config=ALWAYS_WRITE, **kw)
+
+
+def read_checked(array: zarr.Array, selection, what: str):
+    """``array[selection]``, with a damaged chunk as a one-line error naming ``what`` (array and rows)."""
+    try:
+        return array[selection]
+    except ValueError as exc:
+        if "checksum" not in str(exc):
+            raise
+        raise UserError(f"{what}: damaged data (crc32c mismatch); run `unic-cache verify --repair` and re-run extract") from None
+    except Exception as exc:  # a chunk that does not decode at all (truncated, garbled header)
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{what}: damaged data ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                        "run `unic-cache verify --repair` and re-run extract") from None
+
+
+def _read_or(array: zarr.Array, selection, default):
+    """``array[selection]``, or ``default`` where its chunk is damaged."""
+    try:
+        return array[selection]
+    except ValueError:
+        return default
+
+
 def _open_group(url: str, mode: str) -> zarr.Group:
     try:
         return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
     except FileNotFoundError:
         raise UserError(f"no cache at {url}; create it with `unic-cache extract DATA --cache {url} --teacher NAME`") from None
+
+
+def index_arrays(index: DatasetIndex, bad: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of ``index/`` for a dataset index (``bad``: (N,) uint8 flags), named as INDEX_ARRAYS."""
+    return dict(zip(INDEX_ARRAYS, (index.keys, index.location, index.image_size, bad, index.digest)))
+
+
+def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray) -> None:
+    """Fill ``views/params`` from the plan, a block of rows at a time (bounded memory)."""
+    n = params.shape[0]
+    for a in range(0, n, _PLAN_BLOCK):
+        b = min(n, a + _PLAN_BLOCK)
+        params[a:b] = plan_views(plan, np.arange(a, b), image_size[a:b])
+
+
+def _remove_unfinished(url: str) -> None:
+    """Delete an unfinished creation of ours (only the names a cache holds), before creating it again."""
+    fs, root = fsspec.core.url_to_fs(url)
+    for name in TOP_LEVEL:
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 @dataclass
@@ -83,8 +159,9 @@ class Cache:
         attrs = json_normal(group.attrs.asdict())
         if attrs.get("format") != "unic-cache":
             raise UserError(f"{url} is a zarr group but not a unic-cache cache")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{url} has cache format {attrs.get('format_version')}, this version reads {FORMAT_VERSION}")
+        if attrs.get("format_version") not in READABLE_FORMATS:
+            raise UserError(f"{url} has cache format {attrs.get('format_version')}, this version reads "
+                            f"{', '.join(map(str, READABLE_FORMATS))}")
         self.attrs = attrs
         self._index_cache: dict[str, np.ndarray] = {}
 
@@ -99,39 +176,39 @@ class Cache:
     def open(cls, url: str, mode: str = "r") -> "Cache":
         group = _open_group(url, mode)
         if not group.attrs.get("ready", False):
-            raise UserError(f"{url} is not a complete cache (its creation was interrupted); delete it and run extract again")
+            raise UserError(f"{url} is not a complete cache (its creation was interrupted); "
+                            "run the same extract command again to finish creating it")
         return cls(group, url)
 
     @classmethod
-    def wait_ready(cls, url: str, timeout: float = 3600.0) -> "Cache":
-        """Open a cache that another rank is creating, polling until it is ready."""
-        deadline = time.monotonic() + timeout
-        while not cls.exists(url):
-            if time.monotonic() > deadline:
-                raise UserError(f"rank 0 did not create the cache at {url} within {timeout:.0f}s")
-            time.sleep(1.0)
+    def open_or_create(cls, url: str, make_index, source: Source, plan: PlanConfig) -> "Cache":
+        """Open the cache at ``url``, or create it there for ``source`` and ``plan``.
+
+        Only a path that does not exist, an empty folder, or our own unfinished creation is written to;
+        anything else is refused. When processes race, one indexes the dataset (``make_index()``) and
+        creates the cache; the others wait for it and use it.
+        """
+        if not cls.exists(url):
+            claims.check_writable_target(url, TOP_LEVEL)
+            claims.once(url, "create", lambda: cls.exists(url), lambda: cls._create(url, make_index(), source, plan),
+                        lambda: _remove_unfinished(url), "creating this cache")
         return cls.open(url, mode="a")
 
     @classmethod
-    def create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig) -> "Cache":
+    def _create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig) -> None:
         """Write the index and the view plan; ``ready`` is set last, so a crash leaves no half-cache in use."""
-        group = zarr.open_group(local_path(url), mode="w", zarr_format=3)
-        n, k = index.n, plan.views
+        group = zarr.open_group(local_path(url), mode="a", zarr_format=3)  # empty: cleanup ran
+        n = index.n
         idx = group.create_group("index", attributes={"shards": index.shards,
                                                       "bad_reasons": {str(r): m for r, m in index.bad.items()}})
-        rows_chunk = min(n, 1 << 16)
-        idx.create_array("keys", shape=(n,), chunks=(rows_chunk,), dtype=str)[:] = index.keys
-        idx.create_array("location", shape=(n, 3), chunks=(rows_chunk, 3), dtype="int64")[:] = index.location
-        idx.create_array("image_size", shape=(n, 2), chunks=(rows_chunk, 2), dtype="int32")[:] = index.image_size
         bad = np.zeros(n, np.uint8)
         bad[list(index.bad)] = 1
-        idx.create_array("bad", shape=(n,), chunks=(rows_chunk,), dtype="uint8")[:] = bad
-        params = group.create_group("views").create_array(
-            "params", shape=(n, k, P), chunks=(min(n, 4096), k, P), dtype="float32",
-            compressors=zarr.codecs.ZstdCodec(level=3))
-        for a in range(0, n, _PLAN_BLOCK):
-            b = min(n, a + _PLAN_BLOCK)
-            params[a:b] = plan_views(plan, np.arange(a, b), index.image_size[a:b])
+        for name, values in index_arrays(index, bad).items():
+            create_checked(idx, name, values.shape, str if name == "keys" else values.dtype,
+                           chunks=(min(n, 1 << 16), *values.shape[1:]))[...] = values
+        params = create_checked(group.create_group("views"), "params", (n, plan.views, P), "float32",
+                                chunks=(min(n, 4096), plan.views, P), compressors=(zarr.codecs.ZstdCodec(level=3),))
+        write_plan(params, plan, index.image_size)
         group.create_group("teachers")
         group.attrs.update({
             "format": "unic-cache", "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -139,7 +216,6 @@ class Cache:
             "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(),
         })
         group.attrs["ready"] = True
-        return cls(group, url)
 
     # --- the dataset and plan this cache is bound to
     @property
@@ -164,27 +240,37 @@ class Cache:
             raise UserError(f"cache {self.url} has a view plan of {self.views} views, seed {self.plan.seed}; "
                             "run with the same --views/--seed, or use a new --cache path")
 
-    def _index(self, name: str) -> np.ndarray:
+    def index_array(self, name: str) -> np.ndarray:
+        """A whole ``index/`` array, read once (checked: damaged or missing chunks are errors)."""
         if name not in self._index_cache:
-            self._index_cache[name] = self.group[f"index/{name}"][:]
+            array = self.group[f"index/{name}"]
+            values = read_checked(array, slice(None), f"index/{name}")
+            if self.attrs["format_version"] >= 2 and array.nchunks_initialized != array.nchunks:
+                raise UserError(f"index/{name}: {array.nchunks - array.nchunks_initialized} chunk(s) missing; "
+                                "run `unic-cache verify --repair --data DATA`")
+            self._index_cache[name] = values
         return self._index_cache[name]
+
+    def forget_index(self) -> None:
+        """Drop the index arrays read so far (after they were rewritten)."""
+        self._index_cache.clear()
 
     @property
     def keys(self) -> np.ndarray:
-        return self._index("keys")
+        return self.index_array("keys")
 
     @property
     def location(self) -> np.ndarray:
-        return self._index("location")
+        return self.index_array("location")
 
     @property
     def image_size(self) -> np.ndarray:
-        return self._index("image_size")
+        return self.index_array("image_size")
 
     @property
     def bad(self) -> np.ndarray:
         """(N,) bool: samples that could not be decoded, excluded from features, stats and distillation."""
-        return self._index("bad").astype(bool)
+        return self.index_array("bad").astype(bool)
 
     @property
     def bad_reasons(self) -> dict[int, str]:
@@ -194,11 +280,20 @@ class Cache:
     def shards(self) -> list[dict]:
         return list(self.group["index"].attrs["shards"])
 
+    @property
+    def digest(self) -> np.ndarray | None:
+        """(N,) uint32 crc32c of each sample's image bytes; None for a format-1 cache (no digests)."""
+        return self.index_array("digest") if "digest" in self.group["index"] else None
+
+    @property
+    def checksummed(self) -> bool:
+        return checksummed(self.group["views/params"])
+
     def dataset_index(self) -> DatasetIndex:
-        return DatasetIndex(self.shards, self.keys, self.location, self.image_size, self.bad_reasons)
+        return DatasetIndex(self.shards, self.keys, self.location, self.image_size, self.bad_reasons, self.digest)
 
     def params(self, rows: slice) -> np.ndarray:
-        return self.group["views/params"][rows]
+        return read_checked(self.group["views/params"], rows, f"views/params rows {rows.start}-{rows.stop - 1}")
 
     # --- teachers
     def teacher_names(self) -> list[str]:
@@ -209,9 +304,30 @@ class Cache:
             raise UserError(f"cache {self.url} has no teacher {name!r}; it has: {', '.join(self.teacher_names()) or 'none'}")
         return TeacherStore(self.group[f"teachers/{name}"], self)
 
-    def add_teacher(self, name: str, info: TeacherInfo, codec: FeatureCodec, patch: bool,
-                    shard_mb: float = 256.0, unit_rows: int | None = None, code_version: str = "") -> "TeacherStore":
-        """Create the arrays of a new teacher; sizes are fixed here, so every rank computes the same layout."""
+    def _teacher_ready(self, name: str) -> bool:
+        """True once a teacher's arrays exist (``progress`` is created last); read afresh from the store."""
+        return name in self.teacher_names() and "progress" in self.group[f"teachers/{name}"]
+
+    def require_teacher(self, name: str, info: TeacherInfo, codec: FeatureCodec, patch: bool,
+                        shard_mb: float = 256.0, unit_rows: int | None = None, code_version: str = "") -> "TeacherStore":
+        """The teacher ``name``: created by one of the processes that race to add it, used by the others;
+        refused in one line when it exists with other settings (model, weights, resolution, codec...)."""
+        claims.once(self.url, f"teacher-{name}", lambda: self._teacher_ready(name),
+                    lambda: self._add_teacher(name, info, codec, patch, shard_mb, unit_rows, code_version),
+                    lambda: None, f"adding teacher {name}")
+        store = self.teacher(name)
+        want = {**info.to_dict(), "codec": codec.name, "has_patch": patch}
+        have = {k: store.attrs.get(k) for k in want}
+        diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if json_normal(have[k]) != json_normal(want[k]))
+        if diff:
+            raise UserError(f"teacher {name!r} is already in {self.url} with other settings ({diff}); "
+                            "pass --name to store this one beside it")
+        return store
+
+    def _add_teacher(self, name: str, info: TeacherInfo, codec: FeatureCodec, patch: bool,
+                     shard_mb: float, unit_rows: int | None, code_version: str) -> None:
+        """Create the arrays of a new teacher (replacing our own unfinished ones); sizes are fixed here,
+        so every rank computes the same layout."""
         n, k, d, t = self.n, self.views, info.dim, info.tokens
         chunk_rows = max(1, (2 << 20) // (t * d * codec.itemsize)) if patch else 1
         if unit_rows is None:
@@ -222,23 +338,22 @@ class Cache:
         unit_rows = max(chunk_rows, unit_rows // chunk_rows * chunk_rows)
         units = -(-n // unit_rows)
         group = self.group["teachers"].create_group(name, overwrite=True)
-        group.create_array("summary", shape=(n, k, d), chunks=(unit_rows, 1, d), shards=(unit_rows, k, d),
-                           dtype=codec.dtype, compressors=codec.compressors(), fill_value=0)
+        create_checked(group, "summary", (n, k, d), codec.dtype, chunks=(unit_rows, 1, d), shards=(unit_rows, k, d),
+                       compressors=codec.compressors())
         if patch:
-            group.create_array("patch", shape=(n, k, t, d), chunks=(chunk_rows, 1, t, d), shards=(unit_rows, k, t, d),
-                               dtype=codec.dtype, compressors=codec.compressors(), fill_value=0)
+            create_checked(group, "patch", (n, k, t, d), codec.dtype, chunks=(chunk_rows, 1, t, d),
+                           shards=(unit_rows, k, t, d), compressors=codec.compressors())
         stats = group.create_group("stats/partial")
-        zstd = zarr.codecs.ZstdCodec(level=3)
+        zstd = (zarr.codecs.ZstdCodec(level=3),)
         for kind in KINDS[: 2 if patch else 1]:
-            stats.create_array(f"{kind}_count", shape=(units,), chunks=(1,), dtype="float64", fill_value=0)
-            stats.create_array(f"{kind}_cos", shape=(units,), chunks=(1,), dtype="float64", fill_value=0)
-            stats.create_array(f"{kind}_mean", shape=(units, d), chunks=(1, d), dtype="float64", compressors=zstd)
-            stats.create_array(f"{kind}_m2", shape=(units, d, d), chunks=(1, d, d), dtype="float64", compressors=zstd)
+            create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
+            create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
+            create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)
+            create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
         group.attrs.update({**info.to_dict(), "codec": codec.name, "has_patch": patch, "unit_rows": unit_rows,
                             "units": units, "code_version": code_version, "complete": False})
-        # created last: other ranks wait for it, and its one-byte chunks make each unit's flag atomic
-        group.create_array("progress", shape=(units,), chunks=(1,), dtype="uint8", compressors=None, fill_value=0)
-        return TeacherStore(group, self)
+        # created last: other processes wait for it, and its one-byte chunks make each unit's flag atomic
+        create_checked(group, "progress", (units,), "uint8", chunks=(1,))
 
 
 class TeacherStore:
@@ -275,13 +390,38 @@ class TeacherStore:
         r = int(self.attrs["unit_rows"])
         return range(unit * r, min(self.cache.n, (unit + 1) * r))
 
+    def unit_of(self, row: int) -> int:
+        return row // int(self.attrs["unit_rows"])
+
+    def refresh(self) -> "TeacherStore":
+        """Re-read the attributes from the store (another process may have finished the teacher)."""
+        self.group = self.cache.group[f"teachers/{self.name}"]
+        self.attrs = json_normal(self.group.attrs.asdict())
+        return self
+
     def done(self) -> np.ndarray:
-        """(units,) bool: which units are complete; the only source of truth for resume."""
-        return self.group["progress"][:].astype(bool)
+        """(units,) bool: which units are complete; the only source of truth for resume. A damaged
+        flag reads as not done (its unit is then extracted again)."""
+        progress = self.group["progress"]
+        try:
+            return progress[:].astype(bool)
+        except ValueError:
+            return np.array([_read_or(progress, u, 0) for u in range(self.units)], bool)
 
     @property
     def complete(self) -> bool:
         return bool(self.group.attrs.get("complete", False))
+
+    def read(self, kind: str, rows: slice, view) -> np.ndarray:
+        """Stored ``kind`` features of ``rows`` at ``view`` (an int or a slice); damaged, missing or
+        non-finite data is a one-line error naming the teacher, rows and unit."""
+        unit = self.unit_of(rows.start)
+        what = f"teacher {self.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
+        x = read_checked(self.group[kind], (rows, view), what)
+        if not np.isfinite(x).all():
+            raise UserError(f"{what}: non-finite values (NaN/Inf, or a missing chunk); "
+                            "run `unic-cache verify --repair` and re-run extract")
+        return x
 
     def write_unit(self, unit: int, features: dict[str, np.ndarray], moments: dict[str, Moments],
                    cos_sums: dict[str, float]) -> None:
@@ -298,37 +438,53 @@ class TeacherStore:
             partial[f"{kind}_count"][unit] = m.count
         self.group["progress"][unit] = 1
 
+    def unit_moments(self, kind: str, unit: int) -> tuple[Moments, float]:
+        """The partial statistics of one unit and its summed codec cosine (checked reads)."""
+        partial = self.group["stats/partial"]
+        what = f"teacher {self.name} partial {kind} statistics of unit {unit}"
+        count, cos, mean, m2 = (read_checked(partial[f"{kind}_{n}"], unit, what) for n in ("count", "cos", "mean", "m2"))
+        return Moments(float(count), mean, m2), float(cos)
+
     def fold(self, kind: str) -> tuple[Moments, float]:
         """Dataset moments of ``kind`` and the summed codec cosine, merged over units in unit order."""
-        partial = self.group["stats/partial"]
-        counts = partial[f"{kind}_count"][:]
-        d = self.info.dim
-        total = Moments.empty(d)
+        total, cos = Moments.empty(self.info.dim), 0.0
         for unit in range(self.units):
-            total = total.merge(Moments(float(counts[unit]), partial[f"{kind}_mean"][unit], partial[f"{kind}_m2"][unit]))
-        return total, float(partial[f"{kind}_cos"][:].sum())
+            m, c = self.unit_moments(kind, unit)
+            total, cos = total.merge(m), cos + c
+        return total, cos
 
     def finalize(self) -> bool:
-        """Once every unit is done, write ``stats/<kind>/{count, mean, var, cov}`` and mark complete."""
+        """Once every unit is done, write ``stats/<kind>/{count, mean, var, cov}`` and mark complete
+        (one process merges; the others wait for it). False while units are missing."""
         if not self.done().all():
             return False
+        claims.once(self.cache.url, f"finalize-{self.name}", lambda: self.refresh().complete, self._merge_stats,
+                    lambda: None, f"merging the statistics of teacher {self.name}")
+        self.refresh()
+        return True
+
+    def _merge_stats(self) -> None:
         fidelity = {}
         for kind in self.kinds:
             m, cos = self.fold(kind)
             stats = self.group.require_group(f"stats/{kind}")
             cov = m.m2 / max(m.count, 1.0)
             for name, value in (("count", np.array([m.count])), ("mean", m.mean), ("var", np.diag(cov).copy()), ("cov", cov)):
-                stats.create_array(name, shape=value.shape, dtype="float64", overwrite=True)[...] = value
+                create_checked(stats, name, value.shape, "float64", overwrite=True,
+                               compressors=(zarr.codecs.ZstdCodec(level=3),))[...] = value
             fidelity[kind] = cos / max(m.count, 1.0)
         self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
-        self.attrs = json_normal(self.group.attrs.asdict())
-        return True
 
     def stats(self, kind: str) -> dict[str, np.ndarray]:
         """Exact float64 statistics of a complete teacher: count, mean, var, cov (population)."""
         if not self.complete:
             raise UserError(f"teacher {self.name} in {self.cache.url} is not complete; run extract again to finish it")
-        return {name: self.group[f"stats/{kind}/{name}"][...] for name in ("count", "mean", "var", "cov")}
+        out = {name: read_checked(self.group[f"stats/{kind}/{name}"], ..., f"teacher {self.name} {kind} statistics ({name})")
+               for name in ("count", "mean", "var", "cov")}
+        if not all(np.isfinite(v).all() for v in out.values()):
+            raise UserError(f"teacher {self.name} {kind} statistics hold NaN/Inf; run `unic-cache verify --repair` "
+                            "and re-run extract")
+        return out
 
     def nbytes_stored(self) -> int:
         return sum(self.group[kind].nbytes_stored() for kind in self.kinds)

@@ -1,0 +1,209 @@
+"""Claims: one process does a piece of shared work (create a cache, add a teacher, merge statistics)
+while the others wait for its result, on local disk and on fsspec object stores.
+
+A claim is a small JSON file (``<cache>/.unic-cache/<what>.lock``) created exclusively (``open(...,
+"xb")``: O_EXCL locally, a conditional put on S3/GCS/Azure). Its holder rewrites it every
+``HEARTBEAT`` seconds. A claim is stale when its process is gone (same host, dead pid) or its
+heartbeat is older than ``STALE_AFTER``; one waiter then takes it over, through a second exclusive
+file named after the stale claim's token, and redoes the work from scratch (``cleanup`` first removes
+the unfinished work of the dead holder, and only that: it is what the claim was protecting).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Callable
+
+import fsspec
+import fsspec.implementations.local
+
+from .errors import UserError
+
+HEARTBEAT = 10.0  # seconds between rewrites of a held claim
+STALE_AFTER = float(os.environ.get("UNIC_CACHE_STALE_AFTER", 120.0))  # a claim not rewritten for this long is abandoned
+POLL = 0.5
+CLAIM_DIR = ".unic-cache"
+
+
+def _record(token: str, what: str) -> bytes:
+    return json.dumps({"token": token, "what": what, "host": socket.gethostname(), "pid": os.getpid(),
+                       "heartbeat": time.time()}).encode()
+
+
+def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read() or b"{}")
+    except FileNotFoundError:
+        return None
+    except ValueError:  # empty or half-written: being created now, or its creator died in between
+        try:
+            return {"heartbeat": fs.modified(path).timestamp()}
+        except (FileNotFoundError, NotImplementedError):
+            return {}
+
+
+def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+        return True
+    except FileExistsError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child that nobody reaped yet is a zombie: gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def is_stale(record: dict) -> bool:
+    """A claim whose holder is gone: a dead pid on this host, or no heartbeat for STALE_AFTER seconds."""
+    if not record:
+        return False
+    if "pid" in record and record.get("host") == socket.gethostname() and not _pid_alive(int(record.get("pid", -1))):
+        return True
+    return time.time() - float(record.get("heartbeat", 0)) > STALE_AFTER
+
+
+class _Heartbeat:
+    """Rewrites a held claim every HEARTBEAT seconds until stopped."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, token: str, what: str):
+        self.fs, self.path, self.token, self.what = fs, path, token, what
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT):
+            if (_read(self.fs, self.path) or {}).get("token") == self.token:
+                with self.fs.open(self.path, "wb") as f:
+                    f.write(_record(self.token, self.what))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _release(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    for p in [path, *fs.glob(path + ".takeover-*")]:
+        try:
+            fs.rm(p)
+        except FileNotFoundError:
+            pass
+    try:  # the claim folder goes once empty (object stores have no folders to remove)
+        fs.rmdir(path.rsplit("/", 1)[0])
+    except OSError:
+        pass
+
+
+def _take_over(fs: fsspec.AbstractFileSystem, path: str, record: dict) -> None:
+    """Remove a stale claim, unless another waiter is already doing so."""
+    token = record.get("token", "")
+    mark = f"{path}.takeover-{token}"
+    if not _create_exclusive(fs, mark, _record(uuid.uuid4().hex, "takeover")):
+        return
+    try:
+        if (_read(fs, path) or {}).get("token") == token:
+            fs.rm(path)
+    finally:
+        fs.rm(mark)
+
+
+def once(url: str, what: str, done: Callable[[], bool], work: Callable[[], None], cleanup: Callable[[], None],
+         label: str) -> bool:
+    """Run ``work`` in exactly one of the processes that call this with the same ``url`` and ``what``.
+
+    Returns True in the process that did it, False in the others, which return once ``done()`` holds.
+    ``cleanup`` runs before ``work`` in the winner and removes what a dead holder left unfinished.
+    """
+    fs, root = fsspec.core.url_to_fs(url)
+    path = f"{root.rstrip('/')}/{CLAIM_DIR}/{what}.lock"
+    told = False
+    while True:
+        if done():
+            return False
+        token = uuid.uuid4().hex
+        if _create_exclusive(fs, path, _record(token, what)):
+            beat = _Heartbeat(fs, path, token, what)
+            try:
+                if done():
+                    return False
+                cleanup()
+                work()
+                return True
+            finally:
+                beat.close()
+                _release(fs, path)
+        record = _read(fs, path)
+        if record is None:
+            continue
+        if is_stale(record):
+            _take_over(fs, path, record)
+            continue
+        if not told and record:
+            print(f"waiting for {record.get('host')}:{record.get('pid')}, which is {label}", file=sys.stderr)
+            told = True
+        time.sleep(POLL)
+
+
+def check_writable_target(url: str, ours: set[str]) -> None:
+    """Refuse a cache path that holds anything but our own (possibly unfinished) cache.
+
+    ``ours``: the names a cache may hold at its top level. A path that does not exist or is an empty
+    folder is fine; so is one holding our claim folder (our unfinished creation) or a finished cache.
+    """
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        return
+    if not fs.isdir(root):
+        raise UserError(f"--cache {url} is a file, not a cache; choose a new path")
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+    foreign = sorted(names - ours - {CLAIM_DIR})
+    if foreign:
+        raise UserError(f"--cache {url} already holds other files ({', '.join(foreign[:3])}); unic-cache only creates "
+                        "a cache in a new or empty folder: choose another path")
+    if names and CLAIM_DIR not in names and "zarr.json" not in names:
+        raise UserError(f"--cache {url} holds an unfinished cache that is not marked as ours; choose another path")
+
+
+def clean_stale_temp_files(url: str, older_than: float = STALE_AFTER) -> int:
+    """Remove temp files (``*.<32 hex>.partial``) of zarr writes killed midway; returns how many.
+
+    zarr's local store writes a chunk to such a file and renames it into place; a write in progress is
+    seconds old, so only files older than ``older_than`` seconds are removed.
+    """
+    fs, root = fsspec.core.url_to_fs(url)
+    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) or not os.path.isdir(root):
+        return 0
+    removed, now = 0, time.time()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            stem, _, suffix = name.rpartition(".")
+            if suffix == "partial" and len(stem.rpartition(".")[2]) == 32:
+                path = os.path.join(folder, name)
+                try:
+                    if now - os.path.getmtime(path) >= older_than:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
