@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 
 from .errors import UserError, check_options
 from .extract import autocast_for, pick_device
@@ -27,7 +26,7 @@ from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import TargetNorm
 from .sources import open_source
-from .store import Cache
+from .store import Cache, json_normal
 from .student import Student
 from .teachers import Teacher, TeacherInfo, build_teacher
 
@@ -79,8 +78,8 @@ class DistillConfig:
 
 def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
     """The teacher a cache was extracted with, for the online reference mode; its weights must be unchanged."""
-    if info.weights == "random":
-        raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with random ones")
+    if info.weights.split(":")[0] == "random" and not info.weights_sha256:
+        raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with unseeded random ones")
     teacher = build_teacher(f"timm:{info.model_id}", None, info.resolution, None if info.weights == "hub" else info.weights,
                             info.model_args)
     if teacher.info.weights_sha256 != info.weights_sha256:
@@ -164,7 +163,8 @@ class Distiller:
                                      lr=self.lr, betas=cfg.betas)
         self.warmup = int(cfg.warmup * self.total)
         self.drop_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
-        self.step = 0
+        self.step, self.last = 0, {}
+        self.geometry = self.stream().geometry
         self.out = Path(cfg.out)
         if cfg.resume:
             self._resume()
@@ -199,24 +199,28 @@ class Distiller:
         from tqdm import tqdm
 
         cfg = self.cfg
-        loader = self.loader()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out / "config.json").write_text(json.dumps(self.config_record(), indent=1))
-        metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        metrics = self._metrics_file()
         tb = self._tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
         self.model.train()
-        last = {}
+        last = dict(self.last)
         tick = time.perf_counter()
-        for batch in loader:
+        for batch in (self.loader() if self.step < self.total else ()):
             if self.step >= self.total:
                 break
             record = self.train_step(batch)
+            if not math.isfinite(record["loss"]):
+                rows = batch["row"].tolist()
+                raise UserError(f"non-finite loss at step {self.step} (rows {rows[:8]}{' ...' if len(rows) > 8 else ''}); "
+                                f"check the cache with `unic-cache verify {cfg.cache}`, or lower --lr")
             now = time.perf_counter()
             record.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
                           samples_per_s=cfg.batch_size * self.world / max(now - tick, 1e-9))
             tick, last = now, record
+            self.last = record
             if metrics:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
@@ -232,7 +236,7 @@ class Distiller:
         self.export()
         if metrics:
             metrics.close()
-        return last
+        return {**last, "step": self.step}
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimizer step on a batch; returns its metrics, averaged over processes."""
@@ -249,15 +253,35 @@ class Distiller:
                              **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
                              **{f"weight/{t}": weights[:, i].mean() for i, t in enumerate(self.teachers)}})
 
-    def loader(self) -> DataLoader:
+    def stream(self) -> DistillStream:
         """This process's endless data stream, starting at the current step."""
         cfg = self.cfg
-        stream = DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
-                               self.rank, self.world, start_step=self.step, views=cfg.views,
-                               online={t: teacher.info.resolution for t, teacher in self.online.items()})
-        return DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+        return DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
+                             self.rank, self.world, start_step=self.step, views=cfg.views,
+                             online={t: teacher.info.resolution for t, teacher in self.online.items()})
+
+    def loader(self):
+        """Endless batches from the current step on (the same batches for any number of workers)."""
+        return self.stream().batches(self.cfg.workers, pin_memory=self.device.type == "cuda")
+
+    def _metrics_file(self):
+        """``metrics.jsonl`` on rank 0: continued after the resumed step (later lines, from a run that went
+        on past its last checkpoint, are dropped), or started anew."""
+        if self.rank != 0:
+            return None
+        path = self.out / "metrics.jsonl"
+        kept = []
+        if self.cfg.resume and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.step:
+                        kept.append(line + "\n")
+                except ValueError:  # a line cut by a kill
+                    continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+        return open(path, "a")
 
     def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         stacked = torch.stack([v.float().to(self.device) for v in values.values()])
@@ -280,6 +304,14 @@ class Distiller:
                 "targets": {f"{t}/{k}": self.norms[f"{t}__{k}"].out_dim for t, k in self.selection.targets},
                 "lr_scaled": self.lr, "warmup_steps": self.warmup}
 
+    def resume_record(self) -> dict:
+        """Everything the position and meaning of a resumed run depend on, beside the weights."""
+        cfg = self.cfg
+        return json_normal({"stream": self.geometry, "total_steps": self.total, "teachers": self.teachers,
+                            "targets": list(self.selection.targets), "student": cfg.student, "img_size": cfg.img_size,
+                            "model_args": cfg.model_args, "loss": cfg.loss, "norm": cfg.norm, "lop_blocks": cfg.lop_blocks,
+                            "online": cfg.online, "lr": cfg.lr, "warmup": cfg.warmup, "teacher_drop": cfg.teacher_drop})
+
     def checkpoint(self) -> None:
         """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
         final = self.out / "checkpoints" / f"step-{self.step:08d}"
@@ -290,9 +322,13 @@ class Distiller:
             save_file({k: v.contiguous() for k, v in self.student.state_dict().items()}, str(tmp / "model.safetensors"))
             tensors, groups = _optimizer_tensors(self.opt)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "param_groups": groups, "world_size": self.world}))
+            (tmp / "state.json").write_text(json.dumps({"step": self.step, "param_groups": groups, "world_size": self.world,
+                                                        "resume": self.resume_record(), "last": self.last}))
         self._barrier()
-        save_file({"torch": torch.get_rng_state(), "drop": self.drop_gen.get_state()}, str(tmp / f"rng-{self.rank}.safetensors"))
+        rng = {"torch": torch.get_rng_state(), "drop": self.drop_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        save_file(rng, str(tmp / f"rng-{self.rank}.safetensors"))
         self._barrier()
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
@@ -311,12 +347,20 @@ class Distiller:
         state = json.loads((ckpt / "state.json").read_text())
         if state["world_size"] != self.world:
             raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume with the same number")
+        have, want = state.get("resume", {}), self.resume_record()
+        diff = [f"{k}: {have.get(k)} vs {want[k]}" for k in want if k in have and have[k] != want[k]]
+        if diff:
+            raise UserError(f"--resume: {ckpt} was written with other settings ({'; '.join(diff)}); "
+                            "resume with the same options, or start a new --out")
         self.student.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
         _load_optimizer(self.opt, load_file(str(ckpt / "optimizer.safetensors"), device=str(self.device)), state["param_groups"])
         rng = load_file(str(ckpt / f"rng-{self.rank}.safetensors"))
         torch.set_rng_state(rng["torch"])
         self.drop_gen.set_state(rng["drop"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])
+        self.last = state.get("last", {})
 
     def export(self) -> None:
         """``student.safetensors`` (encoder only, timm-loadable), ``heads.safetensors`` (LoP + target norms)."""

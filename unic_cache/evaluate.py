@@ -71,8 +71,8 @@ class Evaluator:
 
     def teacher_features(self, name: str) -> torch.Tensor:
         """Cached summary embeddings of view 0 for the evaluated rows."""
-        summary = self.cache.teacher(name).group["summary"]
-        return torch.from_numpy(np.asarray(summary[:, 0], np.float32)[self.rows])
+        summary = self.cache.teacher(name).read("summary", slice(0, self.cache.n), 0)
+        return torch.from_numpy(np.asarray(summary, np.float32)[self.rows])
 
     @torch.inference_mode()
     def student_features(self, run: str, name: str) -> torch.Tensor:
@@ -81,7 +81,7 @@ class Evaluator:
         encoder.to(self.device)
         pixels = PixelNorm.of(encoder).to(self.device)
         views = EvalViews(self.opts.data, self.cache.keys, self.cache.location, self.cache.image_size, self.rows, resolution,
-                          self.cache.plan.policy)
+                          self.cache.plan.policy, self.cache.digest)
         feats = [pooled(encoder, pixels(images.to(self.device))).float().cpu()
                  for images in views.batches(self.opts.batch_size, self.opts.workers, f"features {name}", self.opts.progress)]
         return torch.cat(feats)

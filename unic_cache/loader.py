@@ -1,21 +1,25 @@
 """Stage 2 data: images replayed at the student's resolution, paired with cached teacher rows.
 
-The order is a pure function of (seed, epoch, rank): good rows are cut into blocks of ``block_rows``
-consecutive rows; each epoch the blocks are permuted and dealt to ranks; a block's rows are read from
-the cache in one contiguous range per teacher, for one view per block, and rows are shuffled within
-windows of ``window_blocks`` blocks. Epoch e gives block b the view (e + offset(b)) mod K, so every
-sample cycles through all K views before any repeats. The stream is endless (epochs follow each
-other), so every rank yields the same number of batches, and a position is just a step count: a
-resumed loader skips exactly the samples already used, without decoding them.
+The order is a pure function of (seed, epoch, rank), never of the number of DataLoader workers: good
+rows are cut into blocks of ``block_rows`` consecutive rows; each epoch the blocks are permuted and
+dealt to ranks; a block's rows are read from the cache in one contiguous range per teacher, for one
+view per block, and rows are shuffled within windows of ``window_blocks`` blocks. Workers read whole
+windows; the main process cuts them into batches in stream order. Epoch e gives block b the view
+(e + offset(b)) mod K, so every sample cycles through all K views before any repeats. The stream is
+endless (epochs follow each other), so every rank yields the same number of batches, and a position
+is just a step count: a resumed loader skips exactly the samples already used, without decoding them.
+Targets are read checked (damaged, missing or non-finite data is an error), and every image's bytes
+are checked against the digest in the index.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import UserError
 from .sources import decode_image, open_source
@@ -34,8 +38,14 @@ class Selection:
         return cls(tuple((t, kind) for t in teachers for kind in cache.teacher(t).kinds))
 
 
-class DistillStream(IterableDataset):
-    """Endless stream of {"image", "row", "view", "<teacher>/<kind>": target} for one rank."""
+class DistillStream(Dataset):
+    """This rank's endless stream of samples {"image", "row", "view", "<teacher>/<kind>": target}.
+
+    An item is one window of blocks (``WindowRef``), read by a DataLoader worker as whole stacked
+    arrays; ``batches`` cuts the windows, in stream order, into batches in the main process, so the
+    samples of every step are the same whatever the number of workers. Iterating the stream itself
+    yields single samples, in the same order (for inspection and tests).
+    """
 
     def __init__(self, data: str, cache_url: str, selection: Selection, resolution: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, start_step: int = 0,
@@ -58,6 +68,14 @@ class DistillStream(IterableDataset):
         self.start_step, self.block_rows, self.window_blocks = start_step, block_rows, window_blocks
         blocks = [np.flatnonzero(good[a:a + block_rows]) + a for a in range(0, cache.n, block_rows)]
         self.blocks = [b for b in blocks if len(b)]
+        self._opened = None  # (source, cache, stores), opened lazily in each worker process
+        self._order: tuple[int, list] | None = None
+
+    @property
+    def geometry(self) -> dict:
+        """What the stream's order depends on (a resume must find it unchanged)."""
+        return {"block_rows": self.block_rows, "window_blocks": self.window_blocks, "batch_size": self.batch_size,
+                "views": self.views, "seed": self.seed, "world_size": self.world, "blocks": len(self.blocks)}
 
     def epoch_order(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         """(view, rows) per block of this rank for ``epoch``, in the order they are read."""
@@ -66,65 +84,105 @@ class DistillStream(IterableDataset):
         offsets = (uniforms(self.seed + 1, mine, np.array([0]), 1)[:, 0, 0] * self.views).astype(int)
         return [(int((epoch + off) % self.views), self.blocks[b]) for b, off in zip(mine, offsets)]
 
-    def _windows(self, worker: int, workers: int):
-        """Endless (epoch, window index, [(view, rows)]) for one DataLoader worker."""
-        epoch, index = 0, 0
+    def windows(self):
+        """Endless (epoch, window in epoch, window number, samples to skip) from the start step on."""
+        skip, number, epoch = self.start_step * self.batch_size, 0, 0
         while True:
             order = self.epoch_order(epoch)
             for w in range(0, len(order), self.window_blocks):
-                if index % workers == worker:
-                    yield epoch, index, order[w:w + self.window_blocks]
-                index += 1
+                size = sum(len(rows) for _, rows in order[w:w + self.window_blocks])
+                if skip >= size:
+                    skip -= size
+                else:
+                    yield epoch, w // self.window_blocks, number, skip
+                    skip = 0
+                number += 1
             epoch += 1
 
+    def __getitem__(self, ref: tuple[int, int, int, int]) -> dict[str, torch.Tensor]:
+        """The samples of one window (after ``skip``), stacked, in stream order."""
+        epoch, w, number, skip = ref
+        if self._opened is None:
+            cache = Cache.open(self.url)
+            self._opened = (open_source(self.data), cache, {t: cache.teacher(t) for t, _ in self.selection.targets})
+        source, cache, stores = self._opened
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.epoch_order(epoch))
+        window = self._order[1][w * self.window_blocks:(w + 1) * self.window_blocks]
+        rows = np.concatenate([r for _, r in window])
+        views = np.concatenate([np.full(len(r), v) for v, r in window])
+        if self.online:  # view numbers past the cached ones: never a view the cache holds
+            views[:] = self.cached_views + epoch
+            fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
+            params = plan_views(fresh, rows, cache.image_size[rows], first_view=int(views[0]))[:, 0]
+            targets = {}
+        else:
+            params = _gather(lambda r, v: cache.params(r)[:, v], window)
+            targets = {f"{t}/{kind}": _gather(functools.partial(stores[t].read, kind), window)
+                       for t, kind in self.selection.targets}
+        order = np.random.default_rng([self.seed, epoch, number, 7]).permutation(len(rows))[skip:]
+        digest = cache.digest
+        images = {"image": self.resolution, **{f"{t}/image": res for t, res in self.online.items()}}
+        out = {name: torch.empty(len(order), 3, res, res, dtype=torch.uint8) for name, res in images.items()}
+        for j, i in enumerate(order):
+            row = int(rows[i])
+            image = decode_image(source.read(cache.location[row], str(cache.keys[row]),
+                                             None if digest is None else digest[row]))
+            for name, res in images.items():
+                out[name][j] = replay(image, params[i], res)
+        out.update(row=torch.from_numpy(rows[order]), view=torch.from_numpy(views[order]))
+        out.update({name: torch.from_numpy(values[order]) for name, values in targets.items()})
+        return out
+
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        # DataLoader takes whole batches from workers in turn: this worker made batches worker, worker+W, ...
-        skip = max(0, -(-(self.start_step - worker) // workers)) * self.batch_size
-        source = open_source(self.data)
-        cache = Cache.open(self.url)
-        stores = {t: cache.teacher(t) for t, _ in self.selection.targets}
-        keys, location, params, image_size = cache.keys, cache.location, cache.group["views/params"], cache.image_size
-        fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
-        for epoch, index, window in self._windows(worker, workers):
-            rows = np.concatenate([r for _, r in window])
-            views = np.concatenate([np.full(len(r), v) for v, r in window])
-            if skip >= len(rows):
-                skip -= len(rows)
-                continue
-            if self.online:  # view numbers past the cached ones: never a view the cache holds
-                views[:] = self.cached_views + epoch
-                window_params = plan_views(fresh, rows, image_size[rows], first_view=int(views[0]))[:, 0]
-                targets = {}
-            else:
-                window_params = _gather(params, window)
-                targets = {f"{t}/{kind}": _gather(stores[t].group[kind], window) for t, kind in self.selection.targets}
-            order = np.random.default_rng([self.seed, epoch, index, 7]).permutation(len(rows))[skip:]
-            skip = 0
-            for i in order:
-                row, view = int(rows[i]), int(views[i])
-                image = decode_image(source.read(location[row], str(keys[row])))
-                sample = {"image": replay(image, window_params[i], self.resolution), "row": row, "view": view}
-                for t, res in self.online.items():
-                    sample[f"{t}/image"] = replay(image, window_params[i], res)
-                for name, values in targets.items():
-                    sample[name] = torch.from_numpy(values[i])
+        for ref in self.windows():
+            window = self[ref]
+            for j in range(len(window["row"])):
+                sample = {name: value[j] for name, value in window.items()}
+                sample.update(row=int(sample["row"]), view=int(sample["view"]))
                 yield sample
 
+    def batches(self, workers: int = 0, pin_memory: bool = False):
+        """Endless batches of ``batch_size`` samples; the same batches for any number of ``workers``."""
+        loader = DataLoader(self, batch_size=None, sampler=_Endless(self.windows), num_workers=workers,
+                            persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                            generator=torch.Generator().manual_seed(self.seed))  # leaves the global RNG alone
+        pending: list[dict[str, torch.Tensor]] = []
+        have = 0
+        for window in loader:
+            pending.append(window)
+            have += len(window["row"])
+            while have >= self.batch_size:
+                merged = pending[0] if len(pending) == 1 else {k: torch.cat([p[k] for p in pending]) for k in window}
+                batch = {k: v[:self.batch_size] for k, v in merged.items()}
+                pending, have = [{k: v[self.batch_size:] for k, v in merged.items()}], have - self.batch_size
+                yield {k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch
 
-def _gather(array, window: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    """Rows of ``array`` at one view per block, each block read as one contiguous range."""
-    return np.concatenate([array[rows[0]:rows[-1] + 1, view][rows - rows[0]] for view, rows in window])
+
+class _Endless(Sampler):
+    """A sampler over an endless generator of dataset keys."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
+
+
+def _gather(read, window: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """``read(rows, view)`` per block, each block read as one contiguous range at its view."""
+    return np.concatenate([read(slice(int(rows[0]), int(rows[-1]) + 1), view)[rows - rows[0]] for view, rows in window])
 
 
 class EvalViews(Dataset):
     """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
 
     def __init__(self, data: str, keys: np.ndarray, location: np.ndarray, image_size: np.ndarray,
-                 rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy()):
-        """``policy``: the view policy whose eval crop to use (a cache's, so that its view 0 is matched)."""
+                 rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy(), digest: np.ndarray | None = None):
+        """``policy``: the view policy whose eval crop to use (a cache's, so that its view 0 is matched);
+        ``digest``: the indexed crc32c of each row's image bytes, checked on every read (None: unchecked)."""
         self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
+        self.digest = digest
         self.params = plan_views(PlanConfig(views=1, policy=policy), rows, image_size[rows])[:, 0]
         self._source = None
 
@@ -135,7 +193,8 @@ class EvalViews(Dataset):
         if self._source is None:  # opened lazily in each worker process
             self._source = open_source(self.data)
         row = int(self.rows[i])
-        return replay(decode_image(self._source.read(self.location[row], str(self.keys[row]))), self.params[i], self.resolution)
+        data = self._source.read(self.location[row], str(self.keys[row]), None if self.digest is None else self.digest[row])
+        return replay(decode_image(data), self.params[i], self.resolution)
 
     def batches(self, batch_size: int = 128, workers: int = 0, desc: str = "images", progress: bool = True):
         """Yield uint8 batches (b, 3, R, R) in row order, with a progress bar."""

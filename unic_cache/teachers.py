@@ -82,7 +82,7 @@ class TeacherInfo:
     """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
 
     model_id: str
-    weights: str  # "hub", "random", or the weight file's path
+    weights: str  # "hub", "random[:SEED]", or the weight file's path
     weights_sha256: str
     resolution: int
     mean: tuple[float, float, float]
@@ -140,33 +140,98 @@ def _hub_offline_unless_reachable() -> Iterator[None]:
         hub.HF_HUB_OFFLINE = before
 
 
-def _create(model_id: str, weights: str | None, resolution: int | None, model_args: dict) -> nn.Module:
-    """A timm model with weights from the hub (None), a local file, or "random"."""
-    if weights == "random":
-        return _timm_model(model_id, resolution, pretrained=False, **model_args)
+HEAD_PREFIXES = ("head", "head_dist", "fc", "classifier", "last_linear")  # classifier keys a file may carry
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pth read with ``weights_only=True`` (nothing is unpickled)."""
+    import pickle
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError for a truncated or garbage file, OSError for an unreadable one
+            raise UserError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:120]}); "
+                            "re-download or re-export it") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds pickled objects beyond tensors; it was refused unread (nothing was executed): "
+                        "save a plain state_dict or a safetensors file") from None
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable .pth file ({type(exc).__name__}: {str(exc)[:100]})") from None
+    for key in ("state_dict", "model", "module"):  # common wrappers of training checkpoints
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state_dict of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, model_id: str) -> list[str]:
+    """Load ``state`` into ``model``: every tensor of the model must be given with its shape; keys of
+    a classifier head may be left over (returned, to be reported); anything else is a one-line error."""
+    import sys
+
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:  # timm's own conversions of released layouts (key names, position embeddings)
+        try:
+            state = filter_fn(state, model)
+        except Exception:  # a layout the filter does not know: checked as it is below
+            pass
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    head = [k for k in extra if k.split(".")[0] in HEAD_PREFIXES]
+    unexpected = [k for k in extra if k not in head]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = [f"{name} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys]
+        raise UserError(f"weights in {source} do not fit {model_id}: {'; '.join(parts)}; "
+                        "pass the file made for this model (and --model-arg / --resolution as it was trained)")
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
+    return head
+
+
+def _create(model_id: str, weights: str | None, resolution: int | None, model_args: dict) -> tuple[nn.Module, list[str]]:
+    """A timm model with weights from the hub (None), a local file, or "random[:SEED]" (seeded), and the
+    classifier keys of the file that were left out."""
+    if weights is not None and (weights == "random" or weights.startswith("random:")):
+        seed = weights.partition(":")[2] or "0"
+        if not seed.isdigit():
+            raise UserError(f"--weights random:SEED takes an integer seed, got {weights!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return _timm_model(model_id, resolution, pretrained=False, **model_args), []
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"weight file not found: {weights}")
         if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
             raise UserError(f"--weights must be a .safetensors or .pth file, got {path.name}")
-        try:  # timm reads safetensors, and .pth with torch.load(weights_only=True): nothing is unpickled
-            return _timm_model(model_id, resolution, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **model_args)
-        except RuntimeError as exc:
-            raise UserError(f"weights in {weights} do not fit {model_id}: {' '.join(str(exc).split())[:300]}") from None
-        except Exception as exc:
-            if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
-                raise UserError(f"{weights} holds pickled objects beyond tensors; save a plain state_dict "
-                                "or safetensors file") from None
-            raise
+        state = read_weights_file(path)
+        model = _timm_model(model_id, resolution, pretrained=False, **model_args)
+        return model, load_strict(model, state, weights, model_id)
     try:
         with _hub_offline_unless_reachable():
-            return _timm_model(model_id, resolution, pretrained=True, **model_args)
+            return _timm_model(model_id, resolution, pretrained=True, **model_args), []
     except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:100]
         raise UserError(f"cannot load pretrained weights for {model_id} from the hub ({reason}); "
                         "download them where there is internet and pass --weights FILE (.safetensors or .pth), "
                         "or --weights random for timing runs") from None
+
+
+def state_sha256(model: nn.Module) -> str:
+    """Digest of a model's tensors (names, shapes, bytes): identifies random weights exactly."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(value.shape)}".encode())
+        h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()
 
 
 class Teacher(nn.Module):
@@ -196,9 +261,15 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
     model_id = resolve(teacher, size)
     model_args = dict(model_args or {})
     try:
-        model = _create(model_id, weights, resolution, model_args).eval()
+        model, dropped = _create(model_id, weights, resolution, model_args)
+        model.eval()
     except TypeError as exc:
         raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
+    if dropped:
+        import sys
+
+        print(f"note: {len(dropped)} classifier tensor(s) of {weights} not used by the encoder: "
+              f"{', '.join(dropped[:4])}", file=sys.stderr)
     cfg = model.pretrained_cfg
     res = resolution or int(cfg["input_size"][-1])
     with torch.inference_mode():
@@ -210,7 +281,8 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
         has_cls = getattr(model, "cls_token", None) is not None
         grid = tuple(int(g) for g in model.patch_embed.grid_size) if hasattr(model, "patch_embed") else (feats.shape[1] - prefix, 1)
         kind = "cls" if has_cls else "pooled"
-    sha = file_sha256(weights) if weights not in (None, "random") else ""
+    random = weights is not None and weights.split(":")[0] == "random"
+    sha = state_sha256(model) if random else file_sha256(weights) if weights is not None else ""
     info = TeacherInfo(
         model_id=model_id, weights=weights or "hub", weights_sha256=sha, resolution=res,
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),

@@ -107,7 +107,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> dict:
     pixels = PixelNorm.of(encoder).to(device)
 
     def images_of(rows: np.ndarray, desc: str) -> torch.Tensor:
-        views = EvalViews(cfg.data, index.keys, index.location, index.image_size, rows, cfg.img_size)
+        views = EvalViews(cfg.data, index.keys, index.location, index.image_size, rows, cfg.img_size, digest=index.digest)
         return torch.cat(list(views.batches(256, cfg.workers, desc, cfg.progress)))
 
     x_train, x_val = images_of(train_rows, "load train"), images_of(val_rows, "load val")
