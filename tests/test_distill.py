@@ -167,3 +167,31 @@ def test_init_from_a_file_and_a_bad_init_file(world, tmp_path):
     distill(config(world, tmp_path / "second", steps=1, init=str(weights)))
     with pytest.raises(UserError, match="--init"):
         distill(config(world, tmp_path / "third", steps=1, init=str(tmp_path / "missing.safetensors")))
+
+
+def test_same_student_with_0_and_2_workers(world, tmp_path):
+    for workers in (0, 2):
+        distill(config(world, tmp_path / f"w{workers}", steps=5, workers=workers, teacher_drop=0.5))
+    a, b = (load_file(str(tmp_path / f"w{w}" / "student.safetensors")) for w in (0, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [[json.loads(line)["loss"] for line in open(tmp_path / f"w{w}" / "metrics.jsonl")] for w in (0, 2)]
+    assert rows[0] == rows[1]
+
+
+def test_resume_refuses_another_geometry_and_metrics_continue(world, tmp_path):
+    out = tmp_path / "run"
+    distill(config(world, out, steps=6, checkpoint_every=3))
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-00000006")  # killed after step 6's metrics, before its checkpoint
+    with pytest.raises(UserError, match="other settings.*batch_size: 8 vs 4"):
+        distill(config(world, out, steps=6, checkpoint_every=3, resume=True, batch_size=4))
+    last = distill(config(world, out, steps=6, checkpoint_every=3, resume=True))
+    steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6] and last["step"] == 6
+    shutil.rmtree(out / "checkpoints" / "step-00000003")
+    again = distill(config(world, out, steps=6, checkpoint_every=3, resume=True))  # killed during export: nothing left to train
+    assert again["step"] == 6 and np.isfinite(again["loss"])
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    distill(config(world, out, steps=2))  # a new run in the same folder starts a new metrics file
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import UserError, yaml_value
 
 if TYPE_CHECKING:
     from .pipeline import PipelineRun
@@ -37,20 +38,24 @@ def user_errors(fn):
         except UserError as exc:
             typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            typer.echo(f"error: no space left on the device ({exc.filename or 'writing'}); free space and run the same "
+                       "command again: it resumes where it stopped", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
 
 def parse_model_args(items: list[str]) -> dict:
     """``["depth=2", "qkv_bias=false"]`` -> ``{"depth": 2, "qkv_bias": False}`` (values read as YAML scalars)."""
-    import yaml
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--model-arg takes KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = yaml_value(value, f"--model-arg {item}")
     return out
 
 

@@ -307,7 +307,7 @@ class Distiller:
     def resume_record(self) -> dict:
         """Everything the position and meaning of a resumed run depend on, beside the weights."""
         cfg = self.cfg
-        return json_normal({"stream": self.geometry, "total_steps": self.total, "teachers": self.teachers,
+        return json_normal({**self.geometry, "total_steps": self.total, "teachers": self.teachers,
                             "targets": list(self.selection.targets), "student": cfg.student, "img_size": cfg.img_size,
                             "model_args": cfg.model_args, "loss": cfg.loss, "norm": cfg.norm, "lop_blocks": cfg.lop_blocks,
                             "online": cfg.online, "lr": cfg.lr, "warmup": cfg.warmup, "teacher_drop": cfg.teacher_drop})

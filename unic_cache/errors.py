@@ -12,3 +12,13 @@ def check_options(cls: type, values: dict, command: str) -> None:
     unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
         raise UserError(f"unknown {command} option(s) {', '.join(unknown)}; see `unic-cache {command} --help`")
+
+
+def yaml_value(text: str, what: str):
+    """``text`` read as a plain YAML value (no python tags: those are refused), for ``what`` (e.g. --set a=b)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what}: not a plain YAML value ({' '.join(str(exc).split())[:120]})") from None

@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from .distill import DistillConfig, distill
-from .errors import UserError, check_options
+from .errors import UserError, check_options, yaml_value
 from .evaluate import EvalOptions, Evaluator
 from .extract import ExtractOptions, extract
 from .results import Results
@@ -63,7 +63,7 @@ def set_value(config: dict, assignment: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {assignment}: {key} is not a section")
-    node[last] = yaml.safe_load(value)
+    node[last] = yaml_value(value, f"--set {assignment}")
 
 
 def merged(base: dict, override: dict) -> dict:

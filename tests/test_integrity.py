@@ -1,0 +1,334 @@
+"""Faults injected into caches and inputs: foreign folders, flipped bytes, deleted chunks, changed images,
+concurrent creators, stale claims, weights that do not fit. Each must end in detection, repair or a
+one-line refusal, never in silently wrong data."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import zarr
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from unic_cache import Cache, UserError, build_teacher, extract
+from unic_cache.audit import find_damage, verify_cache
+from unic_cache.claims import CLAIM_DIR, clean_stale_temp_files
+
+from .conftest import TINY, run_cli
+from .test_extract import VIEWS, arrays, opts
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    from unic_cache.cli import app
+
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, message: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def extract_args(data, cache, weights, *extra) -> list[str]:
+    return ["extract", str(data), "--cache", str(cache), "--teacher", f"timm:{TINY}", "--resolution", "32",
+            "--weights", str(weights), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8",
+            "--workers", "0", "--unit-rows", "4", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def clean_cache(shapes_dir, weights, tmp_path_factory) -> Path:
+    url = tmp_path_factory.mktemp("clean") / "c.zarr"
+    assert extract(str(shapes_dir), str(url), opts(weights)).complete
+    return url
+
+
+def chunk_files(root: Path) -> list[Path]:
+    """Every stored chunk or shard of every array (metadata files excluded)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def same_arrays(a: Path, b: Path) -> None:
+    ref, got = arrays(zarr.open_group(str(a), mode="r")), arrays(zarr.open_group(str(b), mode="r"))
+    assert ref.keys() == got.keys()
+    for path in ref:
+        assert np.array_equal(ref[path], got[path], equal_nan=True), path
+
+
+def flip(path: Path, position: int, bit: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+# --- creation never deletes
+
+def test_a_foreign_folder_is_refused_and_untouched(shapes_dir, weights, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("x")
+    one_line_error(cli(*extract_args(shapes_dir, precious, weights[TINY])), "already holds other files (notes.txt)")
+    assert (precious / "notes.txt").read_text() == "x" and sorted(os.listdir(precious)) == ["notes.txt"]
+    (tmp_path / "file.zarr").write_text("a file")
+    one_line_error(cli(*extract_args(shapes_dir, tmp_path / "file.zarr", weights[TINY])), "is a file")
+
+
+def test_a_foreign_object_store_prefix_is_refused(shapes_dir, weights):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/foreign-prefix/report.csv", b"a,b\n")
+    with pytest.raises(UserError, match="already holds other files"):
+        extract(str(shapes_dir), "memory://foreign-prefix", opts(weights))
+    assert fs.cat("/foreign-prefix/report.csv") == b"a,b\n"
+
+
+def test_an_abandoned_creation_is_taken_over(shapes_dir, weights, clean_cache, tmp_path):
+    """A creator that died (its pid is gone) left a claim and half-made arrays: the next run redoes them."""
+    url = tmp_path / "abandoned.zarr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (url / CLAIM_DIR).mkdir(parents=True)
+    (url / CLAIM_DIR / "create.lock").write_text(json.dumps(
+        {"token": "t", "what": "create", "host": os.uname().nodename, "pid": dead.pid, "heartbeat": 0}))
+    zarr.open_group(str(url), mode="a").create_group("index")  # what it had made before it died
+    (url / "index" / "junk.0123456789abcdef0123456789abcdef.partial").write_bytes(b"half")
+    assert extract(str(shapes_dir), str(url), opts(weights)).complete
+    same_arrays(clean_cache, url)
+    assert not (url / CLAIM_DIR).exists() and not list(url.rglob("*.partial"))
+
+
+# --- checksums everywhere, repair
+
+def test_every_flipped_byte_is_detected(clean_cache, tmp_path):
+    url = tmp_path / "flips.zarr"
+    shutil.copytree(clean_cache, url)
+    files = chunk_files(url)
+    arrays_hit = {str(p.relative_to(url)).split("/c/")[0] for p in files}
+    assert {"index/keys", "index/digest", "views/params", f"teachers/{TINY}/patch", f"teachers/{TINY}/progress",
+            f"teachers/{TINY}/stats/partial/patch_m2", f"teachers/{TINY}/stats/patch/cov"} <= arrays_hit
+    rng = np.random.default_rng(0)
+    missed = []
+    trials = [(f, int(rng.integers(f.stat().st_size)), int(rng.integers(8))) for f in files]  # every chunk file once
+    for _ in range(60):  # and random positions anywhere
+        f = files[int(rng.integers(len(files)))]
+        trials.append((f, int(rng.integers(f.stat().st_size)), int(rng.integers(8))))
+    for path, position, bit in trials:
+        flip(path, position, bit)
+        if not verify_cache(Cache.open(str(url)), progress=False):
+            missed.append(f"{path.relative_to(url)}@{position}")
+        flip(path, position, bit)  # restore
+    assert not missed, missed
+    assert verify_cache(Cache.open(str(url)), progress=False) == []
+
+
+def test_repair_then_extract_restores_a_bit_identical_cache(clean_cache, shapes_dir, weights, tmp_path):
+    url = tmp_path / "damaged.zarr"
+    shutil.copytree(clean_cache, url)
+    teacher = url / "teachers" / TINY
+    targets = [next((teacher / "summary" / "c").rglob("0")), sorted((teacher / "patch" / "c").rglob("*"))[-1],
+               next((teacher / "stats" / "partial" / "patch_m2" / "c").rglob("2")),
+               next((teacher / "stats" / "summary" / "cov" / "c").rglob("0")),
+               next((teacher / "progress" / "c").rglob("4")), next((url / "views" / "params" / "c").rglob("0"))]
+    for path in targets:
+        while path.is_dir():
+            path = sorted(path.iterdir())[0]
+        flip(path, path.stat().st_size // 2)
+    first_patch = sorted(p for p in (teacher / "patch" / "c").rglob("*") if p.is_file())[0]
+    first_patch.unlink()  # and the first patch shard is deleted outright
+    damage = find_damage(Cache.open(str(url)), progress=False)
+    assert len(damage.units[TINY]) >= 4 and damage.plan and TINY in damage.stats
+    result = cli("verify", str(url), "--no-progress")
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.stderr.count("problem:") >= 6
+    repaired = cli("verify", str(url), "--repair", "--no-progress")
+    assert repaired.exit_code == 0 and "unit(s) to extract again" in repaired.stdout
+    report = extract(str(shapes_dir), str(url), opts(weights))
+    assert report.complete and report.units_done_now == len(damage.units[TINY]) < report.units_total
+    same_arrays(clean_cache, url)
+    assert verify_cache(Cache.open(str(url)), progress=False) == []
+
+
+def test_a_damaged_index_is_rebuilt_from_the_data(clean_cache, shapes_dir, tmp_path):
+    url = tmp_path / "index.zarr"
+    shutil.copytree(clean_cache, url)
+    chunk = next(p for p in (url / "index" / "location" / "c").rglob("*") if p.is_file())
+    flip(chunk, 3)
+    with pytest.raises(UserError, match="index/location: damaged"):
+        Cache.open(str(url)).location
+    without = cli("verify", str(url), "--repair", "--no-progress")
+    assert without.exit_code == 2 and "problem: index/location: damaged" in without.stderr
+    assert without.stderr.strip().splitlines()[-1].startswith("error: ") and "needs the dataset" in without.stderr
+    assert cli("verify", str(url), "--repair", "--data", str(shapes_dir), "--no-progress").exit_code == 0
+    same_arrays(clean_cache, url)
+
+
+# --- stage 2 refuses bad targets and bad pixels
+
+@pytest.fixture
+def run_args(shapes_dir):
+    def make(cache, out, *extra, data=shapes_dir):
+        return ["distill", str(data), "--cache", str(cache), "--out", str(out), "--student", TINY,
+                "--img-size", "32", "--model-arg", "depth=2", "--steps", "3", "--batch-size", "8", "--workers", "0",
+                "--no-progress", *extra]
+    return make
+
+
+def test_distill_refuses_damaged_missing_and_nan_targets(clean_cache, run_args, tmp_path):
+    damaged = tmp_path / "crc.zarr"
+    shutil.copytree(clean_cache, damaged)
+    for path in (damaged / "teachers" / TINY / "patch" / "c").rglob("*"):
+        if path.is_file():
+            flip(path, 10)
+    one_line_error(cli(*run_args(damaged, tmp_path / "r1")), f"teacher {TINY} patch rows")
+    missing = tmp_path / "missing.zarr"
+    shutil.copytree(clean_cache, missing)
+    for path in (missing / "teachers" / TINY / "summary" / "c").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    one_line_error(cli(*run_args(missing, tmp_path / "r2")), "non-finite values (NaN/Inf, or a missing chunk)")
+    nan = tmp_path / "nan.zarr"
+    shutil.copytree(clean_cache, nan)
+    summary = zarr.open_group(str(nan), mode="a")[f"teachers/{TINY}/summary"]
+    values = summary[...]
+    values[:, :, 0] = np.nan  # written as valid chunks with valid checksums: only the values are wrong
+    summary[...] = values
+    one_line_error(cli(*run_args(nan, tmp_path / "r3")), "non-finite values")
+    assert not (tmp_path / "r3" / "student.safetensors").exists()
+
+
+def test_a_non_finite_loss_stops_training_naming_step_and_rows(clean_cache, run_args, tmp_path):
+    result = cli(*run_args(clean_cache, tmp_path / "run", "--lr", "1e30", "--steps", "6"))
+    one_line_error(result, "non-finite loss at step")
+    assert "rows [" in result.stderr and not (tmp_path / "run" / "student.safetensors").exists()
+
+
+def test_an_image_replaced_in_place_is_caught(clean_cache, shapes_dir, run_args, tmp_path):
+    """Same shard names and byte sizes (the quick check passes), other pixels: digests catch it."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    cache = Cache.open(str(clean_cache))
+    row = 3
+    shard, offset, nbytes = (int(v) for v in cache.location[row])
+    tar = data / cache.shards[shard]["name"]
+    flip(tar, offset + nbytes // 2)  # same size, other bytes
+    assert cli("verify", str(clean_cache), "--data", str(shapes_dir), "--no-progress").exit_code == 0
+    result = cli("verify", str(clean_cache), "--data", str(data), "--no-progress")
+    assert result.exit_code == 1 and "1 image(s) changed" in result.stderr and str(cache.keys[row]) in result.stderr
+    one_line_error(cli(*run_args(clean_cache, tmp_path / "run", data=data)), "changed since the cache was made")
+
+
+# --- strict weights
+
+def test_weights_that_do_not_fit_are_refused(weights, tmp_path):
+    good = weights[TINY]
+    from safetensors.torch import load_file
+
+    state = load_file(str(good))
+    args = dict(resolution=32, model_args={"depth": 2})
+    no_block = {k: v for k, v in state.items() if not k.startswith("blocks.1.")}
+    save_file(no_block, str(tmp_path / "no_block.safetensors"))
+    with pytest.raises(UserError, match=r"missing \d+ \(blocks\.1\."):
+        build_teacher(f"timm:{TINY}", weights=str(tmp_path / "no_block.safetensors"), **args)
+    renamed = {k.replace("blocks.0.attn", "blocks.0.attention"): v for k, v in state.items()}
+    save_file(renamed, str(tmp_path / "renamed.safetensors"))
+    with pytest.raises(UserError, match="unexpected"):
+        build_teacher(f"timm:{TINY}", weights=str(tmp_path / "renamed.safetensors"), **args)
+    with_head = {**state, "head.weight": torch.zeros(10, 192), "head.bias": torch.zeros(10)}
+    save_file(with_head, str(tmp_path / "with_head.safetensors"))
+    teacher = build_teacher(f"timm:{TINY}", weights=str(tmp_path / "with_head.safetensors"), **args)
+    reference = build_teacher(f"timm:{TINY}", weights=str(good), **args)
+    x = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(teacher(x)[0], reference(x)[0])
+    blob = (tmp_path / "no_block.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 100)
+    for name in ("truncated", "garbage"):
+        with pytest.raises(UserError, match="not a readable safetensors file"):
+            build_teacher(f"timm:{TINY}", weights=str(tmp_path / f"{name}.safetensors"), **args)
+
+
+def test_a_pickle_is_refused_unread(tmp_path):
+    marker = tmp_path / "executed"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"weight": Evil()}, str(tmp_path / "evil.pth"))
+    with pytest.raises(UserError, match="pickled objects beyond tensors; it was refused unread"):
+        build_teacher(f"timm:{TINY}", weights=str(tmp_path / "evil.pth"), resolution=32, model_args={"depth": 2})
+    assert not marker.exists()
+
+
+def test_random_weights_are_seeded_and_recorded():
+    a, b = (build_teacher(f"timm:{TINY}", weights="random", resolution=32, model_args={"depth": 2}) for _ in range(2))
+    c = build_teacher(f"timm:{TINY}", weights="random:1", resolution=32, model_args={"depth": 2})
+    assert a.info.weights_sha256 == b.info.weights_sha256 != c.info.weights_sha256
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# --- concurrency
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "unic_cache", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_plain_extracts_equal_one(clean_cache, shapes_dir, weights, tmp_path):
+    url = tmp_path / "race.zarr"
+    procs = [_start(extract_args(shapes_dir, url, weights[TINY])) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err
+    same_arrays(clean_cache, url)
+    assert not (url / CLAIM_DIR).exists()
+
+
+def test_concurrent_teachers_with_other_weights_one_refused(shapes_dir, weights, tmp_path):
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)
+    save_file(timm.create_model(TINY, num_classes=0, img_size=32, depth=2).state_dict(), str(other))
+    url = tmp_path / "mixed.zarr"
+    procs = [_start(extract_args(shapes_dir, url, w)) for w in (weights[TINY], other)]
+    outcomes = [(p.wait(timeout=1800), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 2], outcomes
+    refused = next(err for code, err in outcomes if code == 2)
+    assert "already in" in refused and "other settings" in refused and len(refused.strip().splitlines()) == 1
+    cache = Cache.open(str(url))
+    store = cache.teacher(TINY)
+    winner = next(w for (code, _), w in zip(outcomes, (weights[TINY], other)) if code == 0)
+    assert store.complete and store.info.weights == str(winner)
+    assert verify_cache(cache, progress=False) == []
+
+
+# --- stray temp files, old caches
+
+def test_stale_temp_files_are_cleaned(clean_cache, tmp_path):
+    url = tmp_path / "temp.zarr"
+    shutil.copytree(clean_cache, url)
+    stray = url / "teachers" / TINY / "summary" / "c" / "0.0123456789abcdef0123456789abcdef.partial"
+    fresh = url / "views" / "0.fedcba9876543210fedcba9876543210.partial"
+    stray.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(stray, (0, 0))
+    assert clean_stale_temp_files(str(url)) == 1 and not stray.exists() and fresh.exists()
+
+
+def test_a_format_1_cache_opens_and_says_it_is_unchecked():
+    fixture = Path(__file__).parent.parent / "data" / "fixtures" / "format1"
+    cache = Cache.open(str(fixture / "cache.zarr"))
+    assert not cache.checksummed and cache.digest is None
+    info = cli("info", str(fixture / "cache.zarr"), "--json")
+    assert info.exit_code == 0 and "unchecked" in json.loads(info.stdout)["dataset"]["integrity"]
+    result = cli("verify", str(fixture / "cache.zarr"), "--data", str(fixture / "data"), "--no-progress")
+    assert result.exit_code == 0 and "unchecked" in result.stderr and "ok:" in result.stdout
