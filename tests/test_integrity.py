@@ -332,3 +332,12 @@ def test_a_format_1_cache_opens_and_says_it_is_unchecked():
     assert info.exit_code == 0 and "unchecked" in json.loads(info.stdout)["dataset"]["integrity"]
     result = cli("verify", str(fixture / "cache.zarr"), "--data", str(fixture / "data"), "--no-progress")
     assert result.exit_code == 0 and "unchecked" in result.stderr and "ok:" in result.stdout
+
+
+def test_distill_never_writes_into_a_foreign_folder(clean_cache, run_args, tmp_path):
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "config.json").write_text("my own config")
+    (notes / "paper.tex").write_text("x")
+    one_line_error(cli(*run_args(clean_cache, notes)), "holds other files (paper.tex)")
+    assert (notes / "config.json").read_text() == "my own config"

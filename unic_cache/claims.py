@@ -159,7 +159,7 @@ def once(url: str, what: str, done: Callable[[], bool], work: Callable[[], None]
         if is_stale(record):
             _take_over(fs, path, record)
             continue
-        if not told and record:
+        if not told and record and sys.stderr.isatty():  # a note for people watching; logs get the outcome only
             print(f"waiting for {record.get('host')}:{record.get('pid')}, which is {label}", file=sys.stderr)
             told = True
         time.sleep(POLL)

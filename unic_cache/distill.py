@@ -31,6 +31,18 @@ from .student import Student
 from .teachers import Teacher, TeacherInfo, build_teacher
 
 LOSSES = ("unic", "gauss")
+RUN_FILES = {"config.json", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "student.safetensors",
+             "heads.safetensors", "tb", "eval.json"}  # all a run folder holds (eval.json: a pipeline's scores)
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse an ``--out`` that holds anything but a run of ours: distill never overwrites a user's file."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
+    if foreign:
+        raise UserError(f"--out {out} holds other files ({', '.join(foreign[:3])}); distill writes only into a new "
+                        "folder or a run folder of its own: choose another --out")
 
 
 @dataclass
@@ -125,6 +137,7 @@ class Distiller:
         if (cfg.epochs is None) == (cfg.steps is None):
             raise UserError("give exactly one of --epochs or --steps")
         self.cfg = cfg
+        check_run_folder(Path(cfg.out))
         self.rank, self.world, self.device = _dist_setup(cfg.device)
         cache = Cache.open(cfg.cache)
         cache.check_source(open_source(cfg.data))
