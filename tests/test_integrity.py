@@ -341,3 +341,66 @@ def test_distill_never_writes_into_a_foreign_folder(clean_cache, run_args, tmp_p
     (notes / "paper.tex").write_text("x")
     one_line_error(cli(*run_args(clean_cache, notes)), "holds other files (paper.tex)")
     assert (notes / "config.json").read_text() == "my own config"
+
+
+def test_a_zarr_group_of_someone_else_is_refused(shapes_dir, weights, tmp_path):
+    theirs = tmp_path / "theirs.zarr"
+    zarr.open_group(str(theirs), mode="w").attrs["project"] = "not ours"
+    before = (theirs / "zarr.json").read_bytes()
+    with pytest.raises(UserError, match="not a finished unic-cache cache"):
+        extract(str(shapes_dir), str(theirs), opts(weights))
+    assert (theirs / "zarr.json").read_bytes() == before and sorted(os.listdir(theirs)) == ["zarr.json"]
+
+
+def test_eval_refuses_damaged_teacher_features(clean_cache, shapes_dir, tmp_path):
+    damaged = tmp_path / "eval.zarr"
+    shutil.copytree(clean_cache, damaged)
+    for path in (damaged / "teachers" / TINY / "summary" / "c").rglob("*"):
+        if path.is_file():
+            flip(path, 20)
+    one_line_error(cli("eval", str(shapes_dir), "--cache", str(damaged), "--out", str(tmp_path / "ev"), "--no-progress"),
+                   f"teacher {TINY} summary rows")
+
+
+def test_hostile_yaml_and_a_full_disk_are_one_line_errors(shapes_dir, weights, tmp_path):
+    marker = tmp_path / "ran"
+    tag = f"x=!!python/object/apply:os.system ['touch {marker}']"
+    one_line_error(cli(*extract_args(shapes_dir, tmp_path / "c", weights[TINY], "--model-arg", tag)), "not a plain YAML value")
+    shapes_yaml = str(Path(__file__).parent.parent / "pipelines" / "shapes.yaml")
+    one_line_error(cli("run", shapes_yaml, "--set", tag), "not a plain YAML value")
+    assert not marker.exists()
+    import errno
+
+    import typer
+
+    from unic_cache.cli import user_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    @user_errors
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/cache.zarr/teachers/x/patch/c/0/0/0")
+
+    one_line_error(runner.invoke(app, []), "no space left on the device (/data/cache.zarr/")
+
+
+def test_claims_wait_for_a_live_holder_and_take_over_a_silent_one(tmp_path):
+    import threading
+    import time
+
+    from unic_cache.claims import once
+
+    url = str(tmp_path / "work")
+    lock = tmp_path / "work" / CLAIM_DIR / "job.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"token": "a", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 10_000}))
+    ran = []
+    assert once(url, "job", lambda: bool(ran), lambda: ran.append(1), lambda: None, "working") and ran == [1]
+    assert not lock.parent.exists()  # released, and the claim folder removed
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"token": "b", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}))
+    finished = threading.Event()
+    threading.Timer(1.0, finished.set).start()
+    assert not once(url, "job", finished.is_set, lambda: ran.append(2), lambda: None, "working")
+    assert ran == [1] and finished.is_set()  # waited for the live holder until its work was done, did not run

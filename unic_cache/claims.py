@@ -181,8 +181,15 @@ def check_writable_target(url: str, ours: set[str]) -> None:
     if foreign:
         raise UserError(f"--cache {url} already holds other files ({', '.join(foreign[:3])}); unic-cache only creates "
                         "a cache in a new or empty folder: choose another path")
-    if names and CLAIM_DIR not in names and "zarr.json" not in names:
-        raise UserError(f"--cache {url} holds an unfinished cache that is not marked as ours; choose another path")
+    if names and CLAIM_DIR not in names:  # no claim of ours: only a finished cache of ours may be there
+        try:
+            with fs.open(f"{root.rstrip('/')}/zarr.json", "rb") as f:
+                ours = json.loads(f.read()).get("attributes", {}).get("format") == "unic-cache"
+        except (FileNotFoundError, ValueError):
+            ours = False
+        if not ours:
+            raise UserError(f"--cache {url} holds zarr data that is not a finished unic-cache cache (an interrupted "
+                            "creation by an older version, or another store); remove it yourself or choose another path")
 
 
 def clean_stale_temp_files(url: str, older_than: float = STALE_AFTER) -> int:

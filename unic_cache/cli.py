@@ -102,12 +102,12 @@ def teachers_cmd(
 @user_errors
 def extract_cmd(
     data: Annotated[str, typer.Argument(help="Input: tar shards (path, data-{000..009}.tar, glob, fsspec URL, folder of .tar) or an image folder.")],
-    cache: Annotated[str, typer.Option("--cache", help="Cache path or fsspec URL (created on first use).")],
+    cache: Annotated[str, typer.Option("--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")],
     teacher: Annotated[str, typer.Option(help="Teacher alias (see `unic-cache teachers`) or timm:<model name>.")],
     size: Annotated[Optional[str], typer.Option(help="Alias size: small, base, large, ...")] = None,
     name: Annotated[Optional[str], typer.Option(help="Name in the cache (default: the alias, with -SIZE when given).")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Input resolution (default: the model's).")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Weights: a .safetensors/.pth file, 'random', or the hub when omitted.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Weights: a .safetensors/.pth file (must fit the encoder exactly), 'random' or 'random:SEED', or the hub when omitted.")] = None,
     model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE passed to timm.create_model, e.g. depth=2 (repeatable).")] = None,
     views: Annotated[int, typer.Option(help="Augmented views per sample (view 0 is the eval view).")] = 8,
     seed: Annotated[int, typer.Option(help="View-plan seed.")] = 0,

@@ -102,6 +102,8 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
     except FileNotFoundError:
         raise UserError(f"no cache at {url}; create it with `unic-cache extract DATA --cache {url} --teacher NAME`") from None
+    except (ValueError, TypeError) as exc:  # zarr.json that does not parse: damaged metadata
+        raise UserError(f"cannot read the metadata of {url} ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
 def index_arrays(index: DatasetIndex, bad: np.ndarray) -> dict[str, np.ndarray]:
@@ -415,8 +417,9 @@ class TeacherStore:
     def read(self, kind: str, rows: slice, view) -> np.ndarray:
         """Stored ``kind`` features of ``rows`` at ``view`` (an int or a slice); damaged, missing or
         non-finite data is a one-line error naming the teacher, rows and unit."""
-        unit = self.unit_of(rows.start)
-        what = f"teacher {self.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
+        first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
+        units = f"unit {first}" if first == last else f"units {first}-{last}"
+        what = f"teacher {self.name} {kind} rows {rows.start}-{rows.stop - 1} ({units})"
         x = read_checked(self.group[kind], (rows, view), what)
         if not np.isfinite(x).all():
             raise UserError(f"{what}: non-finite values (NaN/Inf, or a missing chunk); "
