@@ -9,7 +9,7 @@ import torch
 import zarr
 
 from unic_cache import Cache, ExtractOptions, UserError, build_teacher, decode_image, extract, open_source, replay
-from unic_cache.audit import verify_cache
+from unic_cache.audit import array_values, verify_cache
 
 from .conftest import SMALL8, TINY, run_cli
 
@@ -22,15 +22,7 @@ def opts(weights, arch=TINY, res=32, **kw) -> ExtractOptions:
     return ExtractOptions(**{**base, **kw})
 
 
-def arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
-    """Every array below a group, by path."""
-    out = {}
-    for name, member in group.members():
-        if isinstance(member, zarr.Array):
-            out[prefix + name] = member[...]
-        else:
-            out.update(arrays(member, f"{prefix}{name}/"))
-    return out
+arrays = array_values  # every array below a group, by path
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,15 @@ def flip(path: Path, position: int, bit: int = 0) -> None:
     path.write_bytes(bytes(data))
 
 
+def damaged_copy(clean: Path, copy: Path, array: str, position: int) -> Path:
+    """A copy of a cache with one byte flipped in every stored chunk of ``array``."""
+    shutil.copytree(clean, copy)
+    for path in (copy / array / "c").rglob("*"):
+        if path.is_file():
+            flip(path, position)
+    return copy
+
+
 # --- creation never deletes
 
 def test_a_foreign_folder_is_refused_and_untouched(shapes_dir, weights, tmp_path):
@@ -183,11 +192,7 @@ def run_args(shapes_dir):
 
 
 def test_distill_refuses_damaged_missing_and_nan_targets(clean_cache, run_args, tmp_path):
-    damaged = tmp_path / "crc.zarr"
-    shutil.copytree(clean_cache, damaged)
-    for path in (damaged / "teachers" / TINY / "patch" / "c").rglob("*"):
-        if path.is_file():
-            flip(path, 10)
+    damaged = damaged_copy(clean_cache, tmp_path / "crc.zarr", f"teachers/{TINY}/patch", 10)
     one_line_error(cli(*run_args(damaged, tmp_path / "r1")), f"teacher {TINY} patch rows")
     missing = tmp_path / "missing.zarr"
     shutil.copytree(clean_cache, missing)
@@ -353,11 +358,7 @@ def test_a_zarr_group_of_someone_else_is_refused(shapes_dir, weights, tmp_path):
 
 
 def test_eval_refuses_damaged_teacher_features(clean_cache, shapes_dir, tmp_path):
-    damaged = tmp_path / "eval.zarr"
-    shutil.copytree(clean_cache, damaged)
-    for path in (damaged / "teachers" / TINY / "summary" / "c").rglob("*"):
-        if path.is_file():
-            flip(path, 20)
+    damaged = damaged_copy(clean_cache, tmp_path / "eval.zarr", f"teachers/{TINY}/summary", 20)
     one_line_error(cli("eval", str(shapes_dir), "--cache", str(damaged), "--out", str(tmp_path / "ev"), "--no-progress"),
                    f"teacher {TINY} summary rows")
 
@@ -404,3 +405,18 @@ def test_claims_wait_for_a_live_holder_and_take_over_a_silent_one(tmp_path):
     threading.Timer(1.0, finished.set).start()
     assert not once(url, "job", finished.is_set, lambda: ran.append(2), lambda: None, "working")
     assert ran == [1] and finished.is_set()  # waited for the live holder until its work was done, did not run
+
+
+def test_one_of_racing_threads_wins_a_claim_on_an_fsspec_store():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unic_cache.claims import once
+
+    url, ran = "memory://claims-race", []
+
+    def contender(i: int) -> bool:
+        return once(url, "job", lambda: bool(ran), lambda: ran.append(i), lambda: None, "working")
+
+    with ThreadPoolExecutor(6) as pool:
+        won = list(pool.map(contender, range(6)))
+    assert sum(won) == 1 and len(ran) == 1

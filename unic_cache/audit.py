@@ -47,6 +47,17 @@ def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
     return dataset, teachers
 
 
+def array_values(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
+    """Every array below ``group`` by path, read whole: to compare caches value for value."""
+    out = {}
+    for name, member in group.members():
+        if isinstance(member, zarr.Array):
+            out[prefix + name] = member[...]
+        else:
+            out.update(array_values(member, f"{prefix}{name}/"))
+    return out
+
+
 @dataclass
 class Damage:
     """What ``find_damage`` found: problems as lines, and what ``repair_cache`` can act on."""
