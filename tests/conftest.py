@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from unic_cache import make_shapes
 
+HANG_GUARD = 1800  # seconds: only a hung subprocess ever meets it; no assertion depends on wall-clock time
 TINY = "vit_tiny_patch16_224"  # 192 wide, patch 16
 SMALL8 = "vit_small_patch8_224"  # 384 wide, patch 8: a second teacher with other width, patch and grid
 
@@ -72,7 +73,7 @@ def messy_dir(tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = HANG_GUARD, **kw) -> subprocess.CompletedProcess:
     """Run ``python -m unic_cache ARGS`` in a fresh process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "unic_cache", *args], capture_output=True, text=True,

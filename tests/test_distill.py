@@ -16,7 +16,7 @@ from unic_cache.distill import DistillConfig, distill
 from unic_cache.loader import DistillStream, Selection
 from unic_cache.shapes import make_shapes
 
-from .conftest import SMALL8, TINY
+from .conftest import HANG_GUARD, SMALL8, TINY
 
 STUDENT = "vit_small_patch16_224"
 VIEWS = 2
@@ -153,7 +153,7 @@ def test_torchrun_two_processes(world, tmp_path):
            "-m", "unic_cache", "distill", str(root / "data"), "--cache", cache, "--out", str(out),
            "--student", STUDENT, "--img-size", "32", "--model-arg", "depth=2", "--steps", "4", "--batch-size", "4",
            "--workers", "0", "--no-progress", "--checkpoint-every", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]

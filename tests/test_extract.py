@@ -11,7 +11,7 @@ import zarr
 from unic_cache import Cache, ExtractOptions, UserError, build_teacher, decode_image, extract, open_source, replay
 from unic_cache.audit import array_values, verify_cache
 
-from .conftest import SMALL8, TINY, run_cli
+from .conftest import HANG_GUARD, SMALL8, TINY, run_cli
 
 VIEWS = 3
 
@@ -95,7 +95,7 @@ def test_resume_after_sigkill_is_bit_identical(shapes_dir, weights, tmp_path):
     for stage in ("creating the cache", 4, 12):  # killed during set-up, then twice in the middle of the work
         proc = subprocess.Popen([sys.executable, "-m", "unic_cache", *args],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD
         while proc.poll() is None and time.monotonic() < deadline:
             if stage == "creating the cache" and cache.exists() or isinstance(stage, int) and _units_done(cache) >= stage:
                 break
@@ -123,7 +123,7 @@ def test_two_ranks_equal_one(shapes_dir, weights, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "unic_cache", *args, "--rank", str(r)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (1, 0)]
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        _, err = p.communicate(timeout=HANG_GUARD)
         assert p.returncode == 0, err
     ref, got = arrays(zarr.open_group(str(one), mode="r")), arrays(zarr.open_group(str(two), mode="r"))
     assert ref.keys() == got.keys()

@@ -21,7 +21,7 @@ from unic_cache import Cache, UserError, build_teacher, extract
 from unic_cache.audit import find_damage, verify_cache
 from unic_cache.claims import CLAIM_DIR, clean_stale_temp_files
 
-from .conftest import TINY, run_cli
+from .conftest import HANG_GUARD, TINY
 from .test_extract import VIEWS, arrays, opts
 
 runner = CliRunner()
@@ -292,7 +292,7 @@ def test_concurrent_plain_extracts_equal_one(clean_cache, shapes_dir, weights, t
     url = tmp_path / "race.zarr"
     procs = [_start(extract_args(shapes_dir, url, weights[TINY])) for _ in range(3)]
     for p in procs:
-        _, err = p.communicate(timeout=1800)
+        _, err = p.communicate(timeout=HANG_GUARD)
         assert p.returncode == 0, err
     same_arrays(clean_cache, url)
     assert not (url / CLAIM_DIR).exists()
@@ -304,7 +304,7 @@ def test_concurrent_teachers_with_other_weights_one_refused(shapes_dir, weights,
     save_file(timm.create_model(TINY, num_classes=0, img_size=32, depth=2).state_dict(), str(other))
     url = tmp_path / "mixed.zarr"
     procs = [_start(extract_args(shapes_dir, url, w)) for w in (weights[TINY], other)]
-    outcomes = [(p.wait(timeout=1800), p.stderr.read()) for p in procs]
+    outcomes = [(p.wait(timeout=HANG_GUARD), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in outcomes)
     assert codes == [0, 2], outcomes
     refused = next(err for code, err in outcomes if code == 2)

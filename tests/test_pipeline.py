@@ -97,7 +97,7 @@ def test_run_cli_with_overrides_and_bad_keys(tmp_path):
 
 
 def test_demo_quick_mode(tmp_path):
-    r = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress", timeout=600)
+    r = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     for model in ("shape-texture", "colour-geometry", "student"):
         assert f"| {model} |" in r.stdout

@@ -207,7 +207,11 @@ def find_damage(cache: Cache, source: Source | None = None, progress: bool = Tru
     if not damage.index:
         _check_plan(cache, damage)
         for name in cache.teacher_names():
-            _check_teacher(cache.teacher(name), cache.bad, progress, damage)
+            try:
+                _check_teacher(cache.teacher(name), cache.bad, progress, damage)
+            except Exception as exc:  # metadata that does not parse, an array that cannot be opened
+                damage.problems.append(f"teacher {name}: cannot be read ({type(exc).__name__}: {str(exc)[:100]}); "
+                                       "extract it again under a new --name")
     return damage
 
 

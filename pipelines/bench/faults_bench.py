@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,7 @@ def main() -> None:
         "", "| trial | outcome | left behind |", "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows], ""]
     publish(lines, args.write)
+    shutil.rmtree(root)
 
 
 if __name__ == "__main__":
