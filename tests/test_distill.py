@@ -11,9 +11,9 @@ import zarr
 from safetensors.torch import load_file
 
 from unic_cache import Cache, ExtractOptions, UserError, extract
-from unic_cache import teachers as teachers_module
-from unic_cache.distill import DistillConfig, distill
-from unic_cache.loader import DistillStream, Selection
+from unic_cache.models import teachers as teachers_module
+from unic_cache.distillation.recipe import DistillConfig, distill
+from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.shapes import make_shapes
 
 from .conftest import HANG_GUARD, SMALL8, TINY

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from unic_cache import UserError
-from unic_cache.labels import read_labels, split_rows
-from unic_cache.probes import kmeans_nmi, knn_accuracy, linear_probe, nmi, ridge_r2
-from unic_cache.results import Results
-from unic_cache.sources import open_source
+from unic_cache.evaluation.labels import read_labels, split_rows
+from unic_cache.evaluation.probes import kmeans_nmi, knn_accuracy, linear_probe, nmi, ridge_r2
+from unic_cache.evaluation.results import Results
+from unic_cache.cache.sources import open_source
 
 
 def _splits(n: int) -> list[np.ndarray]:

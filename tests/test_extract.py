@@ -9,7 +9,7 @@ import torch
 import zarr
 
 from unic_cache import Cache, ExtractOptions, UserError, build_teacher, decode_image, extract, open_source, replay
-from unic_cache.audit import array_values, verify_cache
+from unic_cache.cache.audit import array_values, verify_cache
 
 from .conftest import HANG_GUARD, SMALL8, TINY, run_cli
 

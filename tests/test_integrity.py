@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from unic_cache import Cache, UserError, build_teacher, extract
-from unic_cache.audit import find_damage, verify_cache
-from unic_cache.claims import CLAIM_DIR, clean_stale_temp_files
+from unic_cache.cache.audit import find_damage, verify_cache
+from unic_cache.cache.claims import CLAIM_DIR, clean_stale_temp_files
 
 from .conftest import HANG_GUARD, TINY
 from .test_extract import VIEWS, arrays, opts
@@ -390,7 +390,7 @@ def test_claims_wait_for_a_live_holder_and_take_over_a_silent_one(tmp_path):
     import threading
     import time
 
-    from unic_cache.claims import once
+    from unic_cache.cache.claims import once
 
     url = str(tmp_path / "work")
     lock = tmp_path / "work" / CLAIM_DIR / "job.lock"
@@ -410,7 +410,7 @@ def test_claims_wait_for_a_live_holder_and_take_over_a_silent_one(tmp_path):
 def test_one_of_racing_threads_wins_a_claim_on_an_fsspec_store():
     from concurrent.futures import ThreadPoolExecutor
 
-    from unic_cache.claims import once
+    from unic_cache.cache.claims import once
 
     url, ran = "memory://claims-race", []
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from unic_cache import UserError
-from unic_cache.distill import DistillConfig, Distiller
-from unic_cache.loader import DistillStream, Selection
+from unic_cache.distillation.recipe import DistillConfig, Distiller
+from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.pipeline import run_pipeline
-from unic_cache.store import Cache
-from unic_cache.views import PlanConfig, plan_views, replay
+from unic_cache.cache.store import Cache
+from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.models.pixels import replay
 
 from .conftest import run_cli
 
@@ -169,7 +170,7 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
-    from unic_cache.extract import ExtractOptions
+    from unic_cache.extraction.runner import ExtractOptions
     from unic_cache.pipeline import load_config
 
     config = load_config(Path(__file__).parents[1] / "pipelines" / f"{name}.yaml")
@@ -192,7 +193,7 @@ def test_eval_cli(trained_cache, tmp_path):
 
 
 def test_student_eval_view_is_the_cached_view_0(trained_cache):
-    from unic_cache.loader import EvalViews
+    from unic_cache.evaluation.images import EvalViews
 
     cache = Cache.open(str(trained_cache / "cache.zarr"))
     rows = np.array([0, 5, 17])

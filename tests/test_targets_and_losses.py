@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from unic_cache import UserError
-from unic_cache.losses import gaussian_nll, teacher_drop_weights, unic_loss
-from unic_cache.normalize import TargetNorm, hadamard, phis_order
+from unic_cache.distillation.losses import gaussian_nll, teacher_drop_weights, unic_loss
+from unic_cache.distillation.normalize import TargetNorm, hadamard, phis_order
 
 
 @pytest.mark.parametrize("order", [1, 2, 4, 12, 64, 192, 384, 768, 1152])

@@ -2,7 +2,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unic_cache.views import PARAM_NAMES, PlanConfig, plan_views, replay, uniforms
+from unic_cache.cache.views import PARAM_NAMES, PlanConfig, plan_views, uniforms
+from unic_cache.models.pixels import replay
 
 
 def test_uniforms_are_a_pure_function_of_seed_row_view():

@@ -1,6 +1,9 @@
 """unic-cache: run each teacher once into a sharded zarr cache, then distil students from the cache alone.
 
-Names are imported on first use (PEP 562), so ``unic-cache --help`` and option errors never load torch.
+Layout: ``cache/`` (the format and its checks; no torch), ``extraction/`` (stage 1), ``distillation/``
+(stage 2), ``evaluation/``, ``models/`` (teachers, student, pixels) and ``runtime`` (devices, ranks);
+the CLI and pipelines sit on top. Names are imported on first use (PEP 562), so ``unic-cache --help``
+and reading a cache never load torch.
 """
 
 from __future__ import annotations
@@ -11,19 +14,20 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "demo": ["run_demo"],
-    "distill": ["DistillConfig", "distill"],
+    "distillation.recipe": ["DistillConfig", "distill"],
     "errors": ["UserError"],
-    "evaluate": ["EvalOptions", "evaluate"],
-    "extract": ["ExtractOptions", "ExtractReport", "extract"],
-    "labels": ["Labels", "Task", "read_labels", "split_rows"],
+    "evaluation.evaluate": ["EvalOptions", "evaluate"],
+    "extraction.runner": ["ExtractOptions", "ExtractReport", "extract"],
+    "evaluation.labels": ["Labels", "Task", "read_labels", "split_rows"],
     "pipeline": ["PipelineRun", "load_config", "run_pipeline"],
-    "results": ["Results"],
+    "evaluation.results": ["Results"],
     "shapes": ["TASKS", "make_shapes"],
-    "sources": ["DatasetIndex", "decode_image", "open_source"],
-    "store": ["Cache", "TeacherStore"],
-    "teachers": ["FAMILIES", "Teacher", "TeacherInfo", "build_teacher", "resolve"],
-    "train_teacher": ["TeacherTrainConfig", "train_teacher"],
-    "views": ["PARAM_NAMES", "PlanConfig", "ViewPolicy", "plan_views", "replay"],
+    "cache.sources": ["DatasetIndex", "decode_image", "open_source"],
+    "cache.store": ["Cache", "TeacherStore", "TeacherInfo"],
+    "models.teachers": ["FAMILIES", "Teacher", "build_teacher", "resolve"],
+    "evaluation.train_teacher": ["TeacherTrainConfig", "train_teacher"],
+    "cache.views": ["PARAM_NAMES", "PlanConfig", "ViewPolicy", "plan_views"],
+    "models.pixels": ["replay"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *_WHERE]

@@ -84,7 +84,7 @@ def teachers_cmd(
     import torch
 
     typer.echo(f"{'alias':<11} {'size':<7} {'timm id':<42} {'dim':>5} {'grid':>6} {'res':>4}  about")
-    from .teachers import FAMILIES
+    from .models.teachers import FAMILIES
 
     for family in FAMILIES.values():
         for size, model_id in family.sizes.items():
@@ -124,7 +124,7 @@ def extract_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Run a teacher once over every (sample, view) and store its features. Re-run to resume."""
-    from .extract import ExtractOptions, extract
+    from .extraction.runner import ExtractOptions, extract
 
     opts = ExtractOptions(teacher=teacher, size=size, name=name, resolution=resolution, weights=weights,
                           model_args=parse_model_args(model_arg or []), views=views,
@@ -171,7 +171,7 @@ def distill_cmd(
     """Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP."""
     import yaml
 
-    from .distill import DistillConfig, distill
+    from .distillation.recipe import DistillConfig, distill
 
     values: dict = {}
     if config:
@@ -212,7 +212,7 @@ def eval_cmd(
     """Probe students and cached teachers per task: kNN, linear probe and k-means NMI (classes), ridge R² (targets)."""
     from pathlib import Path
 
-    from .evaluate import EvalOptions, evaluate
+    from .evaluation.evaluate import EvalOptions, evaluate
 
     students = {}
     for item in student or []:
@@ -244,7 +244,7 @@ def train_teacher_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train a small specialised teacher on some tasks (never on eval's test rows); prints the extract command."""
-    from .train_teacher import TeacherTrainConfig, train_teacher
+    from .evaluation.train_teacher import TeacherTrainConfig, train_teacher
 
     record = train_teacher(TeacherTrainConfig(data=data, out=out, tasks=task, arch=arch, img_size=img_size,
                                               model_args=parse_model_args(model_arg or []), epochs=epochs,
@@ -298,8 +298,8 @@ def info_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Summarise a cache: samples, bad samples, views, and per teacher dims, grid, codec, bytes, completeness."""
-    from .audit import cache_info
-    from .store import Cache
+    from .cache.audit import cache_info
+    from .cache.store import Cache
 
     dataset, teachers = cache_info(Cache.open(cache))
     if as_json:
@@ -331,9 +331,9 @@ def verify_cmd(
 ) -> None:
     """Decode every chunk of every array (checksums), check progress, statistics, view plan, index and
     fingerprint; with --data, every image's digest. Exit 1 on any problem (after --repair: 0 once repaired)."""
-    from .audit import find_damage, repair_cache
-    from .sources import open_source
-    from .store import Cache
+    from .cache.audit import find_damage, repair_cache
+    from .cache.sources import open_source
+    from .cache.store import Cache
 
     opened = Cache.open(cache, mode="a" if repair else "r")
     source = open_source(data) if data else None

@@ -38,15 +38,15 @@ from pathlib import Path
 
 import yaml
 
-from .distill import DistillConfig, distill
+from .distillation.recipe import DistillConfig, distill
 from .errors import UserError, check_options, yaml_value
-from .evaluate import EvalOptions, Evaluator
-from .extract import ExtractOptions, extract
-from .results import Results
+from .evaluation.evaluate import EvalOptions, Evaluator
+from .extraction.runner import ExtractOptions, extract
+from .evaluation.results import Results
 from .shapes import make_shapes
-from .store import Cache, json_normal
-from .teachers import file_sha256
-from .train_teacher import TeacherTrainConfig, train_teacher
+from .cache.store import Cache, json_normal
+from .models.teachers import file_sha256
+from .evaluation.train_teacher import TeacherTrainConfig, train_teacher
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract"}

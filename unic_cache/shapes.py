@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .labels import Task
+from .evaluation.labels import Task
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS = {

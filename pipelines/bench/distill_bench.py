@@ -20,7 +20,7 @@ from pathlib import Path
 
 from report import heading, publish
 from unic_cache import ExtractOptions, extract, make_shapes
-from unic_cache.distill import DistillConfig, Distiller
+from unic_cache.distillation.recipe import DistillConfig, Distiller
 
 TEACHERS = (("t192", "vit_tiny_patch16_224"), ("t384", "vit_small_patch16_224"), ("t768", "vit_base_patch16_224"))
 
@@ -36,7 +36,7 @@ def rate(fn, batches: int, batch_size: int) -> float:
 
 def peak_rss_mb(cfg: dict) -> float:
     """Max RSS (MB) of a fresh process that runs distill with ``cfg``."""
-    code = ("import json, resource, sys; from unic_cache.distill import DistillConfig, distill; "
+    code = ("import json, resource, sys; from unic_cache.distillation.recipe import DistillConfig, distill; "
             "distill(DistillConfig.from_dict(json.loads(sys.argv[1]))); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, check=True)

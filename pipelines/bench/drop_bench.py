@@ -11,7 +11,7 @@ import timeit
 import torch
 
 from report import heading, publish
-from unic_cache.losses import teacher_drop_weights
+from unic_cache.distillation.losses import teacher_drop_weights
 
 
 def loop_reference(losses: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from report import heading, publish
 from unic_cache import Cache, ExtractOptions, build_teacher, extract, make_shapes
-from unic_cache.audit import cache_info
+from unic_cache.cache.audit import cache_info
 
 
 def forward_only(arch: str, res: int, images: int, batch: int, device: str, model_args: dict) -> float:

@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from report import heading, publish
 from unic_cache import make_shapes
-from unic_cache.audit import array_values
-from unic_cache.claims import CLAIM_DIR
+from unic_cache.cache.audit import array_values
+from unic_cache.cache.claims import CLAIM_DIR
 
 ARCH = "vit_tiny_patch16_224"
 

@@ -24,7 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 from braceexpand import braceexpand
 from PIL import Image
 
-from .errors import UserError
+from ..errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
 KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset rule: key = path up to the first dot of the basename

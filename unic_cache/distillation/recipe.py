@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,15 +19,16 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError, check_options
-from .extract import autocast_for, pick_device
+from ..errors import UserError, check_options
+from ..runtime import autocast_for, init_distributed
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import TargetNorm
-from .sources import open_source
-from .store import Cache, json_normal
-from .student import Student
-from .teachers import Teacher, TeacherInfo, build_teacher
+from ..cache.sources import open_source
+from ..cache.store import Cache, json_normal
+from ..models.student import Student
+from ..models.teachers import Teacher, build_teacher
+from ..cache.store import TeacherInfo
 
 LOSSES = ("unic", "gauss")
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "student.safetensors",
@@ -99,19 +99,6 @@ def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
     return teacher
 
 
-def _dist_setup(device: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-    rank = dist.get_rank() if world > 1 else 0
-    dev = pick_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    return rank, world, dev
-
-
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     state = opt.state_dict()
     tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
@@ -138,7 +125,7 @@ class Distiller:
             raise UserError("give exactly one of --epochs or --steps")
         self.cfg = cfg
         check_run_folder(Path(cfg.out))
-        self.rank, self.world, self.device = _dist_setup(cfg.device)
+        self.rank, self.world, self.device = init_distributed(cfg.device)
         cache = Cache.open(cfg.cache)
         cache.check_source(open_source(cfg.data))
         names = cfg.teachers or cache.teacher_names()

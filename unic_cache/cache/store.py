@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import fsspec
 import numpy as np
@@ -27,9 +27,8 @@ import zarr
 
 from . import claims
 from .codecs import FeatureCodec, checked, get_codec
-from .errors import UserError
+from ..errors import UserError
 from .sources import DatasetIndex, Source
-from .teachers import TeacherInfo
 from .views import P, PlanConfig, plan_views
 
 FORMAT_VERSION = 2
@@ -126,6 +125,30 @@ def _remove_unfinished(url: str) -> None:
         path = f"{root.rstrip('/')}/{name}"
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
+
+    model_id: str
+    weights: str  # "hub", "random[:SEED]", or the weight file's path
+    weights_sha256: str
+    resolution: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grid: tuple[int, int]
+    prefix_tokens: int
+    dim: int
+    summary_kind: str  # "cls" or "pooled"
+    model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass

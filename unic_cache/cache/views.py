@@ -1,9 +1,9 @@
-"""The view plan (K augmented views per sample, planned once) and the one function that replays a view.
+"""The view plan: K augmented views per sample, planned once, every parameter stored in the cache.
 
 Parameters come from a counter-based generator keyed by (seed, row, view, draw): the plan of a row
 does not depend on workers, ranks, restarts or on how many rows are planned at once. View 0 is the
-deterministic eval view (resize + centre crop). ``replay`` turns (image, params, resolution) into the
-exact uint8 pixels a teacher saw; stage 2 calls the same function at the student's resolution.
+deterministic eval view (resize + centre crop). ``models.pixels.replay`` turns (image, params,
+resolution) into the exact pixels; this module is the plan alone (no torch).
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import nn
 
 PARAM_NAMES = (
     "crop_x", "crop_y", "crop_w", "crop_h",  # crop box, relative to image width / height
@@ -141,51 +138,3 @@ def plan_views(config: PlanConfig, rows: np.ndarray, image_size: np.ndarray, fir
     if first_view == 0:
         out[:, 0] = ev
     return out.astype(np.float32)
-
-
-def replay(image: Image.Image, params: np.ndarray, resolution: int) -> torch.Tensor:
-    """The pixels of one view: uint8 tensor (3, resolution, resolution) from an RGB image and its params."""
-    from torchvision.transforms import functional as F
-
-    w, h = image.size
-    x0, y0, cw, ch = (float(v) for v in params[:4])
-    box = (x0 * w, y0 * h, (x0 + cw) * w, (y0 + ch) * h)
-    image = image.resize((resolution, resolution), Image.BICUBIC, box=box)
-    if params[4] >= 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    ops = (
-        lambda t: F.adjust_brightness(t, float(params[5])) if params[5] != 1 else t,
-        lambda t: F.adjust_contrast(t, float(params[6])) if params[6] != 1 else t,
-        lambda t: F.adjust_saturation(t, float(params[7])) if params[7] != 1 else t,
-        lambda t: F.adjust_hue(t, float(params[8])) if params[8] != 0 else t,
-    )
-    for op in params[9:13]:
-        x = ops[int(op)](x)
-    if params[13] >= 0.5:
-        x = F.rgb_to_grayscale(x, num_output_channels=3)
-    if params[14] > 0:
-        sigma = float(params[14]) * resolution / 224
-        kernel = 2 * max(1, round(4 * resolution / 224)) + 1  # 9 at 224 px
-        x = F.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
-    if params[15] >= 0.5:
-        x = F.solarize(x, 128)
-    return x.contiguous()
-
-
-class PixelNorm(nn.Module):
-    """uint8 pixels (B, 3, H, W) -> float input normalised with a model's per-channel mean and std."""
-
-    def __init__(self, mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225)):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
-
-    @classmethod
-    def of(cls, model: nn.Module) -> "PixelNorm":
-        """The normalisation a timm model was trained with (its ``pretrained_cfg``)."""
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        return cls(*(tuple(cfg[k]) for k in ("mean", "std"))) if "mean" in cfg and "std" in cfg else cls()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std

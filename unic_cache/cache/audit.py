@@ -11,7 +11,7 @@ from tqdm import tqdm
 from zarr.core.sync import sync
 
 from .claims import clean_stale_temp_files
-from .errors import UserError
+from ..errors import UserError
 from .sources import Source, content_digest
 from .store import INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, read_checked, write_plan
 from .views import plan_views

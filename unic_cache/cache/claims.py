@@ -23,7 +23,7 @@ from typing import Callable
 import fsspec
 import fsspec.implementations.local
 
-from .errors import UserError
+from ..errors import UserError
 
 HEARTBEAT = 10.0  # seconds between rewrites of a held claim
 STALE_AFTER = float(os.environ.get("UNIC_CACHE_STALE_AFTER", 120.0))  # a claim not rewritten for this long is abandoned

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
-from .codecs import FeatureCodec, cosine_sum, get_codec
-from .errors import UserError
-from .sources import Source, decode_image, open_source
-from .claims import clean_stale_temp_files
-from .store import Cache, Moments, TeacherStore
-from .teachers import Teacher, build_teacher
-from .views import PlanConfig, ViewPolicy, replay
+from .. import __version__
+from ..cache.claims import clean_stale_temp_files
+from ..cache.codecs import get_codec
+from ..cache.sources import Source, decode_image, open_source
+from ..cache.store import Cache, Moments, TeacherStore
+from ..cache.views import PlanConfig, ViewPolicy
+from ..errors import UserError
+from ..models.pixels import replay
+from ..models.teachers import Teacher, build_teacher
+from ..runtime import autocast_for, pick_device, rank_world
 
 
 @dataclass
@@ -73,29 +75,6 @@ class ExtractReport:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def _rank_world(opts: ExtractOptions) -> tuple[int, int]:
-    rank = opts.rank if opts.rank is not None else int(os.environ.get("RANK", 0))
-    world = opts.world_size if opts.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
-    if world < 1 or not 0 <= rank < world:
-        raise UserError(f"--rank must be in [0, --world-size); got rank {rank} of {world}")
-    return rank, world
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but no CUDA device is visible")
-    return torch.device(device)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on GPU; full precision (a disabled context) on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 class ViewBatches(Dataset):
     """Rows -> (rows, uint8 views (b, K, 3, R, R), valid (b,)); images are decoded once per row."""
 
@@ -128,6 +107,11 @@ class ViewBatches(Dataset):
 
 def _as_is(batch):
     return batch
+
+
+def cosine_sum(original: torch.Tensor, stored: torch.Tensor) -> float:
+    """Sum over vectors (last dim) of cos(original, stored): the codec's fidelity, before averaging."""
+    return float(torch.nn.functional.cosine_similarity(original.double(), stored.double(), dim=-1, eps=1e-12).sum())
 
 
 def batch_moments(x: torch.Tensor) -> Moments:
@@ -187,7 +171,7 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     """Extract one teacher's features for ``data`` into the cache at ``cache_url`` (created if missing)."""
     from tqdm import tqdm
 
-    rank, world = _rank_world(opts)
+    rank, world = rank_world(opts.rank, opts.world_size)
     name = default_name(opts)
     if "/" in name or not name:
         raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
@@ -247,7 +231,7 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
                 with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))
                 for kind in kinds:
-                    stored = codec.encode(out[kind])
+                    stored = out[kind].to(getattr(torch, codec.dtype))
                     moments[kind] = moments[kind].merge(batch_moments(stored.reshape(-1, d)))
                     cos[kind] += cosine_sum(out[kind], stored)
                     buffers[kind][local[valid.numpy()]] = stored.reshape(-1, *shapes[kind]).cpu().numpy()

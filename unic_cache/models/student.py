@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .views import PixelNorm
+from ..errors import UserError
+from .pixels import PixelNorm
 
 
 def parse_blocks(spec: str, depth: int) -> list[int]:

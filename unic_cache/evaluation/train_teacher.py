@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import UserError
-from .extract import pick_device
+from ..errors import UserError
+from ..runtime import pick_device
 from .labels import Labels, read_labels, split_rows
-from .loader import EvalViews
+from .images import EvalViews
 from .probes import r2_score
-from .student import pooled
-from .sources import open_source
-from .views import PixelNorm
+from ..models.student import pooled
+from ..cache.sources import open_source
+from ..models.pixels import PixelNorm
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²"}
 TOLERANCE = 2.0  # points

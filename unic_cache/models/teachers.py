@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from .errors import UserError
-from .views import PixelNorm
+from ..cache.store import TeacherInfo
+from ..errors import UserError
+from .pixels import PixelNorm
 
 
 @dataclass(frozen=True)
@@ -75,30 +76,6 @@ def resolve(teacher: str, size: str | None = None) -> str:
     if size not in family.sizes:
         raise UserError(f"teacher {teacher} has no size {size!r}; sizes: {', '.join(family.sizes)}")
     return family.sizes[size]
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
-
-    model_id: str
-    weights: str  # "hub", "random[:SEED]", or the weight file's path
-    weights_sha256: str
-    resolution: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    grid: tuple[int, int]
-    prefix_tokens: int
-    dim: int
-    summary_kind: str  # "cls" or "pooled"
-    model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
-
-    @property
-    def tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def file_sha256(path: str) -> str:

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import UserError
-from .extract import pick_device
+from ..errors import UserError
+from ..runtime import pick_device
 from .labels import Labels, read_labels, split_rows
-from .loader import EvalViews
+from .images import EvalViews
 from .probes import kmeans_nmi, knn_accuracy, linear_probe, ridge_r2
 from .results import Results
-from .sources import open_source
-from .store import Cache
-from .student import load_exported, pooled
-from .views import PixelNorm
+from ..cache.sources import open_source
+from ..cache.store import Cache
+from ..models.student import load_exported, pooled
+from ..models.pixels import PixelNorm
 
 
 @dataclass

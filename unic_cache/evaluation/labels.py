@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
-from .sources import FolderSource, Source, KEY_RE
+from ..errors import UserError
+from ..cache.sources import FolderSource, Source, KEY_RE
 
 SPLITS = ("train", "val", "test")
 

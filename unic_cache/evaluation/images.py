@@ -1,0 +1,44 @@
+"""The eval view of chosen rows, as batches of uint8 pixels for a model (students, trained teachers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..cache.sources import decode_image, open_source
+from ..cache.views import PlanConfig, ViewPolicy, plan_views
+from ..models.pixels import replay
+
+
+class EvalViews(Dataset):
+    """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
+
+    def __init__(self, data: str, keys: np.ndarray, location: np.ndarray, image_size: np.ndarray,
+                 rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy(), digest: np.ndarray | None = None):
+        """``policy``: the view policy whose eval crop to use (a cache's, so that its view 0 is matched);
+        ``digest``: the indexed crc32c of each row's image bytes, checked on every read (None: unchecked)."""
+        self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
+        self.digest = digest
+        self.params = plan_views(PlanConfig(views=1, policy=policy), rows, image_size[rows])[:, 0]
+        self._source = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._source is None:  # opened lazily in each worker process
+            self._source = open_source(self.data)
+        row = int(self.rows[i])
+        data = self._source.read(self.location[row], str(self.keys[row]), None if self.digest is None else self.digest[row])
+        return replay(decode_image(data), self.params[i], self.resolution)
+
+    def batches(self, batch_size: int = 128, workers: int = 0, desc: str = "images", progress: bool = True):
+        """Yield uint8 batches (b, 3, R, R) in row order, with a progress bar."""
+        from tqdm import tqdm
+
+        loader = DataLoader(self, batch_size=batch_size, num_workers=workers)
+        with tqdm(total=len(self), desc=desc, unit="img", disable=not progress) as bar:
+            for images in loader:
+                yield images
+                bar.update(len(images))

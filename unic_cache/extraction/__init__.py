@@ -1,0 +1,1 @@
+"""Stage 1: run each teacher once over every (sample, view) and write its features into the cache."""
