@@ -420,3 +420,36 @@ def test_one_of_racing_threads_wins_a_claim_on_an_fsspec_store():
     with ThreadPoolExecutor(6) as pool:
         won = list(pool.map(contender, range(6)))
     assert sum(won) == 1 and len(ran) == 1
+
+
+BLOCK_TORCH = """
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "torchvision"):
+            raise ImportError(f"{name} is blocked in this process")
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def test_the_cache_core_and_the_cli_front_run_without_torch(clean_cache, shapes_dir):
+    code = BLOCK_TORCH + f"""
+from unic_cache.cache.audit import cache_info, find_damage
+from unic_cache.cache.sources import open_source
+from unic_cache.cache.store import Cache
+cache = Cache.open({str(clean_cache)!r})
+_, teachers = cache_info(cache)
+assert teachers[0]["complete"] and not find_damage(cache, open_source({str(shapes_dir)!r}), progress=False).problems
+summary = cache.teacher({TINY!r}).read("summary", slice(0, 4), 1)
+assert summary.shape[0] == 4 and "torch" not in sys.modules
+from unic_cache.cli import main
+sys.argv = ["unic-cache", "info", {str(clean_cache)!r}]
+main()
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "units done" in result.stdout
+    for args in (["--help"], ["extract", "--help"], ["verify", str(clean_cache), "--no-progress"]):
+        run = subprocess.run([sys.executable, "-c", BLOCK_TORCH + f"from unic_cache.cli import main\nsys.argv = ['unic-cache', *{args!r}]\nmain()"],
+                             capture_output=True, text=True, timeout=HANG_GUARD)
+        assert run.returncode == 0, (args, run.stderr[-2000:])
