@@ -14,10 +14,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "demo": ["run_demo"],
-    "distillation.recipe": ["DistillConfig", "distill"],
+    "distillation.options": ["DistillConfig"],
+    "distillation.recipe": ["distill"],
     "errors": ["UserError"],
-    "evaluation.evaluate": ["EvalOptions", "evaluate"],
-    "extraction.runner": ["ExtractOptions", "ExtractReport", "extract"],
+    "evaluation.options": ["EvalOptions", "TeacherTrainConfig"],
+    "evaluation.evaluate": ["evaluate"],
+    "extraction.options": ["ExtractOptions"],
+    "extraction.runner": ["ExtractReport", "extract"],
     "evaluation.labels": ["Labels", "Task", "read_labels", "split_rows"],
     "pipeline": ["PipelineRun", "load_config", "run_pipeline"],
     "evaluation.results": ["Results"],
@@ -25,7 +28,7 @@ _EXPORTS = {
     "cache.sources": ["DatasetIndex", "decode_image", "open_source"],
     "cache.store": ["Cache", "TeacherStore", "TeacherInfo"],
     "models.teachers": ["FAMILIES", "Teacher", "build_teacher", "resolve"],
-    "evaluation.train_teacher": ["TeacherTrainConfig", "train_teacher"],
+    "evaluation.train_teacher": ["train_teacher"],
     "cache.views": ["PARAM_NAMES", "PlanConfig", "ViewPolicy", "plan_views"],
     "models.pixels": ["replay"],
 }

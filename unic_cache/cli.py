@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
+import inspect
 import json
-from typing import TYPE_CHECKING, Annotated, Optional
+import types
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from .errors import UserError, yaml_value
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .pipeline import PipelineRun
@@ -46,17 +50,6 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def parse_model_args(items: list[str]) -> dict:
-    """``["depth=2", "qkv_bias=false"]`` -> ``{"depth": 2, "qkv_bias": False}`` (values read as YAML scalars)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--model-arg takes KEY=VALUE, got {item!r}")
-        out[key] = yaml_value(value, f"--model-arg {item}")
-    return out
 
 
 @app.command("make-shapes")
@@ -98,38 +91,85 @@ def teachers_cmd(
     typer.echo("* default size. Any other timm model: --teacher timm:<name>.")
 
 
-@app.command("extract")
-@user_errors
-def extract_cmd(
-    data: Annotated[str, typer.Argument(help="Input: tar shards (path, data-{000..009}.tar, glob, fsspec URL, folder of .tar) or an image folder.")],
-    cache: Annotated[str, typer.Option("--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")],
-    teacher: Annotated[str, typer.Option(help="Teacher alias (see `unic-cache teachers`) or timm:<model name>.")],
-    size: Annotated[Optional[str], typer.Option(help="Alias size: small, base, large, ...")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Name in the cache (default: the alias, with -SIZE when given).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Input resolution (default: the model's).")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Weights: a .safetensors/.pth file (must fit the encoder exactly), 'random' or 'random:SEED', or the hub when omitted.")] = None,
-    model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE passed to timm.create_model, e.g. depth=2 (repeatable).")] = None,
-    views: Annotated[int, typer.Option(help="Augmented views per sample (view 0 is the eval view).")] = 8,
-    seed: Annotated[int, typer.Option(help="View-plan seed.")] = 0,
-    crop_scale: Annotated[tuple[float, float], typer.Option(help="Area range of the random resized crops (views 1..K-1), e.g. 0.35 1 for small images.")] = (0.08, 1.0),
-    patch: Annotated[bool, typer.Option("--patch/--no-patch", help="Store patch tokens as well as the summary.")] = True,
-    codec: Annotated[str, typer.Option(help="Feature codec: f16-zstd or f32-zstd.")] = "f16-zstd",
-    batch_size: Annotated[int, typer.Option(help="Images (sample-views) per teacher forward.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes for decode + replay (default: 0 on CPU, min(8, cores-1) on GPU).")] = None,
-    shard_mb: Annotated[float, typer.Option(help="Uncompressed size of one zarr shard (one unit of work).")] = 256.0,
-    unit_rows: Annotated[Optional[int], typer.Option(help="Rows per zarr shard (overrides --shard-mb).")] = None,
-    rank: Annotated[Optional[int], typer.Option(help="This process's rank (default: $RANK or 0).")] = None,
-    world_size: Annotated[Optional[int], typer.Option(help="Number of processes (default: $WORLD_SIZE or 1).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-) -> None:
-    """Run a teacher once over every (sample, view) and store its features. Re-run to resume."""
-    from .extraction.runner import ExtractOptions, extract
+def _read_config(path: str) -> dict:
+    import yaml
 
-    opts = ExtractOptions(teacher=teacher, size=size, name=name, resolution=resolution, weights=weights,
-                          model_args=parse_model_args(model_arg or []), views=views,
-                          seed=seed, crop_scale=crop_scale, patch=patch, codec=codec, batch_size=batch_size, workers=workers, shard_mb=shard_mb,
-                          unit_rows=unit_rows, rank=rank, world_size=world_size, device=device, progress=progress)
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read --config {path}: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must be a YAML mapping of option names to values")
+    return values
+
+
+def _cli_annotation(f: dataclasses.Field, kind: Any):
+    """How a field of an options class is spelled on the command line (every value optional: None means
+    'not given', so that --config and --set values are kept)."""
+    from .options import flag_name
+
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    help_text = meta["help"] + (f" (default: {default})" if default not in (None, "", [], {}) else "")
+    if meta["positional"]:
+        return Annotated[Optional[str], typer.Argument(help=help_text, show_default=False, metavar=f.name.upper())]
+    if (typing.get_origin(kind) or kind) in (typing.Union, types.UnionType):  # X | None -> X
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    base = typing.get_origin(kind) or kind
+    if meta["parse"] is not None or base is list:
+        return Annotated[Optional[list[str]], typer.Option(flag_name(f), help=help_text, show_default=False,
+                                                           metavar="TEXT")]
+    if base is bool:
+        flag = meta["flag"] or f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"
+        return Annotated[Optional[bool], typer.Option(flag, help=help_text, show_default=False)]
+    if base is tuple:
+        return Annotated[Optional[kind], typer.Option(flag_name(f), help=help_text, show_default=False)]
+    return Annotated[Optional[base], typer.Option(flag_name(f), help=help_text, show_default=False)]
+
+
+def options_command(name: str, cls: type, run: Callable[..., None], doc: str, extra: list | None = None) -> None:
+    """Register ``unic-cache NAME`` with one flag per field of the options class ``cls``, plus ``--config
+    FILE.yaml`` and ``--set KEY=VALUE``: defaults < YAML < --set < flags. ``extra``: inspect.Parameters
+    outside the options (extract's DATA and --cache), passed to ``run(opts, **extra)``."""
+    from .options import set_value
+
+    fields, kinds = dataclasses.fields(cls), cls.field_types()
+    params = list(extra or [])
+    for f in fields:
+        params.append(inspect.Parameter(f"opt_{f.name}", inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=_cli_annotation(f, kinds[f.name]), default=None))
+    params += [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[str], typer.Option("--config", help="YAML file with any of these options (their field names); "
+                                                         "--set and flags override it.")]),
+        inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[list[str]], typer.Option("--set", help="Override one option: --set batch_size=32 (repeatable).")]),
+    ]
+
+    def command(**kwargs) -> None:
+        values = _read_config(kwargs["config"]) if kwargs["config"] else {}
+        for item in kwargs["set_"] or []:
+            set_value(values, item)
+        for f in fields:
+            given = kwargs[f"opt_{f.name}"]
+            if given is not None:
+                values[f.name] = f.metadata["parse"](given) if f.metadata["parse"] else given
+        opts = cls.from_dict(values)
+        run(opts, **{p.name: kwargs[p.name] for p in extra or []})
+
+    wrapped = user_errors(command)
+    del wrapped.__wrapped__  # typer reads the signature below, not command's (**kwargs)
+    wrapped.__signature__ = inspect.Signature(params)
+    wrapped.__annotations__ = {p.name: p.annotation for p in params}
+    wrapped.__doc__ = doc
+    app.command(name)(wrapped)
+
+
+def _extract(opts, data: str, cache: str) -> None:
+    from .extraction.runner import extract
+
     r = extract(data, cache, opts)
     state = "complete" if r.complete else "incomplete (other ranks still working, or run again to resume)"
     typer.echo(f"{r.teacher}: {r.units_done_now} units written now, {r.units_done_before} before, of {r.units_total}; "
@@ -137,120 +177,56 @@ def extract_cmd(
                f"{r.bad_samples} bad samples skipped; {state}")
 
 
-@app.command("distill")
-@user_errors
-def distill_cmd(
-    data: Annotated[Optional[str], typer.Argument(help="The dataset the cache was made from (same spec as for extract).")] = None,
-    cache: Annotated[Optional[str], typer.Option(help="Cache path or URL.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder: checkpoints, metrics.jsonl, student.safetensors.")] = None,
-    config: Annotated[Optional[str], typer.Option(help="YAML file with any of these options; flags override it.")] = None,
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated subset of the cached teachers (default: all).")] = None,
-    student: Annotated[Optional[str], typer.Option(help="timm ViT name, e.g. vit_small_patch16_224.")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Student input resolution.")] = None,
-    model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for timm.create_model of the student (repeatable).")] = None,
-    init: Annotated[Optional[str], typer.Option(help="Initial encoder weights (.safetensors).")] = None,
-    lop_blocks: Annotated[Optional[str], typer.Option(help="Blocks feeding the projector ladder: all, last or i,j,k (the last block is always included).")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="unic (0.5 cos + 0.5 smooth-L1) or gauss (Gaussian NLL).")] = None,
-    norm: Annotated[Optional[str], typer.Option(help="Target standardisation: standard, phis or none.")] = None,
-    teacher_drop: Annotated[Optional[float], typer.Option(help="Probability of dropping each non-max-loss teacher.")] = None,
-    views: Annotated[Optional[int], typer.Option(help="Use only the first N cached views of each sample (default: all).")] = None,
-    online: Annotated[Optional[bool], typer.Option("--online/--cached", help="Reference mode: run the teachers on fresh views every step instead of reading the cache (slow).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs (or --steps).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (or --epochs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per step per process.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate for a global batch of 256 (scaled linearly).")] = None,
-    warmup: Annotated[Optional[float], typer.Option(help="Warm-up as a fraction of all steps.")] = None,
-    drop_path: Annotated[Optional[float], typer.Option(help="Stochastic depth rate of the student.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers per process.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the student init, data order and teacher dropping.")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0: only at the end).")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the last checkpoint in --out.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda.")] = None,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,
-) -> None:
-    """Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP."""
-    import yaml
+def _distill(opts) -> None:
+    from .distillation.recipe import distill
 
-    from .distillation.recipe import DistillConfig, distill
-
-    values: dict = {}
-    if config:
-        try:
-            with open(config) as f:
-                values = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"cannot read --config {config}: {exc}") from None
-    flags = dict(data=data, cache=cache, out=out, student=student, img_size=img_size, init=init, lop_blocks=lop_blocks,
-                 loss=loss, norm=norm, teacher_drop=teacher_drop, views=views, online=online, epochs=epochs, steps=steps, batch_size=batch_size,
-                 lr=lr, warmup=warmup, drop_path=drop_path, workers=workers, seed=seed,
-                 checkpoint_every=checkpoint_every, resume=resume, device=device, progress=progress,
-                 teachers=teachers.split(",") if teachers else None,
-                 model_args=parse_model_args(model_arg) if model_arg else None)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if not values.get("data") or not values.get("cache"):
-        raise UserError("distill needs DATA and --cache (as flags or in --config)")
-    last = distill(DistillConfig.from_dict(values))
+    last = distill(opts)
     typer.echo(f"done: step {last.get('step')}, loss {last.get('loss', float('nan')):.4f}; "
-               f"student in {values.get('out', DistillConfig.out)}/student.safetensors")
+               f"student in {opts.out}/student.safetensors")
 
 
-@app.command("eval")
-@user_errors
-def eval_cmd(
-    data: Annotated[str, typer.Argument(help="The labelled dataset the cache was made from (shapes .json labels, .cls, or class folders).")],
-    cache: Annotated[str, typer.Option(help="Cache path or URL: teacher features come from its view 0.")],
-    student: Annotated[Optional[list[str]], typer.Option(help="A distill run folder, or NAME=FOLDER (repeatable).")] = None,
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated cached teachers (default: all; 'none' for none).")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks (default: all of the dataset's).")] = None,
-    out: Annotated[str, typer.Option(help="Folder for results.json, results.md and results.png.")] = "eval",
-    split_seed: Annotated[int, typer.Option(help="Seed of the train/val/test split (hash of each key).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per student forward.")] = 128,
-    workers: Annotated[int, typer.Option(help="DataLoader workers for decoding.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
-    """Probe students and cached teachers per task: kNN, linear probe and k-means NMI (classes), ridge R² (targets)."""
-    from pathlib import Path
+def _eval(opts, out: str) -> None:
+    from .evaluation.evaluate import evaluate
 
-    from .evaluation.evaluate import EvalOptions, evaluate
-
-    students = {}
-    for item in student or []:
-        name, sep, folder = item.partition("=")
-        students[name if sep else Path(item).name] = folder if sep else item
-    chosen = None if teachers is None else ([] if teachers == "none" else teachers.split(","))
-    results = evaluate(EvalOptions(data=data, cache=cache, students=students, teachers=chosen,
-                                   tasks=tasks.split(",") if tasks else None, split_seed=split_seed,
-                                   batch_size=batch_size, workers=workers, device=device, progress=progress))
+    results = evaluate(opts)
     paths = results.save(out)
     typer.echo(results.markdown())
     typer.echo(f"table: {paths['markdown']}  json: {paths['json']}  chart: {paths['chart']}")
 
 
-@app.command("train-teacher")
-@user_errors
-def train_teacher_cmd(
-    data: Annotated[str, typer.Argument(help="A labelled dataset (e.g. a shapes world from make-shapes).")],
-    out: Annotated[str, typer.Option(help="The .safetensors file to write (a .json beside it records the recipe).")],
-    task: Annotated[list[str], typer.Option(help="A task to train on (repeatable), e.g. --task shape --task texture.")],
-    arch: Annotated[str, typer.Option(help="timm ViT architecture.")] = "vit_tiny_patch16_224",
-    img_size: Annotated[int, typer.Option(help="Input resolution.")] = 32,
-    model_arg: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for timm.create_model, e.g. depth=4 (repeatable).")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Initialisation and order seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
-    """Train a small specialised teacher on some tasks (never on eval's test rows); prints the extract command."""
-    from .evaluation.train_teacher import TeacherTrainConfig, train_teacher
+def _train_teacher(opts) -> None:
+    from .evaluation.train_teacher import train_teacher
 
-    record = train_teacher(TeacherTrainConfig(data=data, out=out, tasks=task, arch=arch, img_size=img_size,
-                                              model_args=parse_model_args(model_arg or []), epochs=epochs,
-                                              batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress))
+    record = train_teacher(opts)
     scores = ", ".join(f"{t} {v:.1f}" for t, v in record["val_score"].items())
-    typer.echo(f"wrote {out} (val: {scores})\nuse it with: {record['extract']}")
+    typer.echo(f"wrote {opts.out} (val: {scores})\nuse it with: {record['extract']}")
+
+
+def _register_option_commands() -> None:
+    from .distillation.options import DistillConfig
+    from .evaluation.options import EvalOptions, TeacherTrainConfig
+    from .extraction.options import ExtractOptions
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    options_command("extract", ExtractOptions, _extract,
+                    "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", [
+        inspect.Parameter("data", keyword, annotation=Annotated[str, typer.Argument(
+            metavar="DATA", help="Input: tar shards (path, data-{000..009}.tar, glob, fsspec URL, folder of .tar) or an image folder.")]),
+        inspect.Parameter("cache", keyword, annotation=Annotated[str, typer.Option(
+            "--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])])
+    options_command("distill", DistillConfig, _distill,
+                    "Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP.")
+    options_command("eval", EvalOptions, _eval,
+                    "Probe students and cached teachers per task: kNN, linear probe and k-means NMI (classes), "
+                    "ridge R² (targets).", [
+        inspect.Parameter("out", keyword, default="eval", annotation=Annotated[str, typer.Option(
+            help="Folder for results.json, results.md and results.png.")])])
+    options_command("train-teacher", TeacherTrainConfig, _train_teacher,
+                    "Train a small specialised teacher on some tasks (never on eval's test rows); prints the "
+                    "extract command.")
+
+
+_register_option_commands()
 
 
 @app.command("run")

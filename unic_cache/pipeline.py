@@ -39,7 +39,8 @@ from pathlib import Path
 import yaml
 
 from .distillation.recipe import DistillConfig, distill
-from .errors import UserError, check_options, yaml_value
+from .errors import UserError, check_options
+from .options import set_value
 from .evaluation.evaluate import EvalOptions, Evaluator
 from .extraction.runner import ExtractOptions, extract
 from .evaluation.results import Results
@@ -50,20 +51,6 @@ from .evaluation.train_teacher import TeacherTrainConfig, train_teacher
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract"}
-
-
-def set_value(config: dict, assignment: str) -> None:
-    """Apply ``a.b.c=VALUE`` (VALUE read as YAML) to a nested dict, creating levels as needed."""
-    path, sep, value = assignment.partition("=")
-    if not sep or not path:
-        raise UserError(f"--set takes KEY.PATH=VALUE, got {assignment!r}")
-    *parents, last = path.split(".")
-    node = config
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise UserError(f"--set {assignment}: {key} is not a section")
-    node[last] = yaml_value(value, f"--set {assignment}")
 
 
 def merged(base: dict, override: dict) -> dict:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .options import NORMS
 
-NORMS = ("standard", "phis", "none")
 
 
 def _is_prime(n: int) -> bool:

@@ -12,25 +12,24 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..errors import UserError, check_options
+from ..cache.sources import open_source
+from ..cache.store import Cache, TeacherInfo, json_normal
+from ..errors import UserError
+from ..models.student import Student
+from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, init_distributed
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import TargetNorm
-from ..cache.sources import open_source
-from ..cache.store import Cache, json_normal
-from ..models.student import Student
-from ..models.teachers import Teacher, build_teacher
-from ..cache.store import TeacherInfo
+from .options import DistillConfig
 
-LOSSES = ("unic", "gauss")
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "student.safetensors",
              "heads.safetensors", "tb", "eval.json"}  # all a run folder holds (eval.json: a pipeline's scores)
 
@@ -43,49 +42,6 @@ def check_run_folder(out: Path) -> None:
     if foreign:
         raise UserError(f"--out {out} holds other files ({', '.join(foreign[:3])}); distill writes only into a new "
                         "folder or a run folder of its own: choose another --out")
-
-
-@dataclass
-class DistillConfig:
-    """Every option of ``unic-cache distill`` (also the keys of a ``--config`` YAML file)."""
-
-    data: str = ""
-    cache: str = ""
-    out: str = "runs/student"
-    teachers: list[str] = field(default_factory=list)  # empty: every teacher in the cache
-    student: str = "vit_small_patch16_224"
-    img_size: int = 224
-    model_args: dict = field(default_factory=dict)
-    init: str | None = None
-    lop_blocks: str = "all"
-    loss: str = "unic"
-    norm: str = "standard"
-    teacher_drop: float = 0.5
-    views: int | None = None  # cached views used per sample (the first ones); None: all
-    online: bool = False  # reference mode: teachers run on fresh views every step (slow; never the default)
-    epochs: float | None = None
-    steps: int | None = None
-    batch_size: int = 64  # per process
-    lr: float = 3e-4  # for a global batch of 256, scaled linearly
-    min_lr: float = 1e-6
-    weight_decay: float = 0.03
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup: float = 0.05  # fraction of all steps (UNIC: 10 of 200 epochs)
-    drop_path: float = 0.1
-    clip_grad: float = 3.0
-    workers: int = 2
-    seed: int = 0
-    checkpoint_every: int = 0  # steps; 0: only the final checkpoint
-    resume: bool = False
-    device: str = "auto"
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DistillConfig":
-        check_options(cls, values, "distill")
-        cfg = cls(**values)
-        cfg.betas = tuple(cfg.betas)
-        return cfg
 
 
 def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
@@ -117,12 +73,7 @@ class Distiller:
     """Builds everything for a run; ``run()`` trains to the last step and exports the student."""
 
     def __init__(self, cfg: DistillConfig):
-        if cfg.loss not in LOSSES:
-            raise UserError(f"unknown --loss {cfg.loss!r}; choose unic or gauss")
-        if not 0 <= cfg.teacher_drop <= 1:
-            raise UserError("--teacher-drop must be in [0, 1]")
-        if (cfg.epochs is None) == (cfg.steps is None):
-            raise UserError("give exactly one of --epochs or --steps")
+        cfg.check()
         self.cfg = cfg
         check_run_folder(Path(cfg.out))
         self.rank, self.world, self.device = init_distributed(cfg.device)

@@ -9,45 +9,27 @@ classification, ridge R² for a regression target.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..runtime import pick_device
-from .labels import Labels, read_labels, split_rows
-from .images import EvalViews
-from .probes import kmeans_nmi, knn_accuracy, linear_probe, ridge_r2
-from .results import Results
 from ..cache.sources import open_source
 from ..cache.store import Cache
-from ..models.student import load_exported, pooled
+from ..errors import UserError
 from ..models.pixels import PixelNorm
-
-
-@dataclass
-class EvalOptions:
-    """Options of ``unic-cache eval``."""
-
-    data: str
-    cache: str
-    students: dict[str, str] = field(default_factory=dict)  # name -> distill run folder
-    teachers: list[str] | None = None  # None: every complete teacher in the cache
-    tasks: list[str] | None = None  # None: every task of the dataset
-    split_seed: int = 0
-    k: int = 20
-    temperature: float = 0.07
-    batch_size: int = 128
-    workers: int = 0
-    device: str = "auto"
-    progress: bool = True
+from ..models.student import load_exported, pooled
+from ..runtime import pick_device
+from .images import EvalViews
+from .labels import Labels, read_labels, split_rows
+from .options import EvalOptions
+from .probes import kmeans_nmi, knn_accuracy, linear_probe, ridge_r2
+from .results import Results
 
 
 class Evaluator:
     """Labels, split and cache opened once; ``scores(features)`` probes one model's features."""
 
     def __init__(self, opts: EvalOptions):
+        opts.check()
         self.opts = opts
         self.device = pick_device(opts.device)
         self.cache = Cache.open(opts.cache)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,35 +18,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import UserError
-from ..runtime import pick_device
-from .labels import Labels, read_labels, split_rows
-from .images import EvalViews
-from .probes import r2_score
-from ..models.student import pooled
 from ..cache.sources import open_source
+from ..errors import UserError
 from ..models.pixels import PixelNorm
-
-
-@dataclass
-class TeacherTrainConfig:
-    """Options of ``unic-cache train-teacher``."""
-
-    data: str
-    out: str  # the .safetensors file to write
-    tasks: list[str]
-    arch: str = "vit_tiny_patch16_224"
-    img_size: int = 32
-    model_args: dict = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    split_seed: int = 0  # must match eval's, so that its test rows stay unseen
-    workers: int = 0
-    device: str = "auto"
-    progress: bool = True
+from ..models.student import pooled
+from ..runtime import pick_device
+from .images import EvalViews
+from .labels import Labels, read_labels, split_rows
+from .options import TeacherTrainConfig
+from .probes import r2_score
 
 
 class _Heads(nn.Module):
@@ -83,10 +63,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> dict:
     import timm
     from tqdm import tqdm
 
-    if not cfg.tasks:
-        raise UserError("train-teacher needs at least one --task")
-    if not cfg.out.endswith(".safetensors"):
-        raise UserError(f"--out must be a .safetensors file, got {cfg.out}")
+    cfg.check()
     source = open_source(cfg.data)
     index = source.index(progress=cfg.progress)
     labels = read_labels(source, index.keys)

@@ -24,35 +24,10 @@ from ..cache.codecs import get_codec
 from ..cache.sources import Source, decode_image, open_source
 from ..cache.store import Cache, Moments, TeacherStore
 from ..cache.views import PlanConfig, ViewPolicy
-from ..errors import UserError
 from ..models.pixels import replay
 from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, pick_device, rank_world
-
-
-@dataclass
-class ExtractOptions:
-    """Everything ``extract`` can be told; the CLI maps its flags one to one onto these fields."""
-
-    teacher: str
-    size: str | None = None
-    name: str | None = None
-    resolution: int | None = None
-    weights: str | None = None
-    model_args: dict = field(default_factory=dict)
-    views: int = 8
-    seed: int = 0
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range of views 1..K-1 (UNIC's)
-    patch: bool = True
-    codec: str = "f16-zstd"
-    batch_size: int = 64  # images (sample-views) per teacher forward
-    workers: int | None = None  # None: 0 on CPU (the forward already uses every core), else min(8, cores - 1)
-    shard_mb: float = 256.0
-    unit_rows: int | None = None
-    rank: int | None = None
-    world_size: int | None = None
-    device: str = "auto"
-    progress: bool = True
+from .options import ExtractOptions
 
 
 @dataclass
@@ -160,25 +135,13 @@ def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions) -> Cac
     return cache
 
 
-def default_name(opts: ExtractOptions) -> str:
-    if opts.name:
-        return opts.name
-    base = opts.teacher[5:].split(".")[0] if opts.teacher.startswith("timm:") else opts.teacher
-    return f"{base}-{opts.size}" if opts.size else base
-
-
 def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     """Extract one teacher's features for ``data`` into the cache at ``cache_url`` (created if missing)."""
     from tqdm import tqdm
 
+    opts.check()
     rank, world = rank_world(opts.rank, opts.world_size)
-    name = default_name(opts)
-    if "/" in name or not name:
-        raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
-    if opts.batch_size < 1 or opts.views < 1 or (opts.workers is not None and opts.workers < 0):
-        raise UserError("--batch-size and --views must be >= 1, --workers >= 0")
-    if not (len(opts.crop_scale) == 2 and 0 < opts.crop_scale[0] <= opts.crop_scale[1] <= 1):
-        raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {opts.crop_scale}")
+    name = opts.default_name()
     codec = get_codec(opts.codec)
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))

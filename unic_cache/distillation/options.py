@@ -1,0 +1,74 @@
+"""Every option of ``unic-cache distill`` (torch-free: checked before anything heavy is loaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cache.store import Cache
+from ..errors import UserError
+from ..options import Options, at_least, comma_list, existing_path, in_range, key_values, one_of, option
+
+LOSSES = ("unic", "gauss")
+NORMS = ("standard", "phis", "none")
+positive = at_least(1)
+
+
+def _positive_float(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+@dataclass
+class DistillConfig(Options):
+    """Every option of ``unic-cache distill``; the CLI, --config YAML and --set are made from these fields."""
+
+    command = "distill"
+
+    data: str = option("", "The dataset the cache was made from (same spec as for extract).", positional=True)
+    cache: str = option("", "Cache path or URL.")
+    out: str = option("runs/student", "Run folder: checkpoints, metrics.jsonl, student.safetensors.")
+    teachers: list[str] = option(help="Comma-separated subset of the cached teachers (default: all).", factory=list,
+                                 parse=comma_list)
+    student: str = option("vit_small_patch16_224", "timm ViT name, e.g. vit_small_patch16_224.")
+    img_size: int = option(224, "Student input resolution.", checks=(positive,))
+    model_args: dict = option(help="KEY=VALUE for timm.create_model of the student (repeatable).", factory=dict,
+                              flag="--model-arg", parse=key_values)
+    init: str | None = option(None, "Initial encoder weights (.safetensors).", checks=(existing_path,))
+    lop_blocks: str = option("all", "Blocks feeding the projector ladder: all, last or i,j,k (the last block is "
+                                    "always included).")
+    loss: str = option("unic", "unic (0.5 cos + 0.5 smooth-L1) or gauss (Gaussian NLL).", checks=(one_of(*LOSSES),))
+    norm: str = option("standard", "Target standardisation: standard, phis or none.", checks=(one_of(*NORMS),))
+    teacher_drop: float = option(0.5, "Probability of dropping each non-max-loss teacher.", checks=(in_range(0, 1),))
+    views: int | None = option(None, "Use only the first N cached views of each sample (default: all).",
+                               checks=(positive,))
+    online: bool = option(False, "Reference mode: run the teachers on fresh views every step instead of reading "
+                                 "the cache (slow; never the default).", flag="--online/--cached")
+    epochs: float | None = option(None, "Training length in epochs (or --steps).", checks=(_positive_float,))
+    steps: int | None = option(None, "Training length in optimizer steps (or --epochs).", checks=(positive,))
+    batch_size: int = option(64, "Samples per step per process.", checks=(positive,))
+    lr: float = option(3e-4, "Peak learning rate for a global batch of 256 (scaled linearly).", checks=(_positive_float,))
+    min_lr: float = option(1e-6, "Final learning rate of the cosine schedule.", checks=(at_least(0),))
+    weight_decay: float = option(0.03, "AdamW weight decay (matrices only).", checks=(at_least(0),))
+    betas: tuple[float, float] = option((0.9, 0.99), "AdamW betas.")
+    warmup: float = option(0.05, "Warm-up as a fraction of all steps (UNIC: 10 of 200 epochs).",
+                           checks=(in_range(0, 1, high_open=True),))
+    drop_path: float = option(0.1, "Stochastic depth rate of the student.", checks=(in_range(0, 1, high_open=True),))
+    clip_grad: float = option(3.0, "Gradient-norm clipping.", checks=(_positive_float,))
+    workers: int = option(2, "DataLoader workers per process (the batches are the same for any number).",
+                          checks=(at_least(0),))
+    seed: int = option(0, "Seed of the student init, data order and teacher dropping.")
+    checkpoint_every: int = option(0, "Checkpoint every N steps (0: only at the end).", checks=(at_least(0),))
+    resume: bool = option(False, "Continue from the last checkpoint in --out.")
+    device: str = option("auto", "auto, cpu, cuda.")
+    progress: bool = option(True, "Show a progress bar.")
+
+    def check_together(self) -> None:
+        if not self.data or not self.cache:
+            raise UserError("distill needs DATA and --cache (as arguments or in --config)")
+        if (self.epochs is None) == (self.steps is None):
+            raise UserError("give exactly one of --epochs or --steps")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"--betas must be in [0, 1), got {self.betas}")
+        cache = Cache.open(self.cache)
+        for name in self.teachers:
+            if not cache.teacher(name).complete:
+                raise UserError(f"teacher {name} in {self.cache} is incomplete; finish it with unic-cache extract")

@@ -1,0 +1,59 @@
+"""Every option of ``unic-cache extract`` (torch-free: checked before any model is loaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cache.codecs import CODECS
+from ..errors import UserError
+from ..options import Options, at_least, key_values, option
+
+
+@dataclass
+class ExtractOptions(Options):
+    """Everything ``extract`` can be told; the CLI, --config YAML and --set are made from these fields."""
+
+    command = "extract"
+
+    teacher: str = option(help="Teacher alias (see `unic-cache teachers`) or timm:<model name>.")
+    size: str | None = option(None, "Alias size: small, base, large, ...")
+    name: str | None = option(None, "Name in the cache (default: the alias, with -SIZE when given).")
+    resolution: int | None = option(None, "Input resolution (default: the model's).", checks=(at_least(1),))
+    weights: str | None = option(None, "Weights: a .safetensors/.pth file (must fit the encoder exactly), 'random' or "
+                                       "'random:SEED', or the hub when omitted.")
+    model_args: dict = option(help="KEY=VALUE passed to timm.create_model, e.g. depth=2 (repeatable).", factory=dict,
+                              flag="--model-arg", parse=key_values)
+    views: int = option(8, "Augmented views per sample (view 0 is the eval view).", checks=(at_least(1),))
+    seed: int = option(0, "View-plan seed.")
+    crop_scale: tuple[float, float] = option((0.08, 1.0), "Area range of the random resized crops (views 1..K-1), "
+                                                          "e.g. 0.35 1 for small images (UNIC: 0.08 1).")
+    patch: bool = option(True, "Store patch tokens as well as the summary.")
+    codec: str = option("f16-zstd", f"Feature codec: {', '.join(CODECS)}.", checks=(
+        lambda v: None if v in CODECS else f"unknown codec {v!r} for {{flag}}; choose one of {', '.join(CODECS)}",))
+    batch_size: int = option(64, "Images (sample-views) per teacher forward.", checks=(at_least(1),))
+    workers: int | None = option(None, "DataLoader worker processes for decode + replay (default: 0 on CPU, "
+                                       "min(8, cores-1) on GPU).", checks=(at_least(0),))
+    shard_mb: float = option(256.0, "Uncompressed size of one zarr shard (one unit of work), in MiB.",
+                             checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
+    unit_rows: int | None = option(None, "Rows per zarr shard (overrides --shard-mb).", checks=(at_least(1),))
+    rank: int | None = option(None, "This process's rank (default: $RANK or 0).", checks=(at_least(0),))
+    world_size: int | None = option(None, "Number of processes (default: $WORLD_SIZE or 1).", checks=(at_least(1),))
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    progress: bool = option(True, "Show progress bars.")
+
+    def check_together(self) -> None:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {low} {high}")
+        name = self.default_name()
+        if "/" in name or not name:
+            raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
+        if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
+            raise UserError(f"--rank must be in [0, --world-size); got rank {self.rank} of {self.world_size}")
+
+    def default_name(self) -> str:
+        """The teacher's name in the cache: --name, or the alias (with -SIZE), or the timm name."""
+        if self.name:
+            return self.name
+        base = self.teacher[5:].split(".")[0] if self.teacher.startswith("timm:") else self.teacher
+        return f"{base}-{self.size}" if self.size else base
