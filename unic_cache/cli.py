@@ -129,8 +129,9 @@ def _cli_annotation(f: dataclasses.Field, kind: Any):
     return Annotated[Optional[base], typer.Option(flag_name(f), help=help_text, show_default=False)]
 
 
-def options_command(name: str, cls: type, run: Callable[..., None], doc: str, extra: list | None = None) -> None:
-    """Register ``unic-cache NAME`` with one flag per field of the options class ``cls``, plus ``--config
+def options_command(app: typer.Typer, name: str, cls: type, run: Callable[..., None], doc: str,
+                    extra: list | None = None) -> None:
+    """Register ``unic-cache NAME`` on ``app`` with one flag per field of the options class ``cls``, plus ``--config
     FILE.yaml`` and ``--set KEY=VALUE``: defaults < YAML < --set < flags. ``extra``: inspect.Parameters
     outside the options (extract's DATA and --cache), passed to ``run(opts, **extra)``."""
     from .options import set_value
@@ -168,6 +169,7 @@ def options_command(name: str, cls: type, run: Callable[..., None], doc: str, ex
 
 
 def _extract(opts, data: str, cache: str) -> None:
+    opts.check()  # before torch is imported
     from .extraction.runner import extract
 
     r = extract(data, cache, opts)
@@ -178,6 +180,7 @@ def _extract(opts, data: str, cache: str) -> None:
 
 
 def _distill(opts) -> None:
+    opts.check()  # before torch is imported: a wrong cache or teacher is named at once
     from .distillation.recipe import distill
 
     last = distill(opts)
@@ -208,20 +211,20 @@ def _register_option_commands() -> None:
     from .extraction.options import ExtractOptions
 
     keyword = inspect.Parameter.KEYWORD_ONLY
-    options_command("extract", ExtractOptions, _extract,
+    options_command(app, "extract", ExtractOptions, _extract,
                     "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", [
         inspect.Parameter("data", keyword, annotation=Annotated[str, typer.Argument(
             metavar="DATA", help="Input: tar shards (path, data-{000..009}.tar, glob, fsspec URL, folder of .tar) or an image folder.")]),
         inspect.Parameter("cache", keyword, annotation=Annotated[str, typer.Option(
             "--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])])
-    options_command("distill", DistillConfig, _distill,
+    options_command(app, "distill", DistillConfig, _distill,
                     "Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP.")
-    options_command("eval", EvalOptions, _eval,
+    options_command(app, "eval", EvalOptions, _eval,
                     "Probe students and cached teachers per task: kNN, linear probe and k-means NMI (classes), "
                     "ridge R² (targets).", [
         inspect.Parameter("out", keyword, default="eval", annotation=Annotated[str, typer.Option(
             help="Folder for results.json, results.md and results.png.")])])
-    options_command("train-teacher", TeacherTrainConfig, _train_teacher,
+    options_command(app, "train-teacher", TeacherTrainConfig, _train_teacher,
                     "Train a small specialised teacher on some tasks (never on eval's test rows); prints the "
                     "extract command.")
 

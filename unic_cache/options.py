@@ -157,7 +157,6 @@ def _coerce(value: Any, kind: Any, name: str, command: str) -> Any:
         return value
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if base is bool and not isinstance(value, bool) or base in (int, str) and not isinstance(value, base) \
-            or base is int and isinstance(value, bool):
+    if base in (bool, int, float, str) and (not isinstance(value, base) or base is int and isinstance(value, bool)):
         raise UserError(f"{command} option {name} takes a {base.__name__}, got {value!r}")
     return value
