@@ -43,6 +43,28 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+VIEWS = 3  # views per sample of the small caches the tests make
+
+
+def opts(weights, arch=TINY, res=32, **kw):
+    """ExtractOptions of a small test cache: a depth-2 teacher, VIEWS views, units of 4 rows."""
+    from unic_cache import ExtractOptions
+
+    base = dict(teacher=f"timm:{arch}", resolution=res, weights=str(weights[arch]), model_args={"depth": 2},
+                views=VIEWS, batch_size=8, workers=0, unit_rows=4, progress=False)
+    return ExtractOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def clean_cache(shapes_dir, weights, tmp_path_factory) -> Path:
+    """A finished cache of the shapes world with one tiny teacher (copy it before damaging it)."""
+    from unic_cache import extract
+
+    url = tmp_path_factory.mktemp("clean") / "c.zarr"
+    assert extract(str(shapes_dir), str(url), opts(weights)).complete
+    return url
+
+
 def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt)

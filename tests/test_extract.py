@@ -8,19 +8,10 @@ import pytest
 import torch
 import zarr
 
-from unic_cache import Cache, ExtractOptions, UserError, build_teacher, decode_image, extract, open_source, replay
+from unic_cache import Cache, UserError, build_teacher, decode_image, extract, open_source, replay
 from unic_cache.cache.audit import array_values, verify_cache
 
-from .conftest import HANG_GUARD, SMALL8, TINY, run_cli
-
-VIEWS = 3
-
-
-def opts(weights, arch=TINY, res=32, **kw) -> ExtractOptions:
-    base = dict(teacher=f"timm:{arch}", resolution=res, weights=str(weights[arch]), model_args={"depth": 2},
-                views=VIEWS, batch_size=8, workers=0, unit_rows=4, progress=False)
-    return ExtractOptions(**{**base, **kw})
-
+from .conftest import HANG_GUARD, SMALL8, TINY, VIEWS, opts, run_cli
 
 arrays = array_values  # every array below a group, by path
 

@@ -22,7 +22,8 @@ from unic_cache.cache.audit import find_damage, verify_cache
 from unic_cache.cache.claims import CLAIM_DIR, clean_stale_temp_files
 
 from .conftest import HANG_GUARD, TINY
-from .test_extract import VIEWS, arrays, opts
+from .conftest import VIEWS, opts
+from .test_extract import arrays
 
 runner = CliRunner()
 
@@ -43,13 +44,6 @@ def extract_args(data, cache, weights, *extra) -> list[str]:
     return ["extract", str(data), "--cache", str(cache), "--teacher", f"timm:{TINY}", "--resolution", "32",
             "--weights", str(weights), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8",
             "--workers", "0", "--unit-rows", "4", "--no-progress", *extra]
-
-
-@pytest.fixture(scope="module")
-def clean_cache(shapes_dir, weights, tmp_path_factory) -> Path:
-    url = tmp_path_factory.mktemp("clean") / "c.zarr"
-    assert extract(str(shapes_dir), str(url), opts(weights)).complete
-    return url
 
 
 def chunk_files(root: Path) -> list[Path]:

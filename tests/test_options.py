@@ -17,7 +17,7 @@ from unic_cache.evaluation.options import EvalOptions, TeacherTrainConfig
 from unic_cache.extraction.options import ExtractOptions
 
 from .conftest import HANG_GUARD
-from .test_integrity import BLOCK_TORCH, clean_cache  # noqa: F401 (a fixture)
+from .test_integrity import BLOCK_TORCH
 
 CLASSES = {"extract": ExtractOptions, "distill": DistillConfig, "eval": EvalOptions, "train-teacher": TeacherTrainConfig}
 
