@@ -70,26 +70,46 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 class Distiller:
-    """Builds everything for a run; ``run()`` trains to the last step and exports the student."""
+    """The distillation recipe: set-up (targets, student, optimizer: the constructor), ``train``,
+    ``save_checkpoint``, ``load_checkpoint`` and ``export``; ``run`` chains them. A checkpoint records
+    everything its position and meaning depend on (``resume_record``), and a resume with other settings
+    is refused in one line."""
 
     def __init__(self, cfg: DistillConfig):
         cfg.check()
-        self.cfg = cfg
-        check_run_folder(Path(cfg.out))
+        self.cfg, self.out = cfg, Path(cfg.out)
+        check_run_folder(self.out)
         self.rank, self.world, self.device = init_distributed(cfg.device)
         cache = Cache.open(cfg.cache)
         cache.check_source(open_source(cfg.data))
-        names = cfg.teachers or cache.teacher_names()
-        stores = {t: cache.teacher(t) for t in names}
+        self._setup_targets(cache)
+        self._setup_student()
+        self._setup_optimizer(int((~cache.bad).sum()))
+        self.step, self.last = 0, {}
+        self.geometry = self.stream().geometry
+        if cfg.resume:
+            self.load_checkpoint()
+
+    def _setup_targets(self, cache: Cache) -> None:
+        """The teachers used, their (teacher, kind) targets and standardisations, and in the online
+        reference mode the teachers themselves."""
+        cfg = self.cfg
+        self.teachers = cfg.teachers or cache.teacher_names()
+        stores = {t: cache.teacher(t) for t in self.teachers}
         for t, store in stores.items():
             if not store.complete:
                 raise UserError(f"teacher {t} in {cfg.cache} is incomplete; finish it with unic-cache extract")
-        self.teachers = names
-        self.selection = Selection.all_kinds(cache, names)
-        self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in names} if cfg.online else {}
+        self.selection = Selection.all_kinds(cache, self.teachers)
+        self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
             f"{t}__{kind}": TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
-        targets = {f"{t}/{kind}": (self.norms[f"{t}__{kind}"].out_dim, stores[t].info.grid if kind == "patch" else None)
+        self.norms.to(self.device)
+        self.grids = {t: stores[t].info.grid for t in self.teachers}
+
+    def _setup_student(self) -> None:
+        """The student encoder with its projector ladder (seeded), optionally initialised from a file."""
+        cfg = self.cfg
+        targets = {f"{t}/{kind}": (self.norms[f"{t}__{kind}"].out_dim, self.grids[t] if kind == "patch" else None)
                    for t, kind in self.selection.targets}
         torch.manual_seed(cfg.seed)
         self.student = Student(cfg.student, cfg.img_size, targets, cfg.lop_blocks, cfg.drop_path,
@@ -100,11 +120,13 @@ class Distiller:
             except (OSError, RuntimeError) as exc:
                 raise UserError(f"--init {cfg.init} cannot initialise {cfg.student}: {' '.join(str(exc).split())[:300]}") from None
         self.student.to(self.device)
-        self.norms.to(self.device)
         self.model = torch.nn.parallel.DistributedDataParallel(self.student) if self.world > 1 else self.student
-        good = int((~cache.bad).sum())
+
+    def _setup_optimizer(self, good_samples: int) -> None:
+        """AdamW (weight decay on matrices only), the schedule's length and the teacher-dropping generator."""
+        cfg = self.cfg
         global_batch = cfg.batch_size * self.world
-        self.total = cfg.steps or max(1, math.ceil(cfg.epochs * good / global_batch))
+        self.total = cfg.steps or max(1, math.ceil(cfg.epochs * good_samples / global_batch))
         params = dict(self.student.named_parameters())
         # weight decay on matrices only: not on biases, norms, position embeddings or CLS/register tokens
         decay = {n for n, p in params.items() if p.ndim > 1 and "pos_embed" not in n and "token" not in n}
@@ -114,11 +136,6 @@ class Distiller:
                                      lr=self.lr, betas=cfg.betas)
         self.warmup = int(cfg.warmup * self.total)
         self.drop_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
-        self.step, self.last = 0, {}
-        self.geometry = self.stream().geometry
-        self.out = Path(cfg.out)
-        if cfg.resume:
-            self._resume()
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to min_lr."""
@@ -147,6 +164,15 @@ class Distiller:
         return (weights * losses).sum(1).mean(), losses.detach(), weights
 
     def run(self) -> dict:
+        """Train to the last step, save the final checkpoint, export; the last step's metrics."""
+        self.train()
+        self.save_checkpoint()
+        self.export()
+        return {**self.last, "step": self.step}
+
+    def train(self) -> None:
+        """Steps from the current one to the last: metrics to ``metrics.jsonl`` (and TensorBoard), a
+        checkpoint every ``checkpoint_every`` steps; a non-finite loss stops with the step and rows named."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -157,37 +183,34 @@ class Distiller:
         tb = self._tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
         self.model.train()
-        last = dict(self.last)
         tick = time.perf_counter()
-        for batch in (self.loader() if self.step < self.total else ()):
-            if self.step >= self.total:
-                break
-            record = self.train_step(batch)
-            if not math.isfinite(record["loss"]):
-                rows = batch["row"].tolist()
-                raise UserError(f"non-finite loss at step {self.step} (rows {rows[:8]}{' ...' if len(rows) > 8 else ''}); "
-                                f"check the cache with `unic-cache verify {cfg.cache}`, or lower --lr")
-            now = time.perf_counter()
-            record.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
-                          samples_per_s=cfg.batch_size * self.world / max(now - tick, 1e-9))
-            tick, last = now, record
-            self.last = record
+        try:
+            for batch in (self.loader() if self.step < self.total else ()):
+                if self.step >= self.total:
+                    break
+                record = self.train_step(batch)
+                if not math.isfinite(record["loss"]):
+                    rows = batch["row"].tolist()
+                    raise UserError(f"non-finite loss at step {self.step} (rows {rows[:8]}{' ...' if len(rows) > 8 else ''}); "
+                                    f"check the cache with `unic-cache verify {cfg.cache}`, or lower --lr")
+                now = time.perf_counter()
+                record.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
+                              samples_per_s=cfg.batch_size * self.world / max(now - tick, 1e-9))
+                tick, self.last = now, record
+                if metrics:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                if tb:
+                    for k, v in record.items():
+                        tb.add_scalar(k, v, self.step)
+                bar.update()
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
             if metrics:
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-            if tb:
-                for k, v in record.items():
-                    tb.add_scalar(k, v, self.step)
-            bar.update()
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
-                self.checkpoint()
-        bar.close()
-        self.checkpoint()
-        self.export()
-        if metrics:
-            metrics.close()
-        return {**last, "step": self.step}
+                metrics.close()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimizer step on a batch; returns its metrics, averaged over processes."""
@@ -263,7 +286,7 @@ class Distiller:
                             "model_args": cfg.model_args, "loss": cfg.loss, "norm": cfg.norm, "lop_blocks": cfg.lop_blocks,
                             "online": cfg.online, "lr": cfg.lr, "warmup": cfg.warmup, "teacher_drop": cfg.teacher_drop})
 
-    def checkpoint(self) -> None:
+    def save_checkpoint(self) -> None:
         """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
         final = self.out / "checkpoints" / f"step-{self.step:08d}"
         tmp = final.with_name(final.name + ".tmp")
@@ -290,7 +313,8 @@ class Distiller:
         if self.world > 1:
             dist.barrier()
 
-    def _resume(self) -> None:
+    def load_checkpoint(self) -> None:
+        """Continue from the last checkpoint in ``out``: weights, optimizer, RNG states, step, last metrics."""
         ckpts = sorted((self.out / "checkpoints").glob("step-????????")) if (self.out / "checkpoints").exists() else []
         if not ckpts:
             raise UserError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
