@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import zarr
 
 from ..errors import UserError
 
 
 def checked(*compressors) -> tuple:
     """A compressor chain with a crc32c checksum last."""
+    import zarr  # here: the option checks read CODECS without loading zarr
+
     return (*compressors, zarr.codecs.Crc32cCodec())
 
 
@@ -29,6 +30,8 @@ class FeatureCodec:
     zstd_level: int
 
     def compressors(self) -> tuple:
+        import zarr
+
         return (zarr.codecs.ZstdCodec(level=self.zstd_level),)
 
     @property

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cache.store import Cache
 from ..errors import UserError
 from ..options import Options, at_least, comma_list, existing_path, in_range, key_values, one_of, option
 
@@ -68,6 +67,8 @@ class DistillConfig(Options):
             raise UserError("give exactly one of --epochs or --steps")
         if not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"--betas must be in [0, 1), got {self.betas}")
+        from ..cache.store import Cache  # here: --help and value errors need no zarr
+
         cache = Cache.open(self.cache)
         for name in self.teachers:
             if not cache.teacher(name).complete:
