@@ -11,15 +11,19 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from unic_cache.cache.options import InfoOptions, VerifyOptions
 from unic_cache.cli import options_command
+from unic_cache.demo import DemoOptions
 from unic_cache.distillation.options import DistillConfig
 from unic_cache.evaluation.options import EvalOptions, TeacherTrainConfig
 from unic_cache.extraction.options import ExtractOptions
+from unic_cache.shapes import ShapesOptions
 
 from .conftest import HANG_GUARD
 from .test_integrity import BLOCK_TORCH
 
-CLASSES = {"extract": ExtractOptions, "distill": DistillConfig, "eval": EvalOptions, "train-teacher": TeacherTrainConfig}
+CLASSES = {"extract": ExtractOptions, "distill": DistillConfig, "eval": EvalOptions, "train-teacher": TeacherTrainConfig,
+           "make-shapes": ShapesOptions, "demo": DemoOptions, "info": InfoOptions, "verify": VerifyOptions}
 
 
 @pytest.fixture(scope="module")

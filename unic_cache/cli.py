@@ -52,22 +52,6 @@ def user_errors(fn):
     return wrapper
 
 
-@app.command("make-shapes")
-@user_errors
-def make_shapes_cmd(
-    out: Annotated[str, typer.Argument(help="Folder to write shapes-000000.tar ... into.")],
-    n: Annotated[int, typer.Option(help="Number of samples.")] = 2000,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
-    seed: Annotated[int, typer.Option(help="World seed; the same seed gives the same bytes.")] = 0,
-    shard_size: Annotated[int, typer.Option(help="Samples per tar shard.")] = 500,
-) -> None:
-    """Write a procedural multi-task image world (shapes, colours, textures, counts, sizes, positions)."""
-    from .shapes import make_shapes
-
-    paths = make_shapes(out, n=n, size=size, seed=seed, shard_size=shard_size)
-    typer.echo(f"wrote {n} samples in {len(paths)} shards to {out}")
-
-
 @app.command("teachers")
 def teachers_cmd(
     resolution: Annotated[Optional[int], typer.Option(help="Show grids at this resolution.")] = None,
@@ -205,10 +189,71 @@ def _train_teacher(opts) -> None:
     typer.echo(f"wrote {opts.out} (val: {scores})\nuse it with: {record['extract']}")
 
 
+def _make_shapes(opts) -> None:
+    from .shapes import make_shapes
+
+    paths = make_shapes(opts.out, n=opts.n, size=opts.size, seed=opts.seed, shard_size=opts.shard_size)
+    typer.echo(f"wrote {opts.n} samples in {len(paths)} shards to {opts.out}")
+
+
+def _demo(opts) -> None:
+    from .demo import run_demo
+
+    _report(run_demo(opts.out, opts.quick, opts.progress))
+
+
+def _info(opts) -> None:
+    from .cache.audit import cache_info
+    from .cache.store import Cache
+
+    dataset, teachers = cache_info(Cache.open(opts.cache))
+    if opts.json:
+        typer.echo(json.dumps({"dataset": dict(dataset), "teachers": teachers}, indent=1))
+        return
+    width = max(len(k) for k, _ in dataset)
+    for key, value in dataset:
+        typer.echo(f"{key:<{width}}  {value}")
+    if not teachers:
+        typer.echo("no teachers yet")
+        return
+    cols = list(teachers[0])
+    cells = [[str(t[c]) for c in cols] for t in teachers]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    typer.echo("")
+    typer.echo(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    typer.echo("-+-".join("-" * w for w in widths))
+    for row in cells:
+        typer.echo(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _verify(opts) -> None:
+    from .cache.audit import find_damage, repair_cache
+    from .cache.sources import open_source
+    from .cache.store import Cache
+
+    opened = Cache.open(opts.cache, mode="a" if opts.repair else "r")
+    source = open_source(opts.data) if opts.data else None
+    damage = find_damage(opened, source, opts.progress)
+    for p in damage.problems:
+        typer.echo(p if p.startswith("note:") else f"problem: {p}", err=True)
+    problems = [p for p in damage.problems if not p.startswith("note:")]
+    if opts.repair and problems:
+        for action in repair_cache(opened, damage, source):
+            typer.echo(f"repaired: {action}")
+        typer.echo(f"now run the same `unic-cache extract ... --cache {opts.cache}` command(s) to rewrite what was unflagged")
+        return
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {opts.cache} verified")
+
+
 def _register_option_commands() -> None:
+    from .cache.options import InfoOptions, VerifyOptions
+    from .demo import DemoOptions
     from .distillation.options import DistillConfig
     from .evaluation.options import EvalOptions, TeacherTrainConfig
     from .extraction.options import ExtractOptions
+    from .shapes import ShapesOptions
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     options_command(app, "extract", ExtractOptions, _extract,
@@ -227,6 +272,15 @@ def _register_option_commands() -> None:
     options_command(app, "train-teacher", TeacherTrainConfig, _train_teacher,
                     "Train a small specialised teacher on some tasks (never on eval's test rows); prints the "
                     "extract command.")
+    options_command(app, "make-shapes", ShapesOptions, _make_shapes, "Write a procedural multi-task image world "
+                    "(shapes, colours, textures, counts, sizes, positions).")
+    options_command(app, "demo", DemoOptions, _demo, "Offline end to end: a shapes world, specialised teachers, one "
+                    "cache, a distilled student, the evaluation.")
+    options_command(app, "info", InfoOptions, _info, "Summarise a cache: samples, bad samples, views, integrity, and "
+                    "per teacher dims, grid, codec, bytes, completeness.")
+    options_command(app, "verify", VerifyOptions, _verify, "Decode every chunk of every array (checksums), check "
+                    "progress, statistics, view plan, index and fingerprint; with --data, every image's digest. "
+                    "Exit 1 on any problem (after --repair: 0 once repaired).")
 
 
 _register_option_commands()
@@ -245,19 +299,6 @@ def run_cmd(
     _report(run_pipeline(pipeline, set_ or [], progress))
 
 
-@app.command("demo")
-@user_errors
-def demo_cmd(
-    out: Annotated[str, typer.Option(help="Folder for the world, teachers, cache, runs and results.")] = "demo",
-    quick: Annotated[bool, typer.Option("--quick", help="A much smaller, faster run (a smoke test, not a benchmark).")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
-    """Offline end to end: a shapes world, specialised teachers, one cache, a distilled student, the evaluation."""
-    from .demo import run_demo
-
-    _report(run_demo(out, quick, progress))
-
-
 def _report(run: "PipelineRun") -> None:
     """Print a pipeline's table, what ran and what was reused, and where its outputs are."""
     ran = [f"{step} {what}" for step, what, status in run.steps if status == "ran"]
@@ -268,66 +309,6 @@ def _report(run: "PipelineRun") -> None:
         typer.echo(f"reused: {', '.join(skipped)}")
     typer.echo(f"table: {run.paths['markdown']}\nchart: {run.paths['chart']}\njson: {run.paths['json']}\n"
                f"artefacts (data, teachers, cache, runs): {run.out}")
-
-
-@app.command("info")
-@user_errors
-def info_cmd(
-    cache: Annotated[str, typer.Argument(help="Cache path or URL.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """Summarise a cache: samples, bad samples, views, and per teacher dims, grid, codec, bytes, completeness."""
-    from .cache.audit import cache_info
-    from .cache.store import Cache
-
-    dataset, teachers = cache_info(Cache.open(cache))
-    if as_json:
-        typer.echo(json.dumps({"dataset": dict(dataset), "teachers": teachers}, indent=1))
-        return
-    width = max(len(k) for k, _ in dataset)
-    for key, value in dataset:
-        typer.echo(f"{key:<{width}}  {value}")
-    if teachers:
-        cols = list(teachers[0])
-        cells = [[str(t[c]) for c in cols] for t in teachers]
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-        typer.echo("")
-        typer.echo(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-        typer.echo("-+-".join("-" * w for w in widths))
-        for row in cells:
-            typer.echo(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
-    else:
-        typer.echo("no teachers yet")
-
-
-@app.command("verify")
-@user_errors
-def verify_cmd(
-    cache: Annotated[str, typer.Argument(help="Cache path or URL.")],
-    data: Annotated[Optional[str], typer.Option(help="The dataset: check it is the one the cache was made for, and every image's digest.")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Unflag damaged units (re-run the same extract to rewrite them), rewrite a damaged view plan, rebuild a damaged index from --data.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-) -> None:
-    """Decode every chunk of every array (checksums), check progress, statistics, view plan, index and
-    fingerprint; with --data, every image's digest. Exit 1 on any problem (after --repair: 0 once repaired)."""
-    from .cache.audit import find_damage, repair_cache
-    from .cache.sources import open_source
-    from .cache.store import Cache
-
-    opened = Cache.open(cache, mode="a" if repair else "r")
-    source = open_source(data) if data else None
-    damage = find_damage(opened, source, progress)
-    for p in damage.problems:
-        typer.echo(p if p.startswith("note:") else f"problem: {p}", err=True)
-    problems = [p for p in damage.problems if not p.startswith("note:")]
-    if repair and problems:
-        for action in repair_cache(opened, damage, source):
-            typer.echo(f"repaired: {action}")
-        typer.echo(f"now run the same `unic-cache extract ... --cache {cache}` command(s) to rewrite what was unflagged")
-        return
-    if problems:
-        raise typer.Exit(1)
-    typer.echo(f"ok: {cache} verified")
 
 
 def main() -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .evaluation.labels import Task
+from .options import Options, at_least, option
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS = {
@@ -152,3 +154,16 @@ def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, s
         paths.append(path)
     (out / "tasks.json").write_text(json.dumps([t.__dict__ for t in TASKS], indent=1))
     return paths
+
+
+@dataclass
+class ShapesOptions(Options):
+    """Options of ``unic-cache make-shapes``."""
+
+    command = "make-shapes"
+
+    out: str = option(help="Folder to write shapes-000000.tar ... into.", positional=True)
+    n: int = option(2000, "Number of samples.", checks=(at_least(1),))
+    size: int = option(64, "Image side in pixels.", checks=(at_least(16),))
+    seed: int = option(0, "World seed; the same seed gives the same bytes.")
+    shard_size: int = option(500, "Samples per tar shard.", checks=(at_least(1),))

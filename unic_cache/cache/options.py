@@ -1,0 +1,30 @@
+"""Options of ``unic-cache info`` and ``unic-cache verify`` (no zarr, no torch: checked at once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import Options, option
+
+
+@dataclass
+class InfoOptions(Options):
+    """Options of ``unic-cache info``."""
+
+    command = "info"
+
+    cache: str = option(help="Cache path or URL.", positional=True)
+    json: bool = option(False, "Print JSON instead of a table.", flag="--json")
+
+
+@dataclass
+class VerifyOptions(Options):
+    """Options of ``unic-cache verify``."""
+
+    command = "verify"
+
+    cache: str = option(help="Cache path or URL.", positional=True)
+    data: str | None = option(None, "The dataset: check it is the one the cache was made for, and every image's digest.")
+    repair: bool = option(False, "Unflag damaged units (re-run the same extract to rewrite them), rewrite a damaged "
+                                 "view plan, rebuild a damaged index from --data.", flag="--repair")
+    progress: bool = option(True, "Show progress bars.")
