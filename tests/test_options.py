@@ -35,7 +35,7 @@ def samples(tmp_path_factory) -> dict:
     (run / "student.safetensors").write_bytes(b"")
     (run / "config.json").write_text("{}")
     (tmp / "init.safetensors").write_bytes(b"")
-    return {"codec": "f32-zstd", "loss": "gauss", "norm": "phis", "teacher_drop": 0.25, "warmup": 0.25,
+    return {"codec": "f32-zstd", "loss": "gauss", "norm": "phis", "drop_norm": "sample", "teacher_drop": 0.25, "warmup": 0.25,
             "drop_path": 0.25, "crop_scale": (0.3, 0.9), "betas": (0.8, 0.9), "data": str(tmp),
             "init": str(tmp / "init.safetensors"), "students": {"mine": str(run)}, "out": str(tmp / "t.safetensors"),
             "model_args": {"depth": 2}, "teacher": "timm:x", "cache": "c.zarr", "temperature": 0.5}

@@ -70,6 +70,12 @@ def test_pipeline_reuses_the_cache(tmp_path):
     assert _ran(third, "distill") == ["base/seed-0", "one-view/seed-0"]  # the base arm now distils both teachers
     assert progress_file.stat().st_mtime_ns == stamp
     assert Cache.open(str(tmp_path / "p" / "cache.zarr")).teacher_names() == ["colour", "random"]
+    fourth = run_pipeline(copy.deepcopy(config), progress=False)  # seeded random weights are recognised
+    assert _ran(fourth, "extract") == [] and _skipped(fourth, "extract") == ["colour", "random"]
+    other_model = copy.deepcopy(config)
+    other_model["teachers"]["random"]["teacher"] = "timm:vit_small_patch16_224"
+    with pytest.raises(UserError, match="random .* was extracted with other model than"):
+        run_pipeline(other_model, progress=False)
 
     # a changed recipe retrains the teacher; the cache's features of the old one are refused, not reused
     config["teachers"]["colour"]["train"]["epochs"] = 2

@@ -63,13 +63,48 @@ def test_unic_loss_and_gaussian_nll():
 def test_teacher_dropping():
     gen = torch.Generator().manual_seed(0)
     losses = torch.rand(20000, 4, generator=gen)
-    w = teacher_drop_weights(losses, 0.5, gen)
+    w = teacher_drop_weights(losses, 0.5, gen, "sample") * len(losses)  # per-sample weights
     top = losses.argmax(1)
     assert (w[torch.arange(len(w)), top] > 0).all()  # the max-loss teacher is never dropped
     torch.testing.assert_close(w.sum(1), torch.ones(len(w)))
     others = torch.ones_like(w, dtype=torch.bool)
     others[torch.arange(len(w)), top] = False
     assert abs((w[others] == 0).float().mean().item() - 0.5) < 0.01  # drop rate ≈ p
-    assert (teacher_drop_weights(losses, 0.0, gen) == 0.25).all()
-    only_top = teacher_drop_weights(losses, 1.0, gen)
+    assert torch.allclose(teacher_drop_weights(losses, 0.0, gen, "sample") * len(losses), torch.tensor(0.25))
+    only_top = teacher_drop_weights(losses, 1.0, gen, "sample") * len(losses)
     assert torch.equal(only_top.argmax(1), top) and (only_top.max(1).values == 1).all()
+
+
+def unic_aggregate_loop(losses: torch.Tensor, coins: torch.Tensor, p: float) -> torch.Tensor:
+    """UNIC's rule written plainly from its description: per sample, the max-loss teacher is kept and
+    each other one kept when its coin is >= p; kept coefficients are 1; the loss is the sum of kept
+    losses divided by the number of kept (sample, teacher) pairs in the batch."""
+    total, kept = 0.0, 0
+    for b in range(losses.shape[0]):
+        top = int(losses[b].argmax())
+        for t in range(losses.shape[1]):
+            if t == top or float(coins[b, t]) >= p:
+                total += float(losses[b, t])
+                kept += 1
+    return torch.tensor(total / kept, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9, 1.0])
+def test_batch_dropping_equals_unic_rule_loop(p):
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        losses = torch.rand(64, 4, generator=gen, dtype=torch.float64)
+        coins = torch.rand(losses.shape, generator=torch.Generator().manual_seed(100 + seed))  # the same coin flips
+        weights = teacher_drop_weights(losses, p, torch.Generator().manual_seed(100 + seed), "batch")
+        torch.testing.assert_close((weights * losses).sum(), unic_aggregate_loop(losses, coins, p))
+        assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_gaussian_nll_is_finite_for_extreme_predictions():
+    target = torch.randn(8, 16)
+    mean = torch.full_like(target, 1e4).requires_grad_()
+    for value in (-1e4, -80.0, 0.0, 80.0, 1e4):
+        log_var = torch.full_like(target, value).requires_grad_()
+        nll = gaussian_nll(mean, log_var, target).mean()
+        nll.backward()
+        assert torch.isfinite(nll) and torch.isfinite(log_var.grad).all() and torch.isfinite(mean.grad).all(), value

@@ -38,16 +38,19 @@ from pathlib import Path
 
 import yaml
 
-from .distillation.recipe import DistillConfig, distill
-from .errors import UserError, check_options
-from .options import set_value
-from .evaluation.evaluate import EvalOptions, Evaluator
-from .extraction.runner import ExtractOptions, extract
-from .evaluation.results import Results
-from .shapes import make_shapes
 from .cache.store import Cache, json_normal
-from .models.teachers import file_sha256
-from .evaluation.train_teacher import TeacherTrainConfig, train_teacher
+from .distillation.options import DistillConfig
+from .distillation.recipe import distill
+from .errors import UserError, check_options
+from .evaluation.evaluate import Evaluator
+from .evaluation.options import EvalOptions, TeacherTrainConfig
+from .evaluation.results import Results
+from .evaluation.train_teacher import train_teacher
+from .extraction.options import ExtractOptions
+from .extraction.runner import extract
+from .models.teachers import build_teacher, file_sha256, resolve
+from .options import set_value
+from .shapes import make_shapes
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract"}
@@ -108,16 +111,22 @@ def _recipe(values: dict, *ignore: str) -> dict:
 
 
 def _check_same_teacher(name: str, attrs: dict, spec: dict, weights: str | None, cache_url: str) -> None:
-    """A teacher complete in the cache must be the one the config describes (weights, resolution, model args)."""
-    sha = file_sha256(weights) if weights not in (None, "random") and Path(weights).is_file() else ""
+    """A teacher complete in the cache must be the one the config describes: model id, weights (file
+    digest, or the digest of seeded random weights), resolution and model args."""
+    model_id = resolve(spec["teacher"], spec.get("size"))
+    if weights is not None and weights.split(":")[0] == "random":
+        sha = build_teacher(f"timm:{model_id}", None, spec.get("resolution"), weights, spec.get("model_args", {})).info.weights_sha256
+    else:
+        sha = file_sha256(weights) if weights is not None and Path(weights).is_file() else ""
     differs = [what for what, same in (
+        ("model", attrs.get("model_id") == model_id),
         ("weights", attrs.get("weights_sha256", "") == sha),
         ("resolution", spec.get("resolution") in (None, attrs.get("resolution"))),
         ("model_args", json_normal(spec.get("model_args", {})) == attrs.get("model_args", {})),
     ) if not same]
     if differs:
         raise UserError(f"teacher {name} in {cache_url} was extracted with other {', '.join(differs)} than this pipeline "
-                        f"asks for; give the new one another name, or delete {cache_url}/teachers/{name}")
+                        f"asks for; give the new one another name, or use another cache")
 
 
 @dataclass

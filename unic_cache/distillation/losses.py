@@ -4,8 +4,10 @@
 - ``gaussian_nll``: the task-agnostic objective of Formont et al. 2025: a head predicts the mean and
   log-variance of the (standardised) teacher embedding from the student embedding; its negative
   log-likelihood upper-bounds the conditional entropy H(T | S) that bounds teacher disagreement.
-- ``teacher_drop_weights``: per sample keep the teacher with the highest loss, drop each other one
-  with probability p, and normalise the kept weights to sum to one; vectorised over the batch.
+- ``teacher_drop_weights``: per sample keep the teacher with the highest loss and drop each other one
+  with probability p; vectorised over the batch. ``norm="batch"`` is UNIC's rule (naver/unic,
+  ``aggregate_losses``): kept teachers get coefficient 1 and the loss is divided by the number of kept
+  (sample, teacher) pairs in the whole batch; ``norm="sample"`` normalises the kept weights per sample.
 """
 
 from __future__ import annotations
@@ -28,17 +30,25 @@ def unic_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _per_sample(0.5 * (1 - cos) + 0.5 * l1)
 
 
+LOG_VAR_BOUND = 12.0  # |log-variance| is softly bounded: exp() never overflows, gradients never vanish
+
+
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood per dimension of target under N(mean, exp(log_var)) -> (B,)."""
-    log_var = log_var.float()
+    """Negative log-likelihood per dimension of target under N(mean, exp(log_var)) -> (B,); the predicted
+    log-variance is squashed into (-LOG_VAR_BOUND, LOG_VAR_BOUND) by a scaled tanh."""
+    log_var = LOG_VAR_BOUND * torch.tanh(log_var.float() / LOG_VAR_BOUND)
     nll = 0.5 * (log_var + (target.float() - mean.float()).pow(2) * torch.exp(-log_var) + math.log(2 * math.pi))
     return _per_sample(nll)
 
 
-def teacher_drop_weights(losses: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, T) per-sample teacher losses -> (B, T) weights: the max-loss teacher always kept, each other
-    kept with probability 1 − p, kept weights normalised to sum to one per sample."""
+def teacher_drop_weights(losses: torch.Tensor, p: float, generator: torch.Generator | None = None,
+                         norm: str = "batch") -> torch.Tensor:
+    """(B, T) per-sample teacher losses -> (B, T) weights with ``(weights * losses).sum()`` the loss: the
+    max-loss teacher always kept, each other kept with probability 1 − p; kept pairs weigh 1 / (pairs
+    kept in the batch) with ``norm="batch"`` (UNIC), 1 / (teachers kept for the sample) / B with ``"sample"``."""
     keep = torch.rand(losses.shape, generator=generator, device=losses.device) >= p
     keep.scatter_(1, losses.detach().argmax(1, keepdim=True), True)
     keep = keep.to(losses.dtype)
-    return keep / keep.sum(1, keepdim=True)
+    if norm == "batch":
+        return keep / keep.sum()
+    return keep / keep.sum(1, keepdim=True) / losses.shape[0]

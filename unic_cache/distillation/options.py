@@ -9,6 +9,7 @@ from ..options import Options, at_least, comma_list, existing_path, in_range, ke
 
 LOSSES = ("unic", "gauss")
 NORMS = ("standard", "phis", "none")
+DROP_NORMS = ("batch", "sample")  # teacher-dropping normalisation: UNIC's (per batch), or per sample
 positive = at_least(1)
 
 
@@ -37,6 +38,9 @@ class DistillConfig(Options):
     loss: str = option("unic", "unic (0.5 cos + 0.5 smooth-L1) or gauss (Gaussian NLL).", checks=(one_of(*LOSSES),))
     norm: str = option("standard", "Target standardisation: standard, phis or none.", checks=(one_of(*NORMS),))
     teacher_drop: float = option(0.5, "Probability of dropping each non-max-loss teacher.", checks=(in_range(0, 1),))
+    drop_norm: str = option("batch", "How kept teachers are weighed: batch (UNIC: coefficient 1, divided by the pairs "
+                                     "kept in the batch; per-teacher loss = mean over token kinds) or sample (weights "
+                                     "normalised per sample; sum over token kinds).", checks=(one_of(*DROP_NORMS),))
     views: int | None = option(None, "Use only the first N cached views of each sample (default: all).",
                                checks=(positive,))
     online: bool = option(False, "Reference mode: run the teachers on fresh views every step instead of reading "

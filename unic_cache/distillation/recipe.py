@@ -150,7 +150,8 @@ class Distiller:
         for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
             summary, patch = teacher(batch[f"{t}/image"].to(self.device, non_blocking=True))
             batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
-        per_teacher = {t: 0.0 for t in self.teachers}  # summed over token kinds
+        per_teacher = {t: 0.0 for t in self.teachers}  # over token kinds: mean (UNIC, drop_norm batch) or sum
+        kinds = {t: sum(1 for u, _ in self.selection.targets if u == t) for t in self.teachers}
         for t, kind in self.selection.targets:
             target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True).float())
             pred = preds[f"{t}/{kind}"].float()
@@ -159,9 +160,12 @@ class Distiller:
             else:
                 mean, log_var = pred.chunk(2, dim=-1)
                 per_teacher[t] = per_teacher[t] + gaussian_nll(mean, log_var, target)
+        if self.cfg.drop_norm == "batch":
+            per_teacher = {t: per_teacher[t] / kinds[t] for t in self.teachers}
         losses = torch.stack([per_teacher[t] for t in self.teachers], 1)
-        weights = teacher_drop_weights(losses.detach().float().cpu(), self.cfg.teacher_drop, self.drop_gen).to(self.device)
-        return (weights * losses).sum(1).mean(), losses.detach(), weights
+        weights = teacher_drop_weights(losses.detach().float().cpu(), self.cfg.teacher_drop, self.drop_gen,
+                                       self.cfg.drop_norm).to(self.device)
+        return (weights * losses).sum(), losses.detach(), weights
 
     def run(self) -> dict:
         """Train to the last step, save the final checkpoint, export; the last step's metrics."""
@@ -225,7 +229,7 @@ class Distiller:
         self.step += 1
         return self._reduce({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
                              **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
-                             **{f"weight/{t}": weights[:, i].mean() for i, t in enumerate(self.teachers)}})
+                             **{f"weight/{t}": weights[:, i].sum() for i, t in enumerate(self.teachers)}})
 
     def stream(self) -> DistillStream:
         """This process's endless data stream, starting at the current step."""
@@ -284,7 +288,8 @@ class Distiller:
         return json_normal({**self.geometry, "total_steps": self.total, "teachers": self.teachers,
                             "targets": list(self.selection.targets), "student": cfg.student, "img_size": cfg.img_size,
                             "model_args": cfg.model_args, "loss": cfg.loss, "norm": cfg.norm, "lop_blocks": cfg.lop_blocks,
-                            "online": cfg.online, "lr": cfg.lr, "warmup": cfg.warmup, "teacher_drop": cfg.teacher_drop})
+                            "online": cfg.online, "lr": cfg.lr, "warmup": cfg.warmup, "teacher_drop": cfg.teacher_drop,
+                            "drop_norm": cfg.drop_norm})
 
     def save_checkpoint(self) -> None:
         """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
