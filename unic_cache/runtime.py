@@ -1,7 +1,7 @@
 """Where a process runs: its rank and world, its device, autocast, and the process group.
 
 Every stage asks here (extraction, distillation, evaluation, train-teacher), so a choice about devices
-is made once.
+is made once; under torchrun every rank of a node gets its own GPU (LOCAL_RANK), in every stage.
 """
 
 from __future__ import annotations
@@ -23,13 +23,23 @@ def rank_world(rank: int | None = None, world: int | None = None) -> tuple[int, 
     return rank, world
 
 
-def pick_device(device: str) -> torch.device:
-    """``auto`` (cuda when visible, else cpu), or the device named; a missing GPU is a one-line error."""
+def choose_device(device: str, cuda_available: bool, local_rank: int | None) -> str:
+    """The device a process uses, as a decision on its inputs: ``auto`` means cuda when visible, else cpu;
+    under torchrun (``local_rank`` given) a bare ``cuda`` becomes this process's GPU, ``cuda:LOCAL_RANK``,
+    so the ranks of a node never share one GPU; an explicit ``cuda:N`` is kept."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cuda" if cuda_available else "cpu"
+    if device.startswith("cuda") and not cuda_available:
         raise UserError(f"--device {device} asked for, but no CUDA device is visible")
-    return torch.device(device)
+    if device == "cuda" and local_rank is not None:
+        device = f"cuda:{local_rank}"
+    return device
+
+
+def pick_device(device: str) -> torch.device:
+    """This process's device (see ``choose_device``), LOCAL_RANK read from the torchrun environment."""
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device(choose_device(device, torch.cuda.is_available(), int(local) if local is not None else None))
 
 
 def autocast_for(device: torch.device):
@@ -48,7 +58,6 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
         dist.init_process_group(backend)
     rank = dist.get_rank() if world > 1 else 0
     dev = pick_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return rank, world, dev
