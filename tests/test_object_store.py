@@ -1,0 +1,106 @@
+"""Caches and shards on an S3-compatible object store: a real moto server on 127.0.0.1, started and
+stopped here, reached through s3fs (credentials and endpoint from the usual AWS environment variables)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from unic_cache import Cache, UserError, extract
+from unic_cache.cache.audit import array_values, verify_cache
+from unic_cache.cache.claims import CLAIM_DIR
+
+from .conftest import HANG_GUARD, TINY, VIEWS, opts
+
+moto_server = pytest.importorskip("moto.server", reason="the dev extra (moto[server]) runs the object-store tests")
+
+
+@pytest.fixture(scope="module")
+def s3(shapes_dir):
+    """A moto S3 server on the loopback address with a bucket holding the shapes shards; the AWS
+    environment variables point every process (this one and its children) at it."""
+    import s3fs
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("shapes")
+    for shard in sorted(shapes_dir.glob("*.tar")):
+        fs.put(str(shard), f"shapes/data/{shard.name}")
+    try:
+        yield fs
+    finally:
+        server.stop()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def same_values(local, remote_url: str) -> None:
+    ref, got = array_values(zarr.open_group(str(local), mode="r")), array_values(zarr.open_group(remote_url, mode="r"))
+    assert ref.keys() == got.keys()
+    for path in ref:
+        assert np.array_equal(ref[path], got[path], equal_nan=True), path
+
+
+def cli_extract(data: str, cache: str, weights, *extra: str) -> subprocess.Popen:
+    args = ["extract", data, "--cache", cache, "--teacher", f"timm:{TINY}", "--resolution", "32", "--weights",
+            str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8", "--workers", "0",
+            "--unit-rows", "4", "--no-progress", *extra]
+    return subprocess.Popen([sys.executable, "-m", "unic_cache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_two_ranks_write_an_s3_cache_from_s3_shards(s3, weights, clean_cache):
+    url, data = "s3://shapes/two-ranks.zarr", "s3://shapes/data/shapes-{000000..000002}.tar"
+    procs = [cli_extract(data, url, weights, "--world-size", "2", "--rank", str(r)) for r in (1, 0)]
+    for p in procs:
+        _, err = p.communicate(timeout=HANG_GUARD)
+        assert p.returncode == 0, err[-2000:]
+    same_values(clean_cache, url)
+    cache = Cache.open(url)
+    assert cache.teacher(TINY).complete and verify_cache(cache, progress=False) == []
+    assert not s3.exists(f"shapes/two-ranks.zarr/{CLAIM_DIR}")
+
+
+def test_concurrent_plain_extracts_on_s3_equal_one(s3, shapes_dir, weights, clean_cache):
+    url = "s3://shapes/race.zarr"
+    procs = [cli_extract(str(shapes_dir), url, weights) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=HANG_GUARD)
+        assert p.returncode == 0, err[-2000:]
+    same_values(clean_cache, url)
+    s3.invalidate_cache()
+    assert not s3.exists(f"shapes/race.zarr/{CLAIM_DIR}")
+
+
+def test_s3_caches_are_read_checked_and_foreign_prefixes_refused(s3, shapes_dir, weights, tmp_path):
+    s3.pipe("shapes/theirs/report.csv", b"a,b\n")
+    with pytest.raises(UserError, match="already holds other files"):
+        extract(str(shapes_dir), "s3://shapes/theirs", opts(weights))
+    assert s3.cat("shapes/theirs/report.csv") == b"a,b\n"
+    url = "s3://shapes/checked.zarr"
+    assert extract(str(shapes_dir), url, opts(weights)).complete
+    for args in (["info", url], ["verify", url, "--data", str(shapes_dir), "--no-progress"],
+                 ["distill", str(shapes_dir), "--cache", url, "--out", str(tmp_path / "run"), "--student", TINY,
+                  "--img-size", "32", "--model-arg", "depth=2", "--steps", "2", "--batch-size", "8", "--workers", "0",
+                  "--no-progress"]):
+        result = subprocess.run([sys.executable, "-m", "unic_cache", *args], capture_output=True, text=True,
+                                timeout=HANG_GUARD)
+        assert result.returncode == 0, (args[0], result.stderr[-2000:])
+    shard = next(p for p in s3.find(f"shapes/checked.zarr/teachers/{TINY}/summary/c"))
+    blob = bytearray(s3.cat(shard))
+    blob[len(blob) // 2] ^= 1
+    s3.pipe(shard, bytes(blob))
+    problems = verify_cache(Cache.open(url), progress=False)
+    assert any("crc32c" in p for p in problems), problems
