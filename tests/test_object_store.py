@@ -104,3 +104,38 @@ def test_s3_caches_are_read_checked_and_foreign_prefixes_refused(s3, shapes_dir,
     s3.pipe(shard, bytes(blob))
     problems = verify_cache(Cache.open(url), progress=False)
     assert any("crc32c" in p for p in problems), problems
+
+
+def test_a_stage2_window_costs_a_few_requests_not_one_per_sample(s3, weights, tmp_path):
+    """Requests counted from s3fs's own log of its S3 calls: the images of a block come in one ranged
+    GET per input shard, and each cache array costs a constant (shard index + chunk), whatever the rows."""
+    import logging
+
+    from unic_cache.distillation.loader import DistillStream, Selection
+
+    url, data = "s3://shapes/blocks.zarr", "s3://shapes/data/shapes-{000000..000002}.tar"
+    assert extract(data, url, opts(weights, unit_rows=24)).complete
+    stream = DistillStream(data, url, Selection.all_kinds(Cache.open(url), [TINY]), 32, 8)
+    windows = stream.windows()
+    first, second = next(windows), next(windows)
+    stream[first]  # opens the source and the cache (metadata, index): once per worker
+    calls = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("CALL: "):
+                calls.append(record.getMessage().split(" - ")[0][6:])
+
+    logger = logging.getLogger("s3fs")
+    handler, level = Count(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        window = stream[second]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    samples = len(window["row"])
+    images = calls.count("get_object")
+    # 3 ranged GETs of input shards + params (1) + summary and patch (shard index + chunk each): 9 measured
+    assert samples == 24 and len(calls) <= 10 and images <= 3 + 1 + 2 * 2, calls

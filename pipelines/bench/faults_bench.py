@@ -2,6 +2,10 @@
 racing to create one new cache; every outcome is compared bit for bit with an uninterrupted single run.
 
     python pipelines/bench/faults_bench.py --kills 10 --races 20 --write
+    python pipelines/bench/faults_bench.py --kills 5 --races 20 --s3 --write   # caches on a loopback S3 server
+
+With ``--s3`` every cache (the killed extracts' and the racing ones) lives on a moto S3 server started on
+127.0.0.1 by this script (the dev extra); the uninterrupted reference stays on local disk.
 
 Prints "N killed / N bit-identical" per stage and the race outcomes (bit-identical, refused in one line,
 or broken), plus the temp files and claims left behind.
@@ -10,6 +14,7 @@ or broken), plus the temp files and claims left behind.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import signal
@@ -19,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import timm
 import torch
@@ -37,7 +43,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "unic_cache", *args]
 
 
-def identical_caches(a: Path, b: Path) -> bool:
+def identical_caches(a: str, b: str) -> bool:
     x, y = array_values(zarr.open_group(str(a), mode="r")), array_values(zarr.open_group(str(b), mode="r"))
     return x.keys() == y.keys() and all(np.array_equal(x[k], y[k], equal_nan=True) for k in x)
 
@@ -47,9 +53,27 @@ def identical_students(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def leftovers(path: Path) -> int:
-    """Temp files of interrupted writes and claim files still present."""
-    return len(list(path.rglob("*.partial"))) + len(list(path.rglob(f"{CLAIM_DIR}/*")))
+def leftovers(url: str) -> int:
+    """Temp files of interrupted writes and claim files still present under a cache (any fsspec URL)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    files = fs.find(root) if fs.exists(root) else []
+    return sum(1 for f in files if f.endswith(".partial") or f"/{CLAIM_DIR}/" in f)
+
+
+def start_s3() -> "object":
+    """A moto S3 server on 127.0.0.1 with a bucket, the AWS environment pointing this process and its
+    children at it."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    s3fs.S3FileSystem().mkdir("faults")
+    return server
 
 
 def timed(cmd: list[str]) -> float:
@@ -77,10 +101,13 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10, help="killed runs of extract, and as many of distill")
     ap.add_argument("--races", type=int, default=20, help="trials of 2-4 concurrent extracts on a new cache")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--s3", action="store_true", help="caches on a moto S3 server on 127.0.0.1")
     ap.add_argument("--write", action="store_true", help="append the result to BENCHMARKS.md")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="faults-"))
+    server = start_s3() if args.s3 else None
+    store = "s3://faults" if args.s3 else str(root)
     make_shapes(root / "data", n=48, size=32, seed=0, shard_size=12)
     torch.manual_seed(0)
     weights = root / "teacher.safetensors"
@@ -98,8 +125,8 @@ def main() -> None:
     rows = []
     killed = same = left = 0
     for i in range(args.kills):
-        cache = root / f"killed-{i}.zarr"
-        k, code = kill_then_finish(cli(*base, "--cache", str(cache)), cli(*base, "--cache", str(cache)),
+        cache = f"{store}/killed-{i}.zarr"
+        k, code = kill_then_finish(cli(*base, "--cache", cache), cli(*base, "--cache", cache),
                                    rng.uniform(0.0, 0.9 * t_extract))
         killed += k
         same += k and code == 0 and identical_caches(reference, cache)
@@ -121,8 +148,8 @@ def main() -> None:
     outcome = {"bit-identical": 0, "refused in one line": 0, "broken": 0}
     left = 0
     for i in range(args.races):
-        cache = root / f"race-{i}.zarr"
-        procs = [subprocess.Popen(cli(*base, "--cache", str(cache)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cache = f"{store}/race-{i}.zarr"
+        procs = [subprocess.Popen(cli(*base, "--cache", cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2 + i % 3)]
         results = [(p.wait(), p.stderr.read()) for p in procs]
         ok = all(code == 0 for code, _ in results)
@@ -137,7 +164,8 @@ def main() -> None:
     rows.append((f"{args.races} trials of 2-4 concurrent plain extracts on a new cache",
                  ", ".join(f"{v} {k}" for k, v in outcome.items()), f"{left} temp/claim files left"))
 
-    lines = heading("Fault injection: kills and concurrent creators") + [
+    where = "caches on a moto S3 server on 127.0.0.1 (s3fs)" if args.s3 else "caches on local disk"
+    lines = heading(f"Fault injection: kills and concurrent creators, {where}") + [
         f"Tiny ViT teacher (depth 2, 32 px), 48 samples, 3 views, 24 units; uninterrupted extract {t_extract:.1f} s and "
         f"distill (16 steps, checkpoint every 2) {t_distill:.1f} s as subprocesses; kill times uniform over the first 90% of those; "
         "every outcome compared array by array (extract) or tensor by tensor (exported student) with the uninterrupted run.",
@@ -145,6 +173,8 @@ def main() -> None:
         *[f"| {a} | {b} | {c} |" for a, b, c in rows], ""]
     publish(lines, args.write)
     shutil.rmtree(root)
+    if server is not None:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ def _record(token: str, what: str) -> bytes:
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
+    """A claim's record read directly (``cat_file``: no cached listing or file info is consulted)."""
     try:
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read() or b"{}")
+        return json.loads(fs.cat_file(path) or b"{}")
     except FileNotFoundError:
         return None
     except ValueError:  # empty or half-written: being created now, or its creator died in between
@@ -104,6 +104,7 @@ class _Heartbeat:
 
 
 def _release(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    fs.invalidate_cache()  # the takeover files below must be listed afresh
     for p in [path, *fs.glob(path + ".takeover-*")]:
         try:
             fs.rm(p)
@@ -172,6 +173,7 @@ def check_writable_target(url: str, ours: set[str]) -> None:
     folder is fine; so is one holding our claim folder (our unfinished creation) or a finished cache.
     """
     fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()  # other processes write here: never judge from a cached listing
     if not fs.exists(root):
         return
     if not fs.isdir(root):

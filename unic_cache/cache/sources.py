@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..errors import UserError
 
+MAX_GAP = 4 << 20  # bytes between two samples read in one request; a larger gap starts a new request
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
 KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset rule: key = path up to the first dot of the basename
 
@@ -107,11 +108,20 @@ class Source:
         """The image bytes of the sample at ``location``; raises if they do not belong to ``key`` or,
         given the indexed ``digest``, if they changed since the dataset was indexed."""
         data = self._read(location, key)
-        if digest is not None and content_digest(data) != int(digest):
+        if digest is not None:
+            self._check_digest(location, key, data, digest)
+        return data
+
+    def read_rows(self, locations: np.ndarray, keys: list[str], digests: np.ndarray | None = None) -> list[bytes]:
+        """The image bytes of several samples (one read each here; tar shards coalesce them)."""
+        return [self.read(loc, key, None if digests is None else digests[i]) for i, (loc, key) in
+                enumerate(zip(locations, keys))]
+
+    def _check_digest(self, location: np.ndarray, key: str, data: bytes, digest: int) -> None:
+        if content_digest(data) != int(digest):
             shard = self.shards[int(location[0])].name if len(self.shards) > int(location[0]) >= 0 else "?"
             raise UserError(f"sample {key!r} in {shard} changed since the cache was made (crc32c differs); "
                             "the dataset no longer matches the cache: restore it or extract into a new cache")
-        return data
 
     def quick_fingerprint(self) -> list[list]:
         """Shard names and byte sizes, known without reading any data."""
@@ -185,23 +195,49 @@ class TarSource(Source):
         return rows
 
     def _read(self, location: np.ndarray, key: str) -> bytes:
-        shard, offset, nbytes = (int(v) for v in location)
-        if offset < 512:
-            raise ValueError(f"sample {key!r} has no image")
-        with self.fs.open(self.shards[shard].url, "rb") as f:
-            f.seek(offset - 512)
-            blob = f.read(512 + nbytes)
-        header, data = blob[:512], blob[512:]
-        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") if header[257:262] == b"ustar" else ""
-        full = f"{prefix}/{name}" if prefix else name
-        # GNU and pax archives truncate long names in this header; the truncated name is then a prefix
-        if not (full.startswith(key + ".") or (len(full) >= 99 and key.startswith(full[: len(key)]))):
-            raise UserError(f"index mismatch: row for key {key!r} points at tar member {full!r} in "
-                             f"{self.shards[shard].name}; the shard changed since the cache was made")
-        if len(data) != nbytes:
-            raise UserError(f"{self.shards[shard].name} is shorter than indexed (key {key!r})")
-        return data
+        return self._read_run(np.asarray(location)[None], [key])[0]
+
+    def read_rows(self, locations: np.ndarray, keys: list[str], digests: np.ndarray | None = None) -> list[bytes]:
+        """The image bytes of several samples (give them in row order), with one ranged read per run of
+        nearby rows of one shard: a block of consecutive rows costs one request per shard, not one per
+        sample; checked as ``read``."""
+        locations = np.asarray(locations)
+        out: list[bytes] = []
+        start = 0
+        gap = np.diff(locations[:, 1]) - locations[:-1, 2]
+        cuts = (np.diff(locations[:, 0]) != 0) | (gap < 0) | (gap > MAX_GAP)
+        for end in [*np.flatnonzero(cuts) + 1, len(locations)]:
+            out += self._read_run(locations[start:end], keys[start:end])
+            start = end
+        if digests is not None:
+            for location, key, data, digest in zip(locations, keys, out, digests):
+                self._check_digest(location, key, data, digest)
+        return out
+
+    def _read_run(self, locations: np.ndarray, keys: list[str]) -> list[bytes]:
+        """Samples of one shard, read as the one byte range that spans their tar headers and data."""
+        shard = int(locations[0, 0])
+        for (_, offset, _), key in zip(locations, keys):
+            if offset < 512:
+                raise ValueError(f"sample {key!r} has no image")
+        first = int(locations[:, 1].min()) - 512
+        last = int((locations[:, 1] + locations[:, 2]).max())
+        blob = self.fs.cat_file(self.shards[shard].url, start=first, end=last)
+        out = []
+        for (_, offset, nbytes), key in zip(locations, keys):
+            at = int(offset) - first
+            header, data = blob[at - 512:at], blob[at:at + int(nbytes)]
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") if header[257:262] == b"ustar" else ""
+            full = f"{prefix}/{name}" if prefix else name
+            # GNU and pax archives truncate long names in this header; the truncated name is then a prefix
+            if not (full.startswith(key + ".") or (len(full) >= 99 and key.startswith(full[: len(key)]))):
+                raise UserError(f"index mismatch: row for key {key!r} points at tar member {full!r} in "
+                                f"{self.shards[shard].name}; the shard changed since the cache was made")
+            if len(data) != int(nbytes):
+                raise UserError(f"{self.shards[shard].name} is shorter than indexed (key {key!r})")
+            out.append(data)
+        return out
 
 
 class FolderSource(Source):

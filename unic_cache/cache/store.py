@@ -16,6 +16,7 @@ Format-1 caches (no checksums, no image digests) still open; ``checksummed`` say
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -279,6 +280,7 @@ class Cache:
     def forget_index(self) -> None:
         """Drop the index arrays read so far (after they were rewritten)."""
         self._index_cache.clear()
+        self.__dict__.pop("digest", None)
 
     @property
     def keys(self) -> np.ndarray:
@@ -305,7 +307,7 @@ class Cache:
     def shards(self) -> list[dict]:
         return list(self.group["index"].attrs["shards"])
 
-    @property
+    @functools.cached_property
     def digest(self) -> np.ndarray | None:
         """(N,) uint32 crc32c of each sample's image bytes; None for a format-1 cache (no digests)."""
         return self.index_array("digest") if "digest" in self.group["index"] else None
@@ -317,21 +319,47 @@ class Cache:
     def dataset_index(self) -> DatasetIndex:
         return DatasetIndex(self.shards, self.keys, self.location, self.image_size, self.bad_reasons, self.digest)
 
+    @functools.cached_property
+    def _params(self) -> zarr.Array:
+        return self.group["views/params"]  # opened once: on an object store every metadata read is a request
+
     def params(self, rows: slice) -> np.ndarray:
-        return read_checked(self.group["views/params"], rows, f"views/params rows {rows.start}-{rows.stop - 1}")
+        return read_checked(self._params, rows, f"views/params rows {rows.start}-{rows.stop - 1}")
 
     # --- teachers
     def teacher_names(self) -> list[str]:
+        """The teachers in the cache, listed afresh (object-store listings are cached by fsspec, and other
+        processes add teachers)."""
+        fs = getattr(self.group.store, "fs", None)
+        if fs is not None:
+            fs.invalidate_cache()
         return sorted(name for name, _ in self.group["teachers"].groups())
 
+    def _teacher_group(self, name: str) -> zarr.Group | None:
+        """The teacher's group read directly by its path (never from a listing), or None."""
+        try:
+            group = self.group[f"teachers/{name}"]
+        except KeyError:
+            return None
+        return group if isinstance(group, zarr.Group) else None
+
     def teacher(self, name: str) -> "TeacherStore":
-        if name not in self.teacher_names():
+        group = self._teacher_group(name)
+        if group is None:
             raise UserError(f"cache {self.url} has no teacher {name!r}; it has: {', '.join(self.teacher_names()) or 'none'}")
-        return TeacherStore(self.group[f"teachers/{name}"], self)
+        return TeacherStore(group, self)
 
     def _teacher_ready(self, name: str) -> bool:
-        """True once a teacher's arrays exist (``progress`` is created last); read afresh from the store."""
-        return name in self.teacher_names() and "progress" in self.group[f"teachers/{name}"]
+        """True once a teacher's arrays exist (``progress`` is created last); read directly from the store,
+        never from a (possibly cached) listing: a stale "not there" would let a second process recreate it."""
+        group = self._teacher_group(name)
+        if group is None:
+            return False
+        try:
+            group["progress"]
+        except KeyError:
+            return False
+        return True
 
     def require_teacher(self, name: str, info: TeacherInfo, codec: FeatureCodec, patch: bool,
                         shard_mb: float = 256.0, unit_rows: int | None = None, code_version: str = "") -> "TeacherStore":
@@ -388,6 +416,7 @@ class TeacherStore:
         self.group, self.cache = group, cache
         self.attrs = json_normal(group.attrs.asdict())
         self.name = group.basename
+        self._arrays: dict[str, zarr.Array] = {}
 
     @property
     def info(self) -> TeacherInfo:
@@ -443,11 +472,17 @@ class TeacherStore:
         first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
         units = f"unit {first}" if first == last else f"units {first}-{last}"
         what = f"teacher {self.name} {kind} rows {rows.start}-{rows.stop - 1} ({units})"
-        x = read_checked(self.group[kind], (rows, view), what)
+        x = read_checked(self.feature_array(kind), (rows, view), what)
         if not np.isfinite(x).all():
             raise UserError(f"{what}: non-finite values (NaN/Inf, or a missing chunk); "
                             "run `unic-cache verify --repair` and re-run extract")
         return x
+
+    def feature_array(self, kind: str) -> zarr.Array:
+        """The ``summary`` or ``patch`` array, opened once (its metadata never changes once created)."""
+        if kind not in self._arrays:
+            self._arrays[kind] = self.group[kind]
+        return self._arrays[kind]
 
     def write_unit(self, unit: int, features: dict[str, np.ndarray], moments: dict[str, Moments],
                    cos_sums: dict[str, float]) -> None:

@@ -122,13 +122,14 @@ class DistillStream(Dataset):
             targets = {f"{t}/{kind}": _gather(functools.partial(stores[t].read, kind), window)
                        for t, kind in self.selection.targets}
         order = np.random.default_rng([self.seed, epoch, number, 7]).permutation(len(rows))[skip:]
-        digest = cache.digest
+        needed = np.sort(rows[order])  # read in row order: nearby rows of a shard come in one request
+        digest = None if cache.digest is None else cache.digest[needed]
+        data = dict(zip(needed.tolist(), source.read_rows(cache.location[needed], [str(k) for k in cache.keys[needed]],
+                                                          digest)))
         images = {"image": self.resolution, **{f"{t}/image": res for t, res in self.online.items()}}
         out = {name: torch.empty(len(order), 3, res, res, dtype=torch.uint8) for name, res in images.items()}
         for j, i in enumerate(order):
-            row = int(rows[i])
-            image = decode_image(source.read(cache.location[row], str(cache.keys[row]),
-                                             None if digest is None else digest[row]))
+            image = decode_image(data[int(rows[i])])
             for name, res in images.items():
                 out[name][j] = replay(image, params[i], res)
         out.update(row=torch.from_numpy(rows[order]), view=torch.from_numpy(views[order]))

@@ -69,11 +69,12 @@ class ViewBatches(Dataset):
         r = self.resolution
         images = torch.zeros(len(rows), self.views, 3, r, r, dtype=torch.uint8)
         valid = torch.zeros(len(rows), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            if self.bad[row]:
-                continue
-            digest = None if self.digest is None else self.digest[row]
-            image = decode_image(self.source.read(self.location[row], str(self.keys[row]), digest))
+        good = [(i, row) for i, row in enumerate(rows) if not self.bad[row]]  # rows come in row order
+        good_rows = np.array([row for _, row in good], dtype=int)
+        data = self.source.read_rows(self.location[good_rows], [str(k) for k in self.keys[good_rows]],
+                                     None if self.digest is None else self.digest[good_rows]) if good else []
+        for (i, row), blob in zip(good, data):
+            image = decode_image(blob)
             for v in range(self.views):
                 images[i, v] = replay(image, params[row - first, v], r)
             valid[i] = True
