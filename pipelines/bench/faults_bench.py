@@ -14,6 +14,7 @@ or broken), plus the temp files and claims left behind.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import shutil
@@ -67,6 +68,7 @@ def start_s3() -> "object":
     import s3fs
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
