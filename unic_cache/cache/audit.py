@@ -13,7 +13,7 @@ from zarr.core.sync import sync
 from .claims import clean_stale_temp_files
 from ..errors import UserError
 from .sources import Source, content_digest
-from .store import INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, read_checked, write_plan
+from .store import INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, write_plan
 from .views import plan_views
 
 
@@ -110,13 +110,9 @@ def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage)
 
 
 def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage: Damage) -> None:
-    progress_flags = store.group["progress"]
-    for unit in range(store.units):
-        try:
-            read_checked(progress_flags, unit, "")
-        except UserError:
-            damage.unit(store, unit, f"teacher {store.name}: progress flag of unit {unit} damaged")
-    done = store.done()
+    done, damaged = store.read_progress()
+    for unit in damaged:
+        damage.unit(store, unit, f"teacher {store.name}: progress flag of unit {unit} damaged")
     if not done.all():
         damage.problems.append(f"teacher {store.name}: {int((~done).sum())}/{store.units} units not extracted; run extract again")
     for unit in tqdm(np.flatnonzero(done), desc=f"verify {store.name}", unit="unit", disable=not progress):

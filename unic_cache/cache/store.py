@@ -89,14 +89,6 @@ def read_checked(array: zarr.Array, selection, what: str):
                         "run `unic-cache verify --repair` and re-run extract") from None
 
 
-def _read_or(array: zarr.Array, selection, default):
-    """``array[selection]``, or ``default`` where its chunk is damaged."""
-    try:
-        return array[selection]
-    except ValueError:
-        return default
-
-
 def _open_group(url: str, mode: str) -> zarr.Group:
     try:
         return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
@@ -456,11 +448,22 @@ class TeacherStore:
     def done(self) -> np.ndarray:
         """(units,) bool: which units are complete; the only source of truth for resume. A damaged
         flag reads as not done (its unit is then extracted again)."""
+        return self.read_progress()[0]
+
+    def read_progress(self) -> tuple[np.ndarray, list[int]]:
+        """(done flags, units whose flag chunk is damaged): one read of the whole array, and only when a
+        chunk fails its checksum, one read per unit to find which."""
         progress = self.group["progress"]
         try:
-            return progress[:].astype(bool)
+            return progress[:].astype(bool), []
         except ValueError:
-            return np.array([_read_or(progress, u, 0) for u in range(self.units)], bool)
+            done, damaged = np.zeros(self.units, bool), []
+            for unit in range(self.units):
+                try:
+                    done[unit] = bool(progress[unit])
+                except ValueError:
+                    damaged.append(unit)
+            return done, damaged
 
     @property
     def complete(self) -> bool:

@@ -74,6 +74,6 @@ class DistillConfig(Options):
         from ..cache.store import Cache  # here: --help and value errors need no zarr
 
         cache = Cache.open(self.cache)
-        for name in self.teachers:
+        for name in self.teachers or cache.teacher_names():
             if not cache.teacher(name).complete:
                 raise UserError(f"teacher {name} in {self.cache} is incomplete; finish it with unic-cache extract")

@@ -95,10 +95,7 @@ class Distiller:
         reference mode the teachers themselves."""
         cfg = self.cfg
         self.teachers = cfg.teachers or cache.teacher_names()
-        stores = {t: cache.teacher(t) for t in self.teachers}
-        for t, store in stores.items():
-            if not store.complete:
-                raise UserError(f"teacher {t} in {cfg.cache} is incomplete; finish it with unic-cache extract")
+        stores = {t: cache.teacher(t) for t in self.teachers}  # present and complete: checked by cfg.check()
         self.selection = Selection.all_kinds(cache, self.teachers)
         self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({

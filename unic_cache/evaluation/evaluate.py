@@ -45,9 +45,10 @@ class Evaluator:
             raise UserError(f"{len(self.rows)} samples are too few for a train/val/test split")
 
     def teacher_names(self) -> list[str]:
-        names = self.opts.teachers if self.opts.teachers is not None else self.cache.teacher_names()
+        available = self.cache.teacher_names()
+        names = self.opts.teachers if self.opts.teachers is not None else available
         for name in names:
-            if name not in self.cache.teacher_names() or not self.cache.teacher(name).complete:
+            if name not in available or not self.cache.teacher(name).complete:
                 raise UserError(f"teacher {name!r} is not complete in {self.opts.cache}; extract it first")
         return names
 
