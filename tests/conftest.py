@@ -55,6 +55,18 @@ def opts(weights, arch=TINY, res=32, **kw):
     return ExtractOptions(**{**base, **kw})
 
 
+def extract_in_ranks(data: Path, url: Path, weights, *extra: str, world: int = 2) -> None:
+    """The ``opts(weights)`` extract as ``world`` racing CLI processes (ranks started last to first)."""
+    args = ["extract", str(data), "--cache", str(url), "--teacher", f"timm:{TINY}", "--resolution", "32",
+            "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8",
+            "--workers", "0", "--unit-rows", "4", "--no-progress", "--world-size", str(world), *extra]
+    procs = [subprocess.Popen([sys.executable, "-m", "unic_cache", *args, "--rank", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in reversed(range(world))]
+    for p in procs:
+        _, err = p.communicate(timeout=HANG_GUARD)
+        assert p.returncode == 0, err
+
+
 @pytest.fixture(scope="session")
 def clean_cache(shapes_dir, weights, tmp_path_factory) -> Path:
     """A finished cache of the shapes world with one tiny teacher (copy it before damaging it)."""

@@ -11,7 +11,7 @@ import zarr
 from unic_cache import Cache, UserError, build_teacher, decode_image, extract, open_source, replay
 from unic_cache.cache.audit import array_values, verify_cache
 
-from .conftest import HANG_GUARD, SMALL8, TINY, VIEWS, opts, run_cli
+from .conftest import HANG_GUARD, SMALL8, TINY, VIEWS, extract_in_ranks, opts, run_cli
 
 arrays = array_values  # every array below a group, by path
 
@@ -108,14 +108,7 @@ def test_two_ranks_equal_one(shapes_dir, weights, tmp_path):
     one = tmp_path / "one.zarr"
     extract(str(shapes_dir), str(one), opts(weights))
     two = tmp_path / "two.zarr"
-    args = ["extract", str(shapes_dir), "--cache", str(two), "--teacher", f"timm:{TINY}", "--resolution", "32",
-            "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8",
-            "--workers", "0", "--unit-rows", "4", "--no-progress", "--world-size", "2"]
-    procs = [subprocess.Popen([sys.executable, "-m", "unic_cache", *args, "--rank", str(r)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (1, 0)]
-    for p in procs:
-        _, err = p.communicate(timeout=HANG_GUARD)
-        assert p.returncode == 0, err
+    extract_in_ranks(shapes_dir, two, weights)
     ref, got = arrays(zarr.open_group(str(one), mode="r")), arrays(zarr.open_group(str(two), mode="r"))
     assert ref.keys() == got.keys()
     for path in ref:

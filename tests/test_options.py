@@ -17,13 +17,14 @@ from unic_cache.demo import DemoOptions
 from unic_cache.distillation.options import DistillConfig
 from unic_cache.evaluation.options import EvalOptions, TeacherTrainConfig
 from unic_cache.extraction.options import ExtractOptions
+from unic_cache.plan import PlanOptions
 from unic_cache.shapes import ShapesOptions
 
 from .conftest import HANG_GUARD
 from .test_integrity import BLOCK_TORCH
 
 CLASSES = {"extract": ExtractOptions, "distill": DistillConfig, "eval": EvalOptions, "train-teacher": TeacherTrainConfig,
-           "make-shapes": ShapesOptions, "demo": DemoOptions, "info": InfoOptions, "verify": VerifyOptions}
+           "make-shapes": ShapesOptions, "demo": DemoOptions, "info": InfoOptions, "verify": VerifyOptions, "plan": PlanOptions}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def samples(tmp_path_factory) -> dict:
     (run / "student.safetensors").write_bytes(b"")
     (run / "config.json").write_text("{}")
     (tmp / "init.safetensors").write_bytes(b"")
-    return {"codec": "f32-zstd", "loss": "gauss", "norm": "phis", "drop_norm": "sample", "teacher_drop": 0.25, "warmup": 0.25,
+    return {"codec": "int8", "patch_codec": "pca-8+int8", "loss": "gauss", "norm": "phis", "drop_norm": "sample", "teacher_drop": 0.25, "warmup": 0.25,
             "drop_path": 0.25, "crop_scale": (0.3, 0.9), "betas": (0.8, 0.9), "data": str(tmp),
             "init": str(tmp / "init.safetensors"), "students": {"mine": str(run)}, "out": str(tmp / "t.safetensors"),
             "model_args": {"depth": 2}, "teacher": "timm:x", "cache": "c.zarr", "temperature": 0.5}

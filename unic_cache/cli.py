@@ -53,26 +53,22 @@ def user_errors(fn):
 
 
 @app.command("teachers")
+@user_errors
 def teachers_cmd(
-    resolution: Annotated[Optional[int], typer.Option(help="Show grids at this resolution.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Show grids at this resolution (default: 224, as extract).")] = None,
 ) -> None:
-    """List teacher aliases with their timm ids, dims, token grids and resolutions (builds no weights)."""
-    import timm
-    import torch
+    """List teacher aliases with their timm ids, dims and token grids (builds no weights). Aliases run at 224 px
+    (UNIC's set-up), not the hub model's native size, unless extract is given --resolution."""
+    from .models.teachers import FAMILIES, teacher_shape
 
     typer.echo(f"{'alias':<11} {'size':<7} {'timm id':<42} {'dim':>5} {'grid':>6} {'res':>4}  about")
-    from .models.teachers import FAMILIES
-
     for family in FAMILIES.values():
         for size, model_id in family.sizes.items():
-            with torch.device("meta"):
-                kwargs = {"img_size": resolution} if resolution else {}
-                model = timm.create_model(model_id, pretrained=False, num_classes=0, **kwargs)
-            res = resolution or model.pretrained_cfg["input_size"][-1]
-            grid = "x".join(str(g) for g in model.patch_embed.grid_size)
+            info = teacher_shape(family.alias, size, resolution)
+            grid = "x".join(str(g) for g in info.grid)
             mark = "*" if size == family.default else " "
-            typer.echo(f"{family.alias:<11} {size + mark:<7} {model_id:<42} {model.num_features:>5} {grid:>6} {res:>4}  {family.about}")
-    typer.echo("* default size. Any other timm model: --teacher timm:<name>.")
+            typer.echo(f"{family.alias:<11} {size + mark:<7} {model_id:<42} {info.dim:>5} {grid:>6} {info.resolution:>4}  {family.about}")
+    typer.echo("* default size. Any other timm model: --teacher timm:<name> (at its own resolution unless --resolution).")
 
 
 def _read_config(path: str) -> dict:
@@ -226,6 +222,13 @@ def _info(opts) -> None:
         typer.echo(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
+def _plan(opts) -> None:
+    from .plan import plan_report
+
+    for line in plan_report(opts):
+        typer.echo(line)
+
+
 def _verify(opts) -> None:
     from .cache.audit import find_damage, repair_cache
     from .cache.sources import open_source
@@ -253,6 +256,7 @@ def _register_option_commands() -> None:
     from .distillation.options import DistillConfig
     from .evaluation.options import EvalOptions, TeacherTrainConfig
     from .extraction.options import ExtractOptions
+    from .plan import PlanOptions
     from .shapes import ShapesOptions
 
     keyword = inspect.Parameter.KEYWORD_ONLY
@@ -278,6 +282,8 @@ def _register_option_commands() -> None:
                     "cache, a distilled student, the evaluation.")
     options_command(app, "info", InfoOptions, _info, "Summarise a cache: samples, bad samples, views, integrity, and "
                     "per teacher dims, grid, codec, bytes, completeness.")
+    options_command(app, "plan", PlanOptions, _plan, "Bytes per teacher and in total for a dataset, teachers, views "
+                    "and codecs, and the read bandwidth stage 2 needs; nothing is extracted.")
     options_command(app, "verify", VerifyOptions, _verify, "Decode every chunk of every array (checksums), check "
                     "progress, statistics, view plan, index and fingerprint; with --data, every image's digest. "
                     "Exit 1 on any problem (after --repair: 0 once repaired).")

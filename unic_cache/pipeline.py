@@ -18,7 +18,10 @@ YAML keys (paths are relative to the working directory)::
         resolution: 32
         model_args: {depth: 4}
         train: {tasks: [shape, texture], epochs: 20}   # train-teacher first; or weights: FILE | random
-        extract: {batch_size: 64}       # any other extract option
+        extract: {batch_size: 64}       # any other extract option (codec: int8, ...)
+      shape-texture-int8:               # the same teacher (trained once) stored with another codec; not
+        same_as: shape-texture          # evaluated as a teacher of its own
+        extract: {codec: int8}
     distill: {student: vit_tiny_patch16_224, img_size: 32, epochs: 10}   # shared by every arm
     arms: {unic: {}, no-drop: {teacher_drop: 0.0}}   # name -> distill options that differ
     seeds: [0, 1, 2]
@@ -38,7 +41,8 @@ from pathlib import Path
 
 import yaml
 
-from .cache.store import Cache, json_normal
+from .cache.codecs import parse_codec
+from .cache.store import Cache, TeacherStore, codec_record, json_normal
 from .distillation.options import DistillConfig
 from .distillation.recipe import distill
 from .errors import UserError, check_options
@@ -53,7 +57,7 @@ from .options import set_value
 from .shapes import make_shapes
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
-_TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract"}
+_TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract", "same_as"}
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -94,6 +98,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         if key not in config:
             raise UserError(f"pipeline {path} needs a {key!r} section")
     for name, spec in config["teachers"].items():
+        spec = config["teachers"][name] = _teacher_spec(config["teachers"], name, spec)
         bad = sorted(set(spec) - _TEACHER_KEYS)
         if bad or "teacher" not in spec:
             raise UserError(f"teacher {name}: needs 'teacher' and takes only {', '.join(sorted(_TEACHER_KEYS))} (got {', '.join(bad)})")
@@ -105,14 +110,33 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     return config
 
 
+def _teacher_spec(teachers: dict, name: str, spec: dict) -> dict:
+    """A teacher's spec with ``same_as: OTHER`` resolved: the other teacher's model, weights and training
+    (trained once, under the other's name), with this entry's own keys (its ``extract`` options) on top."""
+    if not isinstance(spec, dict):
+        raise UserError(f"teacher {name}: expected a mapping of options, got {spec!r}")
+    if "same_as" not in spec:
+        return spec
+    other = teachers.get(spec["same_as"])
+    if not isinstance(other, dict) or "same_as" in other:
+        raise UserError(f"teacher {name}: same_as must name another teacher of this pipeline that has no same_as itself")
+    return {**{k: v for k, v in other.items() if k != "extract"}, **spec}
+
+
 def _recipe(values: dict, *ignore: str) -> dict:
     """``values`` as JSON reads them back, without the keys that do not change results."""
     return {k: v for k, v in json_normal(values).items() if k not in ignore}
 
 
-def _check_same_teacher(name: str, attrs: dict, spec: dict, weights: str | None, cache_url: str) -> None:
+def _check_same_teacher(name: str, store: TeacherStore, spec: dict, weights: str | None, cache_url: str) -> None:
     """A teacher complete in the cache must be the one the config describes: model id, weights (file
-    digest, or the digest of seeded random weights), resolution and model args."""
+    digest, or the digest of seeded random weights), resolution, model args and codecs."""
+    attrs = store.attrs
+    extract_opts = spec.get("extract", {})
+    codec = parse_codec(extract_opts.get("codec", ExtractOptions.codec))
+    codecs = {"summary": codec.for_kind("summary")}
+    if extract_opts.get("patch", True):
+        codecs["patch"] = parse_codec(extract_opts.get("patch_codec") or codec.spec).for_kind("patch")
     model_id = resolve(spec["teacher"], spec.get("size"))
     if weights is not None and weights.split(":")[0] == "random":
         sha = build_teacher(f"timm:{model_id}", None, spec.get("resolution"), weights, spec.get("model_args", {})).info.weights_sha256
@@ -123,6 +147,7 @@ def _check_same_teacher(name: str, attrs: dict, spec: dict, weights: str | None,
         ("weights", attrs.get("weights_sha256", "") == sha),
         ("resolution", spec.get("resolution") in (None, attrs.get("resolution"))),
         ("model_args", json_normal(spec.get("model_args", {})) == attrs.get("model_args", {})),
+        ("codecs", codec_record(codecs) == codec_record(store.codec_specs())),
     ) if not same]
     if differs:
         raise UserError(f"teacher {name} in {cache_url} was extracted with other {', '.join(differs)} than this pipeline "
@@ -179,7 +204,7 @@ class Pipeline:
         if "train" in spec:
             if not spec["teacher"].startswith("timm:"):
                 raise UserError(f"teacher {name}: only timm:<arch> teachers can be trained here")
-            weights = str(self.out / "teachers" / f"{name}.safetensors")
+            weights = str(self.out / "teachers" / f"{spec.get('same_as', name)}.safetensors")  # trained once
             cfg = TeacherTrainConfig(**{"data": data, "out": weights, "arch": spec["teacher"][5:],
                                         "img_size": spec.get("resolution") or 224,
                                         "model_args": spec.get("model_args", {}), "progress": self.progress,
@@ -195,7 +220,7 @@ class Pipeline:
         if Cache.exists(self.cache_url):
             cache = Cache.open(self.cache_url)
             if name in cache.teacher_names() and cache.teacher(name).complete:
-                _check_same_teacher(name, cache.teacher(name).attrs, spec, weights, self.cache_url)
+                _check_same_teacher(name, cache.teacher(name), spec, weights, self.cache_url)
                 self.run.log("extract", name, "skipped")
                 return
         opts = ExtractOptions(teacher=spec["teacher"], size=spec.get("size"), name=name, resolution=spec.get("resolution"),
@@ -231,7 +256,8 @@ class Pipeline:
 
     def evaluate(self, data: str, runs: dict[str, list[Path]]) -> Results:
         """Probe every teacher once and every run (scores kept in ``<run>/eval.json`` for reuse)."""
-        opts = EvalOptions(data=data, cache=self.cache_url, teachers=list(self.config["teachers"]), progress=self.progress,
+        originals = [name for name, spec in self.config["teachers"].items() if "same_as" not in spec]
+        opts = EvalOptions(data=data, cache=self.cache_url, teachers=originals, progress=self.progress,
                            **self.config.get("eval", {}))
         ev = Evaluator(opts)
         results = ev.results()

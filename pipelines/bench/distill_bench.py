@@ -5,7 +5,7 @@
 - cache overhead: a distill step fed by the loader divided by a step on a batch already in memory;
 - peak memory (max RSS of a fresh process) of distill with 1 vs 3 cached teachers.
 
-    python pipelines/bench/distill_bench.py --write
+    python pipelines/bench/distill_bench.py --codecs f16,int8,pca-32+int8,pool-2+int8 --write
 """
 
 from __future__ import annotations
@@ -52,38 +52,57 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--codecs", default="f16", help="comma-separated codecs: a headroom figure for each")
     ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     args = ap.parse_args()
+    codecs = args.codecs.split(",")
+    headroom = {}
     with tempfile.TemporaryDirectory() as tmp:
         data, cache = str(Path(tmp) / "data"), str(Path(tmp) / "cache.zarr")
         make_shapes(data, n=args.n, size=args.size, seed=0, shard_size=args.n // 4)
-        for name, arch in TEACHERS:
-            extract(data, cache, ExtractOptions(teacher=f"timm:{arch}", name=name, resolution=64, weights="random",
-                                                model_args={"depth": 2}, views=4, progress=False))
+        for codec in codecs:
+            for name, arch in TEACHERS:
+                extract(data, cache, ExtractOptions(teacher=f"timm:{arch}", name=teacher_name(name, codec), codec=codec,
+                                                    resolution=64, weights="random", model_args={"depth": 2}, views=4,
+                                                    progress=False))
         base = dict(data=data, cache=cache, out=str(Path(tmp) / "run"), student=args.student, img_size=args.img_size,
                     batch_size=args.batch_size, workers=args.workers, steps=10**6, progress=False)
-        distiller = Distiller(DistillConfig.from_dict(base))
-        loader_iter = iter(distiller.loader())
-        loader_rate = rate(lambda: next(loader_iter), args.batches * 5, args.batch_size)  # past the prefetched batches
-        batch = next(loader_iter)
-        memory_rate = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
-        fed_rate = rate(lambda: distiller.train_step(next(loader_iter)), args.batches, args.batch_size)
-        head_mb = {k: sum(p.numel() for p in Distiller(DistillConfig.from_dict({**base, **extra})).student.heads.parameters())
-                   * 16 / 2**20 for k, extra in (("one", {"teachers": ["t768"]}), ("three", {}))}  # weights, grads, 2 Adam moments
-        one = peak_rss_mb({**base, "teachers": ["t768"], "steps": args.batches, "out": str(Path(tmp) / "m1")})
-        three = peak_rss_mb({**base, "steps": args.batches, "out": str(Path(tmp) / "m3")})
+        for codec in codecs:  # the loader reads stored values; the train step decodes them on the device
+            distiller = Distiller(DistillConfig.from_dict({**base, "teachers": [teacher_name(n, codec) for n, _ in TEACHERS]}))
+            loader_iter = iter(distiller.loader())
+            loader_rate = rate(lambda: next(loader_iter), args.batches * 5, args.batch_size)  # past the prefetched batches
+            batch = next(loader_iter)
+            memory_rate = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
+            fed_rate = rate(lambda: distiller.train_step(next(loader_iter)), args.batches, args.batch_size)
+            headroom[codec] = (loader_rate / memory_rate, memory_rate / fed_rate)
+        first = {**base, "teachers": [teacher_name(n, codecs[0]) for n, _ in TEACHERS]}
+        head_mb = {k: sum(p.numel() for p in Distiller(DistillConfig.from_dict({**first, **extra})).student.heads.parameters())
+                   * 16 / 2**20 for k, extra in (("one", {"teachers": [teacher_name("t768", codecs[0])]}), ("three", {}))}
+        one = peak_rss_mb({**first, "teachers": [teacher_name("t768", codecs[0])], "steps": args.batches,
+                           "out": str(Path(tmp) / "m1")})
+        three = peak_rss_mb({**first, "steps": args.batches, "out": str(Path(tmp) / "m3")})
+    rows = [f"| data-path headroom, {codec}: loader ÷ train step (batch in memory) | {h:.2f} | ≥ 2 |"
+            for codec, (h, _) in headroom.items()]
+    rows += [f"| cache overhead, {codec}: distill step ÷ step on a batch in memory | {o:.3f} | ≤ 1.1 |"
+             for codec, (_, o) in headroom.items()]
     publish(heading("Distillation data path") + [
         f"Student {args.student} at {args.img_size} px, batch {args.batch_size}, {args.workers} DataLoader workers; "
-        f"3 cached teachers (widths 192/384/768, 4x4 grids, 4 views), {args.n} samples of {args.size} px PNG.",
+        f"3 cached teachers (widths 192/384/768, 4x4 grids, 4 views) per codec ({', '.join(codecs)}; the loader reads "
+        f"the stored values, the train step decodes them), {args.n} samples of {args.size} px PNG.",
         "",
         "| measure | value | target |",
         "|---|---|---|",
-        f"| data-path headroom: loader ÷ train step (batch in memory) | {loader_rate / memory_rate:.2f} | ≥ 2 |",
-        f"| cache overhead: distill step ÷ step on a batch in memory | {memory_rate / fed_rate:.3f} | ≤ 1.1 |",
-        f"| peak RSS, 1 teacher (t768) / 3 teachers | {one:.0f} MB / {three:.0f} MB (+{three - one:.0f} MB) | heads + batches only |",
+        *rows,
+        f"| peak RSS ({codecs[0]}), 1 teacher (t768) / 3 teachers | {one:.0f} MB / {three:.0f} MB (+{three - one:.0f} MB) "
+        "| heads + batches only |",
         f"| LoP heads with optimizer state, 1 / 3 teachers | {head_mb['one']:.0f} MB / {head_mb['three']:.0f} MB | |",
         "",
     ], args.write)
+
+
+def teacher_name(name: str, codec: str) -> str:
+    return f"{name}-{codec.replace('.', '_')}"
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from zarr.core.sync import sync
 
 from .claims import clean_stale_temp_files
+from .codecs import f32_bytes
 from ..errors import UserError
 from .sources import Source, content_digest
 from .store import INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, write_plan
@@ -34,17 +35,28 @@ def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
         info, done = store.info, store.done()
         stored = store.nbytes_stored()
         per_view = stored / max(1, cache.n * cache.views)
-        f32 = 4 * info.dim * (1 + (info.tokens if store.has_patch else 0))
+        f32 = f32_bytes(info.dim, info.tokens if store.has_patch else 0)
+        grid = store.stored_grid
         teachers.append({
             "teacher": name, "model": info.model_id, "weights": info.weights, "dim": info.dim,
-            "grid": f"{info.grid[0]}x{info.grid[1]}" if store.has_patch else "-", "resolution": info.resolution,
-            "summary": info.summary_kind, "codec": store.codec.name, "bytes on disk": stored,
-            "bytes/sample-view": round(per_view), "vs float32": f"{per_view / f32:.3f}",
+            "grid": f"{grid[0]}x{grid[1]}" if store.has_patch else "-", "resolution": info.resolution,
+            "summary": info.summary_kind, "codec": " / ".join(c.spec for c in store.codec_specs().values()),
+            "bytes on disk": stored, "bytes/sample-view": round(per_view), "vs float32": f"{per_view / f32:.3f}",
             "units done": f"{int(done.sum())}/{store.units}", "complete": store.complete,
             "checksums": checksummed(store.group["summary"]),
             "fidelity (cos)": {k: round(v, 6) for k, v in store.attrs.get("fidelity_cosine", {}).items()},
+            **{f"{kind} codec fidelity": _fidelity_text(f) for kind, f in store.codecs.items() if f.fidelity},
         })
     return dataset, teachers
+
+
+def _fidelity_text(fitted) -> str:
+    """One codec's calibration figures: cosine to the float32 forward (mean, 1st percentile) and the
+    relative error after per-dimension standardisation."""
+    f = fitted.fidelity
+    kept = f", kept variance {fitted.kept_variance:.3f} (k={fitted.stored_dim})" if fitted.kept_variance is not None else ""
+    return (f"cos {f['cos_mean']:.5f} (p1 {f['cos_p1']:.5f}), standardised rel. error {f['std_rel_err']:.4f} "
+            f"on {f['vectors']} vectors{kept}")
 
 
 def array_values(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
@@ -82,7 +94,7 @@ def _shard_missing(array: zarr.Array, unit: int) -> bool:
 def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage) -> None:
     rows = store.unit_rows(unit)
     good = ~bad[rows.start:rows.stop]
-    k, tokens = store.cache.views, store.info.tokens
+    k = store.cache.views
     for kind in store.kinds:
         where = f"teacher {store.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
         if _shard_missing(store.group[kind], unit):
@@ -103,7 +115,7 @@ def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage)
         except UserError as exc:
             damage.unit(store, unit, str(exc).split(";")[0])
             continue
-        expected = good.sum() * k * (tokens if kind == "patch" else 1)
+        expected = good.sum() * k * int(np.prod(store.stored_shape(kind)))
         if moments.count != expected or not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
             damage.unit(store, unit, f"{where}: partial statistics wrong (count {moments.count:.0f}, expected {expected}, "
                                      "or non-finite)")

@@ -179,7 +179,8 @@ def check_writable_target(url: str, ours: set[str]) -> None:
     if not fs.isdir(root):
         raise UserError(f"--cache {url} is a file, not a cache; choose a new path")
     names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
-    foreign = sorted(names - ours - {CLAIM_DIR})
+    writing = {n for n in names if _temp_stem(n) in {o.split(".")[0] for o in ours}}  # zarr.json being written by a racer
+    foreign = sorted(names - ours - writing - {CLAIM_DIR})
     if foreign:
         raise UserError(f"--cache {url} already holds other files ({', '.join(foreign[:3])}); unic-cache only creates "
                         "a cache in a new or empty folder: choose another path")
@@ -194,6 +195,14 @@ def check_writable_target(url: str, ours: set[str]) -> None:
                             "creation by an older version, or another store); remove it yourself or choose another path")
 
 
+def _temp_stem(name: str) -> str | None:
+    """The stem of a zarr write in progress: ``zarr`` for ``zarr.<32 hex>.partial`` (``zarr.json`` being
+    written), ``0`` for a chunk ``0.<32 hex>.partial``; None for any other name."""
+    stem, _, suffix = name.rpartition(".")
+    head, _, token = stem.rpartition(".")
+    return head if suffix == "partial" and len(token) == 32 and all(c in "0123456789abcdef" for c in token) else None
+
+
 def clean_stale_temp_files(url: str, older_than: float = STALE_AFTER) -> int:
     """Remove temp files (``*.<32 hex>.partial``) of zarr writes killed midway; returns how many.
 
@@ -206,8 +215,7 @@ def clean_stale_temp_files(url: str, older_than: float = STALE_AFTER) -> int:
     removed, now = 0, time.time()
     for folder, _, files in os.walk(root):
         for name in files:
-            stem, _, suffix = name.rpartition(".")
-            if suffix == "partial" and len(stem.rpartition(".")[2]) == 32:
+            if _temp_stem(name) is not None:
                 path = os.path.join(folder, name)
                 try:
                     if now - os.path.getmtime(path) >= older_than:

@@ -1,48 +1,226 @@
-"""How teacher features are stored: element type + compressor (the format; no torch here: the
-extraction runner casts tensors to ``dtype`` and measures the fidelity each codec keeps).
+"""How teacher features are stored, and rebuilt (torch-free: the extraction runner encodes on the device).
 
-Every codec here is made of standard zarr v3 codecs, so any zarr reader decodes the cache; every
-array's chain ends in crc32c (``checked``), so a damaged chunk fails on read instead of decoding.
+A codec is a spec ``[TRANSFORM+...]VALUES`` (``f16``, ``int8``, ``pca-32+int8``, ``pool-2+int8``, ...):
+
+- transforms, applied in order: ``pool-F`` averages the patch grid over F x F cells (the student then
+  predicts the pooled grid; the summary has no grid and skips it); ``pca-K`` / ``pca-0.FF`` keeps the
+  first K principal components, or the fewest that keep that fraction of the variance (the basis is
+  fitted in float64 on calibration vectors before the first unit is written);
+- values: ``f32``, ``f16``, ``bitround-B`` (float16 keeping B of its 10 mantissa bits, so that zstd
+  compresses it), ``int8`` (int8 in [-127, 127] times a float16 scale per vector) or ``int8c`` (int8
+  around a per-channel centre, times a per-channel scale fitted on calibration vectors: robust to the
+  outlier channels of DINO-like features, which spoil a per-vector scale).
+
+Stored arrays stay plain zarr (integers, coefficients, scales; every chain ends in crc32c, ``checked``);
+a fitted codec (``FittedCodec``: spec, parameters such as the PCA basis, fidelity) is described
+completely in the teacher's attrs and ``codec/<kind>/*`` arrays, and ``decode`` rebuilds vectors from
+the stored values with numpy or torch arrays alike (on the GPU in stage 2). The names of format-1
+caches (``f16-zstd``, ``f32-zstd``) still read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import UserError
 
+VALUES = {"f32": "float32", "f16": "float16", "bitround": "float16", "int8": "int8", "int8c": "int8"}
+LEGACY = {"f16-zstd": "f16", "f32-zstd": "f32"}
+INT8_MISSING = -128  # the fill value of int8 arrays: never written (values are clipped to +-127), so it marks a missing chunk
+ZSTD_LEVEL = 3
+EXAMPLES = "f16, f32, bitround-7, int8, int8c, pca-32, pca-0.95+int8, pool-2+int8"
+
 
 def checked(*compressors) -> tuple:
     """A compressor chain with a crc32c checksum last."""
-    import zarr  # here: the option checks read CODECS without loading zarr
+    import zarr  # here: the option checks read this module without loading zarr
 
     return (*compressors, zarr.codecs.Crc32cCodec())
 
 
 @dataclass(frozen=True)
-class FeatureCodec:
-    """A storage format for features: numpy dtype and zstd level."""
+class Codec:
+    """A parsed codec spec: ``transforms`` (("pool", F) / ("pca", K or fraction)) then ``values``."""
 
-    name: str
-    dtype: str
-    zstd_level: int
-
-    def compressors(self) -> tuple:
-        import zarr
-
-        return (zarr.codecs.ZstdCodec(level=self.zstd_level),)
+    values: str
+    keepbits: int | None = None
+    transforms: tuple[tuple[str, float], ...] = ()
 
     @property
-    def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
+    def spec(self) -> str:
+        parts = [f"{name}-{int(arg) if name == 'pool' or arg >= 1 else arg}" for name, arg in self.transforms]
+        parts.append(f"bitround-{self.keepbits}" if self.values == "bitround" else self.values)
+        return "+".join(parts)
+
+    @property
+    def dtype(self) -> str:
+        return VALUES[self.values]
+
+    @property
+    def pool(self) -> int:
+        return int(next((arg for name, arg in self.transforms if name == "pool"), 1))
+
+    @property
+    def pca(self) -> float | None:
+        return next((arg for name, arg in self.transforms if name == "pca"), None)
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.pca is not None or self.values == "int8c"
+
+    def for_kind(self, kind: str) -> "Codec":
+        """This codec as applied to ``kind``: the summary has no grid to pool."""
+        return self if kind == "patch" else replace(self, transforms=tuple(t for t in self.transforms if t[0] != "pool"))
+
+    def stored_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The token grid stored for a teacher grid (pooled cells cover a partial edge too)."""
+        return (-(-grid[0] // self.pool), -(-grid[1] // self.pool))
+
+    def bytes_per_vector(self, stored_dim: int) -> int:
+        """Uncompressed bytes of one stored vector (values, and a per-vector scale for int8)."""
+        return stored_dim * np.dtype(self.dtype).itemsize + (2 if self.values == "int8" else 0)
+
+    def planned_dim(self, dim: int) -> int:
+        """Stored width before fitting: K for pca-K, else ``dim`` (an upper bound for pca-FRACTION)."""
+        pca = self.pca
+        return dim if pca is None or pca < 1 else min(dim, int(pca))
 
 
-CODECS = {c.name: c for c in (FeatureCodec("f16-zstd", "float16", 3), FeatureCodec("f32-zstd", "float32", 3))}
+def parse_codec(spec: str) -> Codec:
+    """A codec spec as a ``Codec``; a bad one is a one-line error listing examples."""
+    spec = LEGACY.get(spec, spec)
+    parts = spec.split("+") if spec else [""]
+    values, keepbits = parts[-1], None
+    if values not in VALUES and not values.startswith("bitround-"):
+        parts, values = [*parts, "f16"], "f16"  # "pca-32" alone stores float16 coefficients
+    if values.startswith("bitround-"):
+        bits = values.partition("-")[2]
+        if not bits.isdigit() or not 1 <= int(bits) <= 9:
+            raise UserError(f"codec {spec!r}: bitround-B keeps B of float16's 10 mantissa bits, 1 <= B <= 9")
+        values, keepbits = "bitround", int(bits)
+    transforms = []
+    for part in parts[:-1]:
+        name, _, arg = part.partition("-")
+        try:
+            value = float(arg)
+        except ValueError:
+            value = float("nan")
+        if name == "pool" and value.is_integer() and value >= 2 and not transforms:
+            transforms.append(("pool", int(value)))
+        elif name == "pca" and (0 < value < 1 or (value.is_integer() and value >= 1)) and not any(t[0] == "pca" for t in transforms):
+            transforms.append(("pca", value if value < 1 else int(value)))
+        else:
+            raise UserError(f"unknown codec {spec!r}: write [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES one of "
+                            f"f32, f16, bitround-B, int8, int8c (pool first, at most one pca); e.g. {EXAMPLES}")
+    return Codec(values, keepbits, tuple(transforms))
 
 
-def get_codec(name: str) -> FeatureCodec:
-    if name not in CODECS:
-        raise UserError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}")
-    return CODECS[name]
+def codec_problem(spec: str) -> str | None:
+    """None for a valid spec, else the reason (for option checks)."""
+    try:
+        parse_codec(spec)
+    except UserError as exc:
+        return f"{{flag}}: {exc}"
+    return None
+
+
+@dataclass
+class FittedCodec:
+    """A codec as applied to one kind of one teacher: its spec, the stored width and grid, its fitted
+    parameters (numpy: ``center``/``basis`` of the PCA, ``offset``/``scale`` per channel for int8c) and
+    the fidelity measured on the calibration vectors."""
+
+    codec: Codec
+    dim: int  # the teacher's width: what decode gives back
+    stored_dim: int
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    fidelity: dict[str, float] = field(default_factory=dict)
+    kept_variance: float | None = None
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Stored arrays besides the values: "scale" for per-vector int8."""
+        return ("scale",) if self.codec.values == "int8" else ()
+
+    def describe(self) -> dict:
+        """Everything that defines the stored values, for the teacher's attrs (parameters live in arrays)."""
+        return {"spec": self.codec.spec, "values": self.codec.values, "dtype": self.codec.dtype,
+                "keepbits": self.codec.keepbits, "transforms": [list(t) for t in self.codec.transforms],
+                "dim": self.dim, "stored_dim": self.stored_dim, "params": sorted(self.params),
+                "kept_variance": self.kept_variance, "fidelity": self.fidelity, "zstd_level": ZSTD_LEVEL,
+                "scale_dtype": "float16" if self.parts else None, "int8_range": [-127, 127] if self.codec.dtype == "int8" else None}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict | str, dim: int, params: dict[str, np.ndarray], teacher: str) -> "FittedCodec":
+        """From a teacher's attrs: a ``describe()`` dict, or a format-1 codec name (no parameters)."""
+        if isinstance(attrs, str):
+            if attrs not in LEGACY:
+                raise UserError(f"teacher {teacher} uses codec {attrs!r}, which this version of unic-cache does not know; "
+                                "upgrade unic-cache to read it")
+            return cls(parse_codec(attrs), dim, dim)
+        try:
+            codec = parse_codec(attrs["spec"])
+        except UserError:
+            codec = None
+        if codec is None or codec.values != attrs.get("values") or sorted(params) != sorted(attrs.get("params", [])):
+            raise UserError(f"teacher {teacher} uses codec {attrs.get('spec')!r}, which this version of unic-cache does not "
+                            "know; upgrade unic-cache to read it")
+        return cls(codec, int(attrs["dim"]), int(attrs["stored_dim"]), params, attrs.get("fidelity", {}),
+                   attrs.get("kept_variance"))
+
+    def decode(self, values, scale=None, params: dict | None = None):
+        """Vectors (..., dim) from stored values (..., stored_dim) already cast to float32, as numpy or torch
+        arrays alike; ``params`` (default: this codec's numpy ones) must be of the same kind and device."""
+        p = self.params if params is None else params
+        if self.codec.values == "int8":
+            values = values * scale[..., None]
+        elif self.codec.values == "int8c":
+            values = values * p["scale"] + p["offset"]
+        if "basis" in p:
+            values = values @ p["basis"].T + p["center"]
+        return values
+
+
+def fit_codec(codec: Codec, x: np.ndarray) -> FittedCodec:
+    """Fit ``codec`` on calibration vectors ``x`` (M, D), after any pooling: the PCA basis in float64
+    (components sorted by variance, sign fixed so that each has a positive largest entry), then the
+    int8c channel ranges on the projected vectors."""
+    x = np.asarray(x, np.float64)
+    dim, params, kept = x.shape[1], {}, None
+    stored = dim
+    if codec.pca is not None:
+        center = x.mean(0)
+        xc = x - center
+        eigval, eigvec = np.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
+        eigval, eigvec = eigval[::-1].clip(min=0), eigvec[:, ::-1]
+        eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(0), np.arange(dim)])
+        total = max(eigval.sum(), 1e-300)
+        if codec.pca < 1:
+            stored = int(min(dim, np.searchsorted(np.cumsum(eigval) / total, codec.pca) + 1))
+        else:
+            stored = int(min(dim, codec.pca))
+        kept = float(eigval[:stored].sum() / total)
+        params.update(center=center.astype(np.float32), basis=np.ascontiguousarray(eigvec[:, :stored]).astype(np.float32))
+        x = xc @ eigvec[:, :stored]
+    if codec.values == "int8c":
+        offset = x.mean(0)
+        reach = np.abs(x - offset).max(0) * 1.1  # 10% headroom for values past the calibration range
+        params.update(offset=offset.astype(np.float32), scale=(np.maximum(reach, 1e-12) / 127).astype(np.float32))
+    return FittedCodec(codec, dim, stored, params, kept_variance=kept)
+
+
+def fidelity(original: np.ndarray, decoded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:
+    """How well ``decoded`` (M, D) keeps ``original``: mean and 1st-percentile cosine, and the mean relative
+    error after the per-dimension standardisation (``mean``, ``std``) that the distillation loss sees."""
+    a, b = np.asarray(original, np.float64), np.asarray(decoded, np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    za, zb = (a - mean) / std, (b - mean) / std
+    rel = np.linalg.norm(zb - za, axis=1) / np.maximum(np.linalg.norm(za, axis=1), 1e-300)
+    return {"cos_mean": float(cos.mean()), "cos_p1": float(np.percentile(cos, 1)), "std_rel_err": float(rel.mean())}
+
+
+def f32_bytes(dim: int, tokens: int) -> int:
+    """Bytes of one sample-view (summary + tokens) in float32: the reference of every size ratio."""
+    return 4 * dim * (1 + tokens)

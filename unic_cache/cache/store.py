@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from . import claims
-from .codecs import FeatureCodec, checked, get_codec
+from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked, parse_codec
 from ..errors import UserError
 from .sources import DatasetIndex, Source
 from .views import P, PlanConfig, plan_views
@@ -61,9 +61,13 @@ def checksummed(array: zarr.Array) -> bool:
     return "crc32c" in json.dumps(array.metadata.to_dict()["codecs"])
 
 
+SUMMARY_CHUNK_ROWS = 64  # rows per summary chunk: one loader block (DistillStream's block_rows)
+
+
 def _fill(dtype: str):
-    """NaN for floats (a missing chunk can never pass as data), 0 otherwise."""
-    return float("nan") if np.dtype(dtype).kind == "f" else 0
+    """NaN for floats and INT8_MISSING for int8 features (a missing chunk can never pass as data), else 0."""
+    kind = np.dtype(dtype)
+    return float("nan") if kind.kind == "f" else INT8_MISSING if kind == np.int8 else 0
 
 
 def create_checked(group: zarr.Group, name: str, shape: tuple, dtype, chunks: tuple | None = None, **kw) -> zarr.Array:
@@ -353,52 +357,74 @@ class Cache:
             return False
         return True
 
-    def require_teacher(self, name: str, info: TeacherInfo, codec: FeatureCodec, patch: bool,
-                        shard_mb: float = 256.0, unit_rows: int | None = None, code_version: str = "") -> "TeacherStore":
-        """The teacher ``name``: created by one of the processes that race to add it, used by the others;
-        refused in one line when it exists with other settings (model, weights, resolution, codec...)."""
+    def require_teacher(self, name: str, info: TeacherInfo, codecs: dict[str, Codec], fit, shard_mb: float = 256.0,
+                        unit_rows: int | None = None, code_version: str = "") -> "TeacherStore":
+        """The teacher ``name`` with ``codecs`` per kind ("summary", and "patch" when patch tokens are stored):
+        created by one of the processes that race to add it (``fit()`` gives its ``FittedCodec`` per kind,
+        from calibration vectors), used by the others; refused in one line when it exists with other
+        settings (model, weights, resolution, codec...)."""
         claims.once(self.url, f"teacher-{name}", lambda: self._teacher_ready(name),
-                    lambda: self._add_teacher(name, info, codec, patch, shard_mb, unit_rows, code_version),
+                    lambda: self._add_teacher(name, info, fit(), shard_mb, unit_rows, code_version),
                     lambda: None, f"adding teacher {name}")
         store = self.teacher(name)
-        want = {**info.to_dict(), "codec": codec.name, "has_patch": patch}
-        have = {k: store.attrs.get(k) for k in want}
+        want = {**info.to_dict(), **codec_record(codecs)}
+        have = {k: store.attrs.get(k) for k in info.to_dict()} | codec_record(store.codec_specs())
         diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if json_normal(have[k]) != json_normal(want[k]))
         if diff:
             raise UserError(f"teacher {name!r} is already in {self.url} with other settings ({diff}); "
                             "pass --name to store this one beside it")
         return store
 
-    def _add_teacher(self, name: str, info: TeacherInfo, codec: FeatureCodec, patch: bool,
-                     shard_mb: float, unit_rows: int | None, code_version: str) -> None:
+    def _add_teacher(self, name: str, info: TeacherInfo, fitted: dict[str, FittedCodec], shard_mb: float,
+                     unit_rows: int | None, code_version: str) -> None:
         """Create the arrays of a new teacher (replacing our own unfinished ones); sizes are fixed here,
         so every rank computes the same layout."""
-        n, k, d, t = self.n, self.views, info.dim, info.tokens
-        chunk_rows = max(1, (2 << 20) // (t * d * codec.itemsize)) if patch else 1
+        n, k, d = self.n, self.views, info.dim
+        shapes = {"summary": (), "patch": ()}
+        if "patch" in fitted:
+            grid = fitted["patch"].codec.stored_grid(info.grid)
+            shapes["patch"] = (grid[0] * grid[1],)
+        vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
+        row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
+        chunk_rows = SUMMARY_CHUNK_ROWS
+        if "patch" in fitted:  # about 2 MB per patch chunk, a power of two so that it divides a summary chunk
+            per_row = shapes["patch"][0] * vector["patch"]
+            chunk_rows = 1 << int(np.log2(max(1, min(SUMMARY_CHUNK_ROWS, (2 << 20) // per_row))))
         if unit_rows is None:
-            row_bytes = k * d * codec.itemsize * (1 + (t if patch else 0))
             unit_rows = max(1, int(shard_mb * (1 << 20)) // row_bytes)
-        if unit_rows < chunk_rows:
-            chunk_rows = unit_rows
-        unit_rows = max(chunk_rows, unit_rows // chunk_rows * chunk_rows)
+        chunk_rows = min(chunk_rows, unit_rows)
+        summary_rows = min(SUMMARY_CHUNK_ROWS, max(chunk_rows, unit_rows // chunk_rows * chunk_rows))
+        unit_rows = max(summary_rows, unit_rows // summary_rows * summary_rows)
         units = -(-n // unit_rows)
         group = self.group["teachers"].create_group(name, overwrite=True)
-        create_checked(group, "summary", (n, k, d), codec.dtype, chunks=(unit_rows, 1, d), shards=(unit_rows, k, d),
-                       compressors=codec.compressors())
-        if patch:
-            create_checked(group, "patch", (n, k, t, d), codec.dtype, chunks=(chunk_rows, 1, t, d),
-                           shards=(unit_rows, k, t, d), compressors=codec.compressors())
+        zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+        for kind, f in fitted.items():
+            rows = summary_rows if kind == "summary" else chunk_rows
+            vectors = (n, k, *shapes[kind])
+            create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
+                           shards=(unit_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
+            for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
+                create_checked(group, f"{kind}_{part}", vectors, "float16", chunks=(rows, 1, *shapes[kind]),
+                               shards=(unit_rows, k, *shapes[kind]), compressors=zstd)
+            for param, value in f.params.items():
+                create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
         stats = group.create_group("stats/partial")
-        zstd = (zarr.codecs.ZstdCodec(level=3),)
-        for kind in KINDS[: 2 if patch else 1]:
+        for kind in fitted:
             create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
             create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
             create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)
             create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
-        group.attrs.update({**info.to_dict(), "codec": codec.name, "has_patch": patch, "unit_rows": unit_rows,
-                            "units": units, "code_version": code_version, "complete": False})
+        specs = {kind: f.codec for kind, f in fitted.items()}
+        group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe() for kind, f in fitted.items()},
+                            "unit_rows": unit_rows, "units": units, "code_version": code_version, "complete": False})
         # created last: other processes wait for it, and its one-byte chunks make each unit's flag atomic
         create_checked(group, "progress", (units,), "uint8", chunks=(1,))
+
+
+def codec_record(codecs: dict[str, Codec]) -> dict:
+    """What identifies a teacher's storage: the codec spec per kind (None: patch tokens not stored)."""
+    patch = codecs.get("patch")
+    return {"codec": codecs["summary"].spec, "patch_codec": patch.spec if patch else None, "has_patch": patch is not None}
 
 
 class TeacherStore:
@@ -416,9 +442,39 @@ class TeacherStore:
         a = {k: v for k, v in self.attrs.items() if k in fields}
         return TeacherInfo(**{**a, "mean": tuple(a["mean"]), "std": tuple(a["std"]), "grid": tuple(a["grid"])})
 
+    def codec_specs(self) -> dict[str, Codec]:
+        """The codec per stored kind, as given at extraction (format-1 names read as their new spelling)."""
+        described = self.attrs.get("codecs")
+        if described is None:  # before lossy codecs: one codec name for every kind
+            return {kind: parse_codec(self.attrs["codec"]) for kind in self.kinds}
+        return {kind: parse_codec(described[kind]["spec"]) for kind in self.kinds}
+
+    @functools.cached_property
+    def codecs(self) -> dict[str, FittedCodec]:
+        """The fitted codec per kind, its parameters read (checked) from ``codec/<kind>/*``; a codec this
+        version does not know is a one-line error naming it."""
+        described = self.attrs.get("codecs") or {kind: self.attrs["codec"] for kind in self.kinds}
+        out = {}
+        for kind in self.kinds:
+            params = {}
+            if f"codec/{kind}" in self.group:
+                params = {name: read_checked(array, ..., f"teacher {self.name} codec parameter {kind}/{name}")
+                          for name, array in self.group[f"codec/{kind}"].arrays()}
+            out[kind] = FittedCodec.from_attrs(described[kind], self.info.dim, params, self.name)
+        return out
+
     @property
-    def codec(self) -> FeatureCodec:
-        return get_codec(self.attrs["codec"])
+    def stored_grid(self) -> tuple[int, int]:
+        """The patch-token grid as stored (the teacher's, or pooled by the codec)."""
+        return self.codecs["patch"].codec.stored_grid(self.info.grid) if self.has_patch else self.info.grid
+
+    def stored_shape(self, kind: str) -> tuple[int, ...]:
+        """Vectors per sample-view of ``kind``: () for the summary, (tokens,) for patch tokens."""
+        return () if kind == "summary" else (self.stored_grid[0] * self.stored_grid[1],)
+
+    def arrays(self, kind: str) -> tuple[str, ...]:
+        """The stored arrays of ``kind``: the values, then any per-vector parts (int8 scales)."""
+        return (kind, *(f"{kind}_{part}" for part in self.codecs[kind].parts))
 
     @property
     def has_patch(self) -> bool:
@@ -443,6 +499,7 @@ class TeacherStore:
         """Re-read the attributes from the store (another process may have finished the teacher)."""
         self.group = self.cache.group[f"teachers/{self.name}"]
         self.attrs = json_normal(self.group.attrs.asdict())
+        self.__dict__.pop("codecs", None)
         return self
 
     def done(self) -> np.ndarray:
@@ -469,30 +526,35 @@ class TeacherStore:
     def complete(self) -> bool:
         return bool(self.group.attrs.get("complete", False))
 
-    def read(self, kind: str, rows: slice, view) -> np.ndarray:
-        """Stored ``kind`` features of ``rows`` at ``view`` (an int or a slice); damaged, missing or
-        non-finite data is a one-line error naming the teacher, rows and unit."""
+    def read_stored(self, array: str, rows: slice, view) -> np.ndarray:
+        """One stored array (``arrays(kind)``) of ``rows`` at ``view`` (an int or a slice), as stored;
+        damaged, missing or non-finite data is a one-line error naming the teacher, rows and unit."""
         first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
         units = f"unit {first}" if first == last else f"units {first}-{last}"
-        what = f"teacher {self.name} {kind} rows {rows.start}-{rows.stop - 1} ({units})"
-        x = read_checked(self.feature_array(kind), (rows, view), what)
-        if not np.isfinite(x).all():
-            raise UserError(f"{what}: non-finite values (NaN/Inf, or a missing chunk); "
-                            "run `unic-cache verify --repair` and re-run extract")
+        what = f"teacher {self.name} {array} rows {rows.start}-{rows.stop - 1} ({units})"
+        x = read_checked(self.feature_array(array), (rows, view), what)
+        if (x == INT8_MISSING).any() if x.dtype == np.int8 else not np.isfinite(x).all():
+            problem = "missing values (a missing chunk)" if x.dtype == np.int8 else "non-finite values (NaN/Inf, or a missing chunk)"
+            raise UserError(f"{what}: {problem}; run `unic-cache verify --repair` and re-run extract")
         return x
 
-    def feature_array(self, kind: str) -> zarr.Array:
-        """The ``summary`` or ``patch`` array, opened once (its metadata never changes once created)."""
-        if kind not in self._arrays:
-            self._arrays[kind] = self.group[kind]
-        return self._arrays[kind]
+    def read(self, kind: str, rows: slice, view) -> np.ndarray:
+        """``kind`` features of ``rows`` at ``view`` rebuilt by the codec as float32 (..., dim), read checked."""
+        parts = [self.read_stored(a, rows, view).astype(np.float32) for a in self.arrays(kind)]
+        return self.codecs[kind].decode(*parts).astype(np.float32, copy=False)
+
+    def feature_array(self, name: str) -> zarr.Array:
+        """A stored feature array, opened once (its metadata never changes once created)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def write_unit(self, unit: int, features: dict[str, np.ndarray], moments: dict[str, Moments],
                    cos_sums: dict[str, float]) -> None:
-        """Write a whole unit (features, then partial stats, then its progress flag)."""
+        """Write a whole unit (every stored array, then partial stats, then its progress flag)."""
         rows = self.unit_rows(unit)
-        for kind in self.kinds:
-            self.group[kind][rows.start:rows.stop] = features[kind]
+        for name, values in features.items():
+            self.group[name][rows.start:rows.stop] = values
         partial = self.group["stats/partial"]
         for kind in self.kinds:
             m = moments[kind]
@@ -551,4 +613,9 @@ class TeacherStore:
         return out
 
     def nbytes_stored(self) -> int:
-        return sum(self.group[kind].nbytes_stored() for kind in self.kinds)
+        """Bytes on disk of every stored feature array (values and scales)."""
+        return sum(self.group[a].nbytes_stored() for kind in self.kinds for a in self.arrays(kind))
+
+    def nbytes_encoded(self) -> int:
+        """Bytes of every stored feature array before compression (what the planner predicts)."""
+        return sum(self.group[a].nbytes for kind in self.kinds for a in self.arrays(kind))

@@ -40,7 +40,7 @@ class Selection:
 
 
 class DistillStream(Dataset):
-    """This rank's endless stream of samples {"image", "row", "view", "<teacher>/<kind>": target}.
+    """This rank's endless stream of samples {"image", "row", "view", "<teacher>/<array>": stored target}.
 
     An item is one window of blocks (``WindowRef``), read by a DataLoader worker as whole stacked
     arrays; ``batches`` cuts the windows, in stream order, into batches in the main process, so the
@@ -119,8 +119,8 @@ class DistillStream(Dataset):
             targets = {}
         else:
             params = _gather(lambda r, v: cache.params(r)[:, v], window)
-            targets = {f"{t}/{kind}": _gather(functools.partial(stores[t].read, kind), window)
-                       for t, kind in self.selection.targets}
+            targets = {f"{t}/{name}": _gather(functools.partial(stores[t].read_stored, name), window)
+                       for t, kind in self.selection.targets for name in stores[t].arrays(kind)}  # decoded on the device
         order = np.random.default_rng([self.seed, epoch, number, 7]).permutation(len(rows))[skip:]
         needed = np.sort(rows[order])  # read in row order: nearby rows of a shard come in one request
         digest = None if cache.digest is None else cache.digest[needed]

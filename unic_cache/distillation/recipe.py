@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from ..cache.sources import open_source
 from ..cache.store import Cache, TeacherInfo, json_normal
 from ..errors import UserError
+from ..models.codecs import DeviceCodec
 from ..models.student import Student
 from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, init_distributed
@@ -101,7 +102,11 @@ class Distiller:
         self.norms = torch.nn.ModuleDict({
             f"{t}__{kind}": TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
         self.norms.to(self.device)
-        self.grids = {t: stores[t].info.grid for t in self.teachers}
+        # stored arrays -> vectors, on the device (an online teacher's outputs need no decoding)
+        self.codecs = {(t, kind): DeviceCodec(stores[t].codecs[kind], stores[t].info.grid, self.device)
+                       for t, kind in self.selection.targets if t not in self.online}
+        self.arrays = {(t, kind): (kind,) if t in self.online else stores[t].arrays(kind) for t, kind in self.selection.targets}
+        self.grids = {t: stores[t].info.grid if cfg.online else stores[t].stored_grid for t in self.teachers}
 
     def _setup_student(self) -> None:
         """The student encoder with its projector ladder (seeded), optionally initialised from a file."""
@@ -150,7 +155,8 @@ class Distiller:
         per_teacher = {t: 0.0 for t in self.teachers}  # over token kinds: mean (UNIC, drop_norm batch) or sum
         kinds = {t: sum(1 for u, _ in self.selection.targets if u == t) for t in self.teachers}
         for t, kind in self.selection.targets:
-            target = self.norms[f"{t}__{kind}"](batch[f"{t}/{kind}"].to(self.device, non_blocking=True).float())
+            stored = [batch[f"{t}/{name}"].to(self.device, non_blocking=True) for name in self.arrays[t, kind]]
+            target = self.norms[f"{t}__{kind}"](self.codecs[t, kind].decode(stored) if t not in self.online else stored[0])
             pred = preds[f"{t}/{kind}"].float()
             if self.cfg.loss == "unic":
                 per_teacher[t] = per_teacher[t] + unic_loss(pred, target)

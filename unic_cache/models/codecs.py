@@ -1,0 +1,80 @@
+"""Stored features on the device: ``DeviceCodec`` encodes teacher outputs into a fitted codec's stored
+arrays (stage 1) and rebuilds vectors from them (stage 2, on the GPU: int8 scales, PCA bases), with the
+pooling and bit rounding the codecs use. The format itself (specs, fitting, numpy decoding) is
+``cache.codecs``; this is its torch side, shared by both stages.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..cache.codecs import FittedCodec
+
+
+def pool_tokens(patch: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:
+    """(B, T, D) tokens of a ``grid`` averaged over factor x factor cells (partial edge cells too)."""
+    if factor == 1:
+        return patch
+    b, _, d = patch.shape
+    fmap = patch.transpose(1, 2).reshape(b, d, *grid)
+    return F.avg_pool2d(fmap, factor, ceil_mode=True).flatten(2).transpose(1, 2)
+
+
+def unpool_tokens(pooled: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:
+    """Pooled tokens spread back over the ``grid`` they cover (to compare them with the original tokens)."""
+    if factor == 1:
+        return pooled
+    b, _, d = pooled.shape
+    cells = (-(-grid[0] // factor), -(-grid[1] // factor))
+    fmap = pooled.transpose(1, 2).reshape(b, d, *cells).repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    return fmap[:, :, :grid[0], :grid[1]].flatten(2).transpose(1, 2)
+
+
+def bitround(x: torch.Tensor, keepbits: int) -> torch.Tensor:
+    """float16 values with only ``keepbits`` of their 10 mantissa bits, rounded to nearest (ties to even),
+    as numcodecs' BitRound does."""
+    drop = 10 - keepbits
+    bits = x.half().view(torch.int16).to(torch.int32) & 0xFFFF
+    half = (1 << (drop - 1)) - 1
+    bits = (bits + half + ((bits >> drop) & 1)) & (0xFFFF & ~((1 << drop) - 1))
+    return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(torch.float16)
+
+
+class DeviceCodec:
+    """One kind's fitted codec with its parameters on the device: ``encode`` gives the stored arrays,
+    ``decode`` what stage 2 rebuilds from them."""
+
+    def __init__(self, fitted: FittedCodec, grid: tuple[int, int], device: torch.device):
+        self.fitted, self.codec, self.grid = fitted, fitted.codec, grid
+        self.params = {k: torch.as_tensor(v, device=device) for k, v in fitted.params.items()}
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher vectors (B, [T,] D) -> the vectors the codec quantises (pooled, projected)."""
+        if x.ndim == 3:
+            x = pool_tokens(x, self.grid, self.codec.pool)
+        if "basis" in self.params:
+            x = (x - self.params["center"]) @ self.params["basis"]
+        return x
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stored arrays (values, then any per-vector scale) of teacher vectors ``x`` in float32."""
+        y = self.transform(x.float())
+        values = self.codec.values
+        if values == "int8":
+            scale = (y.abs().amax(-1) / 127).half()
+            q = torch.round(y / scale.float().clamp_min(2.0 ** -24)[..., None]).clamp(-127, 127)
+            return [q.to(torch.int8), scale]
+        if values == "int8c":
+            q = torch.round((y - self.params["offset"]) / self.params["scale"]).clamp(-127, 127)
+            return [q.to(torch.int8)]
+        if values == "bitround":
+            return [bitround(y, self.codec.keepbits)]
+        return [y.to(getattr(torch, self.codec.dtype))]
+
+    def decode(self, stored: list[torch.Tensor]) -> torch.Tensor:
+        return self.fitted.decode(*(s.float() for s in stored), params=self.params)
+
+    def original(self, x: torch.Tensor) -> torch.Tensor:
+        """What decoded vectors are compared with: the teacher's vectors, pooled as the codec pools them."""
+        return pool_tokens(x.float(), self.grid, self.codec.pool) if x.ndim == 3 else x.float()

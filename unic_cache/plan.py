@@ -1,0 +1,66 @@
+"""``unic-cache plan``: the bytes a cache will take and the read bandwidth stage 2 will need, before any
+extraction (teachers are built on the meta device: no weights, no data read unless DATA is given)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cache.codecs import codec_problem, parse_codec
+from .cache.sizing import TeacherSize, plan_lines
+from .errors import UserError
+from .options import Options, at_least, comma_list, key_values, option
+
+
+@dataclass
+class PlanOptions(Options):
+    """Everything ``plan`` can be told."""
+
+    command = "plan"
+
+    data: str | None = option(None, "The dataset, to count its samples (reads the shards' headers); or --samples.",
+                              positional=True)
+    samples: int | None = option(None, "Number of samples (ImageNet-1K train: 1281167).", checks=(at_least(1),))
+    teachers: list[str] = option(help="Comma-separated teachers: aliases (see `unic-cache teachers`) or timm:<name>; "
+                                      "ALIAS:SIZE picks a size, e.g. dino:base,deit3:base.", factory=list, parse=comma_list)
+    resolution: int | None = option(None, "Input resolution of every teacher (default: 224 for aliases, as extract).",
+                                    checks=(at_least(1),))
+    model_args: dict = option(help="KEY=VALUE passed to timm.create_model (repeatable).", factory=dict,
+                              flag="--model-arg", parse=key_values)
+    views: int = option(8, "Augmented views per sample.", checks=(at_least(1),))
+    patch: bool = option(True, "Store patch tokens as well as the summary.")
+    codec: str = option("f16", "Feature codec, as extract's --codec.", checks=(codec_problem,))
+    patch_codec: str | None = option(None, "Patch-token codec when it differs, as extract's --patch-codec.",
+                                     checks=(codec_problem,))
+    throughput: float = option(2000.0, "Student samples per second (all GPUs) for the read bandwidth.",
+                               checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
+
+    def check_together(self) -> None:
+        if not self.teachers:
+            raise UserError("plan needs --teachers, e.g. --teachers dino:base,deit3:base")
+        if (self.data is None) == (self.samples is None):
+            raise UserError("plan needs either DATA or --samples N (not both)")
+
+
+def plan(opts: PlanOptions) -> list[TeacherSize]:
+    """One ``TeacherSize`` per teacher of ``opts``."""
+    from .models.teachers import teacher_shape
+
+    opts.check()
+    samples = opts.samples
+    if samples is None:
+        from .cache.sources import open_source
+
+        samples = open_source(opts.data).index(progress=True).n
+    codec = parse_codec(opts.codec)
+    patch = parse_codec(opts.patch_codec or opts.codec).for_kind("patch") if opts.patch else None
+    sizes = []
+    for spec in opts.teachers:
+        teacher, _, size = spec.partition(":") if not spec.startswith("timm:") else (spec, "", "")
+        info = teacher_shape(teacher, size or None, opts.resolution, opts.model_args)
+        sizes.append(TeacherSize(spec, info.dim, info.grid, codec.for_kind("summary"), patch, samples, opts.views))
+    return sizes
+
+
+def plan_report(opts: PlanOptions) -> list[str]:
+    """The planner's lines for ``opts``."""
+    return plan_lines(plan(opts), opts.throughput)
