@@ -197,3 +197,30 @@ def test_efficientnet_lite0_converted_from_its_package_predicts_real_photos():
             top[name] = int(model(x[None]).argmax())
     assert 281 <= top["chelsea"] <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert top["coffee"] in (967, 968)  # espresso, cup
+
+
+def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_dir, weights, tmp_path):
+    """The loader ships int8 values, scales and coefficients; the recipe rebuilds exactly what the store reads;
+    a student trains on a pooled grid."""
+    from unic_cache.distillation.loader import DistillStream, Selection
+    from unic_cache.distillation.recipe import DistillConfig, Distiller
+
+    url = str(tmp_path / "c.zarr")
+    extract(str(shapes_dir), url, opts(weights, codec="int8", patch_codec="pool-2+pca-0.9+int8"))
+    cache = Cache.open(url)
+    store = cache.teacher(TINY)
+    stream = DistillStream(str(shapes_dir), url, Selection.all_kinds(cache, [TINY]), 32, 4, block_rows=4)
+    sample = next(iter(stream))
+    assert sample[f"{TINY}/patch"].dtype == torch.int8 and sample[f"{TINY}/patch_scale"].dtype == torch.float16
+    assert sample[f"{TINY}/patch"].shape == (1, store.codecs["patch"].stored_dim)  # one pooled cell of k coefficients
+    row, view = sample["row"], sample["view"]
+    for kind in store.kinds:
+        dc = DeviceCodec(store.codecs[kind], store.info.grid, torch.device("cpu"))
+        rebuilt = dc.decode([sample[f"{TINY}/{name}"] for name in store.arrays(kind)])
+        assert np.allclose(rebuilt.numpy(), store.read(kind, slice(row, row + 1), view)[0], atol=1e-5)
+    cfg = DistillConfig(data=str(shapes_dir), cache=url, out=str(tmp_path / "run"), student=TINY, img_size=32,
+                        model_args={"depth": 2}, steps=3, batch_size=8, workers=0, progress=False)
+    distiller = Distiller(cfg)
+    assert distiller.grids[TINY] == (1, 1)
+    distiller.run()
+    assert (tmp_path / "run" / "student.safetensors").exists()

@@ -1,7 +1,7 @@
 """unic-cache: run each teacher once into a sharded zarr cache, then distil students from the cache alone.
 
 Layout: ``cache/`` (the format and its checks; no torch), ``extraction/`` (stage 1), ``distillation/``
-(stage 2), ``evaluation/``, ``models/`` (teachers, student, pixels) and ``runtime`` (devices, ranks);
+(stage 2), ``evaluation/``, ``models/`` (teachers, student, pixels, codecs on the device) and ``runtime`` (devices, ranks);
 the CLI and pipelines sit on top. Names are imported on first use (PEP 562), so ``unic-cache --help``
 and reading a cache never load torch.
 """
@@ -31,6 +31,9 @@ _EXPORTS = {
     "evaluation.train_teacher": ["train_teacher"],
     "cache.views": ["PARAM_NAMES", "PlanConfig", "ViewPolicy", "plan_views"],
     "models.pixels": ["replay"],
+    "plan": ["PlanOptions", "plan", "plan_report"],
+    "cache.codecs": ["Codec", "FittedCodec", "parse_codec"],
+    "cache.sizing": ["TeacherSize"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *_WHERE]

@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from . import claims
-from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked, parse_codec
+from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
 from ..errors import UserError
 from .sources import DatasetIndex, Source
 from .views import P, PlanConfig, plan_views
@@ -444,16 +444,13 @@ class TeacherStore:
 
     def codec_specs(self) -> dict[str, Codec]:
         """The codec per stored kind, as given at extraction (format-1 names read as their new spelling)."""
-        described = self.attrs.get("codecs")
-        if described is None:  # before lossy codecs: one codec name for every kind
-            return {kind: parse_codec(self.attrs["codec"]) for kind in self.kinds}
-        return {kind: parse_codec(described[kind]["spec"]) for kind in self.kinds}
+        return {kind: fitted.codec for kind, fitted in self.codecs.items()}
 
     @functools.cached_property
     def codecs(self) -> dict[str, FittedCodec]:
         """The fitted codec per kind, its parameters read (checked) from ``codec/<kind>/*``; a codec this
         version does not know is a one-line error naming it."""
-        described = self.attrs.get("codecs") or {kind: self.attrs["codec"] for kind in self.kinds}
+        described = self.attrs.get("codecs") or {kind: self.attrs["codec"] for kind in self.kinds}  # format 1: a name
         out = {}
         for kind in self.kinds:
             params = {}

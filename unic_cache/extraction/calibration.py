@@ -11,7 +11,7 @@ import torch
 
 from ..cache.codecs import Codec, FittedCodec, fidelity, fit_codec
 from ..cache.store import Cache
-from ..models.codecs import DeviceCodec, pool_tokens, unpool_tokens
+from ..models.codecs import DeviceCodec, on_stored_grid, unpool_tokens
 from ..models.teachers import Teacher
 
 
@@ -34,7 +34,7 @@ def calibrate(teacher: Teacher, batches, codecs: dict[str, Codec], device: torch
     fitted = {}
     for kind, codec in codecs.items():
         x = torch.cat(outputs[kind])
-        pooled = pool_tokens(x, teacher.info.grid, codec.pool) if x.ndim == 3 else x
+        pooled = on_stored_grid(x, teacher.info.grid, codec.pool)
         f = fit_codec(codec, pooled.reshape(-1, x.shape[-1]).double().cpu().numpy())
         dc = DeviceCodec(f, teacher.info.grid, device)
         decoded = dc.decode(dc.encode(x))

@@ -158,20 +158,8 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     cache = _open_or_create_cache(source, cache_url, opts)
     k, res = cache.views, teacher.info.resolution
     rows_per_batch = max(1, opts.batch_size // k)
-
-    def fit():
-        rows, views = calibration_views(cache, opts.calibration)
-        replayed = ViewBatches(source, cache, res)
-
-        def batches():  # rows come in order; a row picked twice (few rows) gives two of its views
-            for i in range(0, len(rows), opts.batch_size):
-                part = rows[i:i + opts.batch_size]
-                unique, where = np.unique(part, return_inverse=True)
-                _, images, _ = replayed.__getitems__(unique.tolist())
-                yield images[torch.from_numpy(where), torch.from_numpy(views[i:i + opts.batch_size])]
-
-        return calibrate(teacher, batches(), codecs, device)
-
+    fit = lambda: calibrate(teacher, _calibration_images(source, cache, res, opts.calibration, opts.batch_size),  # noqa: E731
+                            codecs, device)
     store = cache.require_teacher(name, teacher.info, codecs, fit, opts.shard_mb, opts.unit_rows, __version__)
     clean_stale_temp_files(cache.url)
     done = store.done()
@@ -194,6 +182,17 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     report.seconds = time.perf_counter() - start
     report.complete = store.finalize() or store.complete
     return report
+
+
+def _calibration_images(source: Source, cache: Cache, resolution: int, sample_views: int, batch_size: int):
+    """uint8 batches (B, 3, R, R) of the calibration sample-views (``calibration_views``), replayed as the
+    teacher sees them; a row picked twice (fewer rows than sample-views) gives two of its views."""
+    rows, views = calibration_views(cache, sample_views)
+    replayed = ViewBatches(source, cache, resolution)
+    for i in range(0, len(rows), batch_size):
+        unique, where = np.unique(rows[i:i + batch_size], return_inverse=True)
+        _, images, _ = replayed.__getitems__(unique.tolist())
+        yield images[torch.from_numpy(where), torch.from_numpy(views[i:i + batch_size])]
 
 
 def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pending: list[int],

@@ -21,6 +21,11 @@ def pool_tokens(patch: torch.Tensor, grid: tuple[int, int], factor: int) -> torc
     return F.avg_pool2d(fmap, factor, ceil_mode=True).flatten(2).transpose(1, 2)
 
 
+def on_stored_grid(x: torch.Tensor, grid: tuple[int, int], pool: int) -> torch.Tensor:
+    """Teacher vectors in float32 as a codec stores them: patch tokens (B, T, D) pooled, summaries (B, D) as they are."""
+    return pool_tokens(x.float(), grid, pool) if x.ndim == 3 else x.float()
+
+
 def unpool_tokens(pooled: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:
     """Pooled tokens spread back over the ``grid`` they cover (to compare them with the original tokens)."""
     if factor == 1:
@@ -77,4 +82,4 @@ class DeviceCodec:
 
     def original(self, x: torch.Tensor) -> torch.Tensor:
         """What decoded vectors are compared with: the teacher's vectors, pooled as the codec pools them."""
-        return pool_tokens(x.float(), self.grid, self.codec.pool) if x.ndim == 3 else x.float()
+        return on_stored_grid(x, self.grid, self.codec.pool)
