@@ -139,3 +139,24 @@ def test_a_stage2_window_costs_a_few_requests_not_one_per_sample(s3, weights, tm
     images = calls.count("get_object")
     # 3 ranged GETs of input shards + params (1) + summary and patch (shard index + chunk each): 9 measured
     assert samples == 24 and len(calls) <= 10 and images <= 3 + 1 + 2 * 2, calls
+
+
+def test_storage_options_reach_every_store_and_worker(s3, shapes_dir, weights, clean_cache, tmp_path):
+    """No endpoint in the environment: --storage-option (or YAML / --set) alone points extract, its DataLoader
+    worker, info and distill at the server."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    url = "s3://shapes/options.zarr"
+    option = ["--storage-option", f"s3.endpoint_url={endpoint}"]
+    args = ["extract", "s3://shapes/data/shapes-{000000..000002}.tar", "--cache", url, "--teacher", f"timm:{TINY}",
+            "--resolution", "32", "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS),
+            "--batch-size", "8", "--workers", "1", "--unit-rows", "4", "--no-progress", *option]
+    out = subprocess.run([sys.executable, "-m", "unic_cache", *args], capture_output=True, text=True, env=env,
+                         timeout=HANG_GUARD)
+    assert out.returncode == 0, out.stderr[-2000:]
+    same_values(clean_cache, url)
+    config = tmp_path / "info.yaml"
+    config.write_text(f"storage_options: {{s3: {{endpoint_url: '{endpoint}'}}}}\n")
+    out = subprocess.run([sys.executable, "-m", "unic_cache", "info", url, "--config", str(config)], capture_output=True,
+                         text=True, env=env, timeout=HANG_GUARD)
+    assert out.returncode == 0 and "complete" in out.stdout, out.stderr[-2000:]

@@ -39,7 +39,8 @@ def samples(tmp_path_factory) -> dict:
     return {"codec": "int8", "patch_codec": "pca-8+int8", "loss": "gauss", "norm": "phis", "drop_norm": "sample", "teacher_drop": 0.25, "warmup": 0.25,
             "drop_path": 0.25, "crop_scale": (0.3, 0.9), "betas": (0.8, 0.9), "data": str(tmp),
             "init": str(tmp / "init.safetensors"), "students": {"mine": str(run)}, "out": str(tmp / "t.safetensors"),
-            "model_args": {"depth": 2}, "teacher": "timm:x", "cache": "c.zarr", "temperature": 0.5}
+            "model_args": {"depth": 2}, "teacher": "timm:x",
+            "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9", "anon": True}}, "cache": "c.zarr", "temperature": 0.5}
 
 
 def sample(f: dataclasses.Field, kind, samples: dict):
@@ -67,6 +68,8 @@ def flags(f: dataclasses.Field, value) -> list[str]:
     if isinstance(value, bool):
         on, _, off = flag.partition("/")
         return [on if value else (off or "--no-" + on[2:])]
+    if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):  # PROTOCOL.KEY=VALUE
+        return [a for p, d in value.items() for k, v in d.items() for a in (flag, f"{p}.{k}={json.dumps(v)}")]
     if isinstance(value, dict):
         return [a for k, v in value.items() for a in (flag, f"{k}={v}")]
     if isinstance(value, (list, tuple)) and f.metadata["parse"] is not None or isinstance(value, list):

@@ -202,6 +202,8 @@ def _info(opts) -> None:
     from .cache.audit import cache_info
     from .cache.store import Cache
 
+    opts.check()
+
     dataset, teachers = cache_info(Cache.open(opts.cache))
     if opts.json:
         typer.echo(json.dumps({"dataset": dict(dataset), "teachers": teachers}, indent=1))
@@ -233,6 +235,8 @@ def _verify(opts) -> None:
     from .cache.audit import find_damage, repair_cache
     from .cache.sources import open_source
     from .cache.store import Cache
+
+    opts.check()
 
     opened = Cache.open(opts.cache, mode="a" if opts.repair else "r")
     source = open_source(opts.data) if opts.data else None

@@ -64,6 +64,28 @@ def key_values(items: list[str]) -> dict:
     return out
 
 
+def storage_option() -> Any:
+    """The ``storage_options`` field shared by every command that opens a store (cache, shards)."""
+    return option(help="fsspec option PROTOCOL.KEY=VALUE for every store of that protocol (repeatable), e.g. "
+                       "s3.endpoint_url=http://10.0.0.5:9000, s3.anon=true, gcs.project=P; YAML: "
+                       "storage_options: {s3: {endpoint_url: ...}}. Credentials best stay in the environment.",
+                  factory=dict, flag="--storage-option", parse=protocol_key_values,
+                  checks=(lambda v: None if all(isinstance(o, dict) for o in v.values())
+                          else "takes PROTOCOL: {KEY: VALUE} mappings",))
+
+
+def protocol_key_values(items: list[str]) -> dict:
+    """``["s3.endpoint_url=http://x", "s3.anon=true"]`` -> ``{"s3": {"endpoint_url": "http://x", "anon": True}}``."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        protocol, dot, name = key.partition(".")
+        if not sep or not dot or not protocol or not name:
+            raise UserError(f"--storage-option takes PROTOCOL.KEY=VALUE (e.g. s3.endpoint_url=http://host:9000), got {item!r}")
+        out.setdefault(protocol, {})[name] = yaml_value(value, f"--storage-option {item}")
+    return out
+
+
 def comma_list(items: list[str]) -> list[str]:
     """Repeated and comma-separated values as one list: ``--teachers a,b --teachers c``."""
     return [part for item in items for part in item.split(",") if part]
@@ -111,8 +133,13 @@ class Options:
         return opts
 
     def check(self) -> None:
-        """Everything, before a command starts: each value, then the checks involving several fields."""
+        """Everything, before a command starts: each value, then the checks involving several fields (which
+        may open stores: the storage options take effect first, for every store the process opens)."""
         self.check_values()
+        if getattr(self, "storage_options", None):
+            from .cache.storage import use_storage_options
+
+            use_storage_options(self.storage_options)
         self.check_together()
 
     def check_values(self) -> None:

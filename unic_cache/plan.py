@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .cache.codecs import codec_problem, parse_codec
 from .cache.sizing import TeacherSize, plan_lines
 from .errors import UserError
-from .options import Options, at_least, comma_list, key_values, option
+from .options import Options, at_least, comma_list, key_values, option, storage_option
 
 
 @dataclass
@@ -33,6 +33,7 @@ class PlanOptions(Options):
                                      checks=(codec_problem,))
     throughput: float = option(2000.0, "Student samples per second (all GPUs) for the read bandwidth.",
                                checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
+    storage_options: dict = storage_option()
 
     def check_together(self) -> None:
         if not self.teachers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import Options, option
+from ..options import Options, option, storage_option
 
 
 @dataclass
@@ -15,6 +15,7 @@ class InfoOptions(Options):
 
     cache: str = option(help="Cache path or URL.", positional=True)
     json: bool = option(False, "Print JSON instead of a table.", flag="--json")
+    storage_options: dict = storage_option()
 
 
 @dataclass
@@ -28,3 +29,4 @@ class VerifyOptions(Options):
     repair: bool = option(False, "Unflag damaged units (re-run the same extract to rewrite them), rewrite a damaged "
                                  "view plan, rebuild a damaged index from --data.", flag="--repair")
     progress: bool = option(True, "Show progress bars.")
+    storage_options: dict = storage_option()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
@@ -95,7 +96,16 @@ class Source:
     """A dataset on a local path or fsspec URL, split into shards that are indexed independently."""
 
     def __init__(self, spec: str, fs: fsspec.AbstractFileSystem, shards: list[ShardRef]):
-        self.spec, self.fs, self.shards = spec, fs, shards
+        self.spec, self.shards = spec, shards
+        self._fs, self._pid = fs, os.getpid()
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The filesystem, made anew in a forked process (DataLoader workers): object-store filesystems
+        run an event loop that must not cross a fork."""
+        if self._pid != os.getpid():
+            self._fs, self._pid = type(self._fs)(**self._fs.storage_options), os.getpid()
+        return self._fs
 
     def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None, int]]:
         """Rows of one shard: (key, offset, nbytes, width, height, bad reason, crc32c of the bytes)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import Options, at_least, comma_list, existing_path, in_range, key_values, one_of, option
+from ..options import Options, at_least, comma_list, existing_path, in_range, key_values, one_of, option, storage_option
 
 LOSSES = ("unic", "gauss")
 NORMS = ("standard", "phis", "none")
@@ -63,6 +63,7 @@ class DistillConfig(Options):
     resume: bool = option(False, "Continue from the last checkpoint in --out.")
     device: str = option("auto", "auto, cpu, cuda.")
     progress: bool = option(True, "Show a progress bar.")
+    storage_options: dict = storage_option()
 
     def check_together(self) -> None:
         if not self.data or not self.cache:

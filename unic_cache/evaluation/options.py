@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..options import Options, at_least, comma_list, existing_path, key_values, option
+from ..options import Options, at_least, comma_list, existing_path, key_values, option, storage_option
 
 positive = at_least(1)
 
@@ -54,6 +54,7 @@ class EvalOptions(Options):
     workers: int = option(0, "DataLoader workers for decoding.", checks=(at_least(0),))
     device: str = option("auto", "auto, cpu, cuda.")
     progress: bool = option(True, "Show progress bars.")
+    storage_options: dict = storage_option()
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TeacherTrainConfig(Options):
     workers: int = option(0, "DataLoader workers for decoding.", checks=(at_least(0),))
     device: str = option("auto", "auto, cpu, cuda.")
     progress: bool = option(True, "Show progress bars.")
+    storage_options: dict = storage_option()
 
     def check_together(self) -> None:
         if not self.tasks:

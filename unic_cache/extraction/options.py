@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..cache.codecs import EXAMPLES, codec_problem
 from ..errors import UserError
-from ..options import Options, at_least, key_values, option
+from ..options import Options, at_least, key_values, option, storage_option
 
 
 @dataclass
@@ -45,6 +45,7 @@ class ExtractOptions(Options):
     world_size: int | None = option(None, "Number of processes (default: $WORLD_SIZE or 1).", checks=(at_least(1),))
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
     progress: bool = option(True, "Show progress bars.")
+    storage_options: dict = storage_option()
 
     def check_together(self) -> None:
         low, high = self.crop_scale
