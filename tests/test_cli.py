@@ -39,6 +39,10 @@ def test_make_shapes_is_deterministic_and_carries_labels(tmp_path):
     (["extract", "{data}", "--cache", "{tmp}/c", "--teacher", f"timm:{TINY}", "--model-arg", "depth"], "KEY=VALUE"),
     (["extract", "{data}", "--cache", "{tmp}/c", "--teacher", "dinov2", "--rank", "3", "--world-size", "2"], "--rank must be"),
     (["extract", "{data}", "--cache", "{tmp}/c", "--teacher", "dinov2", "--codec", "gzip"], "unknown codec"),
+    (["extract", "{data}", "--cache", "{tmp}/c", "--teacher", "dinov2", "--patch-codec", "pool-2+pca-0"], "unknown codec"),
+    (["extract", "{data}", "--cache", "{tmp}/c", "--teacher", "dinov2", "--name", "dino.v2"], "no '/' or '.'"),
+    (["extract", "{data}", "--cache", "{tmp}/c", "--teacher", "dinov2", "--no-patch", "--patch-codec", "int8"], "--patch-codec needs"),
+    (["plan", "--samples", "10", "--teachers", "dinov2", "--storage-option", "endpoint=x"], "PROTOCOL.KEY=VALUE"),
     (["info", "{tmp}/missing.zarr"], "no cache at"),
 ])
 def test_bad_input_gives_one_line_errors(args, message, shapes_dir, tmp_path):

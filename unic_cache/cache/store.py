@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -357,7 +358,8 @@ class Cache:
             return False
         return True
 
-    def require_teacher(self, name: str, info: TeacherInfo, codecs: dict[str, Codec], fit, shard_mb: float = 256.0,
+    def require_teacher(self, name: str, info: TeacherInfo, codecs: dict[str, Codec],
+                        fit: Callable[[], dict[str, FittedCodec]], shard_mb: float = 256.0,
                         unit_rows: int | None = None, code_version: str = "") -> "TeacherStore":
         """The teacher ``name`` with ``codecs`` per kind ("summary", and "patch" when patch tokens are stored):
         created by one of the processes that race to add it (``fit()`` gives its ``FittedCodec`` per kind,

@@ -52,8 +52,8 @@ class ExtractOptions(Options):
         if not 0 < low <= high <= 1:
             raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {low} {high}")
         name = self.default_name()
-        if "/" in name or not name:
-            raise UserError(f"teacher name {name!r} must be non-empty and contain no '/'")
+        if not name or any(c in name for c in "/."):
+            raise UserError(f"teacher name {name!r} must be non-empty and contain no '/' or '.' (pass --name)")
         if self.patch_codec and not self.patch:
             raise UserError("--patch-codec needs patch tokens; drop --no-patch or --patch-codec")
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
