@@ -17,8 +17,8 @@ class PlanOptions(Options):
 
     command = "plan"
 
-    data: str | None = option(None, "The dataset, to count its samples (reads the shards' headers); or --samples.",
-                              positional=True)
+    data: str | None = option(None, "The dataset, to count its samples (indexes it: reads every image once, as "
+                                    "extract's first step does); or --samples.", positional=True)
     samples: int | None = option(None, "Number of samples (ImageNet-1K train: 1281167).", checks=(at_least(1),))
     teachers: list[str] = option(help="Comma-separated teachers: aliases (see `unic-cache teachers`) or timm:<name>; "
                                       "ALIAS:SIZE picks a size, e.g. dino:base,deit3:base.", factory=list, parse=comma_list)
