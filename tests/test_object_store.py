@@ -2,8 +2,10 @@
 stopped here, reached through s3fs (credentials and endpoint from the usual AWS environment variables)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -160,3 +162,30 @@ def test_storage_options_reach_every_store_and_worker(s3, shapes_dir, weights, c
     out = subprocess.run([sys.executable, "-m", "unic_cache", "info", url, "--config", str(config)], capture_output=True,
                          text=True, env=env, timeout=HANG_GUARD)
     assert out.returncode == 0 and "complete" in out.stdout, out.stderr[-2000:]
+
+
+def test_an_s3_extract_killed_twice_resumes_bit_identical(s3, shapes_dir, weights, tmp_path):
+    reference = tmp_path / "ref.zarr"
+    extract(str(shapes_dir), str(reference), opts(weights, unit_rows=1))
+    url = "s3://shapes/killed.zarr"
+
+    def units_done() -> int:
+        try:
+            return int(zarr.open_group(url, mode="r")[f"teachers/{TINY}/progress"][:].sum())
+        except Exception:  # not created yet
+            return -1
+
+    killed_at = []
+    for stage in (4, 12):
+        proc = cli_extract(str(shapes_dir), url, weights, "--unit-rows", "1")
+        deadline = time.monotonic() + HANG_GUARD
+        while proc.poll() is None and time.monotonic() < deadline and units_done() < stage:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at.append(units_done())
+    assert killed_at[-1] < 24, f"the run finished before it could be killed: {killed_at}"
+    proc = cli_extract(str(shapes_dir), url, weights, "--unit-rows", "1")
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 0, err[-2000:]
+    same_values(reference, url)
