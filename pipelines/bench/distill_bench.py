@@ -5,7 +5,8 @@
 - cache overhead: a distill step fed by the loader divided by a step on a batch already in memory;
 - peak memory (max RSS of a fresh process) of distill with 1 vs 3 cached teachers.
 
-    python pipelines/bench/distill_bench.py --codecs f16,int8,pca-32+int8,pool-2+int8 --write
+    python pipelines/bench/distill_bench.py --codecs f16,int8,pca-192+int8,pool-2+int8 --write
+    python pipelines/bench/distill_bench.py --codecs f16,pca-192+int8 --s3 --write   # S3 beside local disk
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import heading, publish
+from report import heading, publish, start_s3
 from unic_cache import ExtractOptions, extract, make_shapes
 from unic_cache.distillation.recipe import DistillConfig, Distiller
 
@@ -53,38 +54,53 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--codecs", default="f16", help="comma-separated codecs: a headroom figure for each")
+    ap.add_argument("--s3", action="store_true", help="also with the shards and the cache on a moto S3 server "
+                                                    "on 127.0.0.1 (needs the dev extra)")
     ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     args = ap.parse_args()
     codecs = args.codecs.split(",")
+    server = start_s3("bench") if args.s3 else None
     headroom = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data, cache = str(Path(tmp) / "data"), str(Path(tmp) / "cache.zarr")
+        data = str(Path(tmp) / "data")
         make_shapes(data, n=args.n, size=args.size, seed=0, shard_size=args.n // 4)
-        for codec in codecs:
-            for name, arch in TEACHERS:
-                extract(data, cache, ExtractOptions(teacher=f"timm:{arch}", name=teacher_name(name, codec), codec=codec,
-                                                    resolution=64, weights="random", model_args={"depth": 2}, views=4,
-                                                    progress=False))
-        base = dict(data=data, cache=cache, out=str(Path(tmp) / "run"), student=args.student, img_size=args.img_size,
-                    batch_size=args.batch_size, workers=args.workers, steps=10**6, progress=False)
-        for codec in codecs:  # the loader reads stored values; the train step decodes them on the device
-            distiller = Distiller(DistillConfig.from_dict({**base, "teachers": [teacher_name(n, codec) for n, _ in TEACHERS]}))
-            loader_iter = iter(distiller.loader())
-            loader_rate = rate(lambda: next(loader_iter), args.batches * 5, args.batch_size)  # past the prefetched batches
-            batch = next(loader_iter)
-            memory_rate = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
-            fed_rate = rate(lambda: distiller.train_step(next(loader_iter)), args.batches, args.batch_size)
-            headroom[codec] = (loader_rate / memory_rate, memory_rate / fed_rate)
+        places = {"local": (data, str(Path(tmp) / "cache.zarr"))}
+        if server is not None:  # the same shards, and a cache extracted there, on the loopback S3 server
+            import s3fs
+
+            s3fs.S3FileSystem().put(f"{data}/*.tar", "bench/data/")
+            places["S3"] = ("s3://bench/data/*.tar", "s3://bench/cache.zarr")
+        for where, (shards, cache) in places.items():
+            for codec in codecs:
+                for name, arch in TEACHERS:
+                    extract(shards, cache, ExtractOptions(teacher=f"timm:{arch}", name=teacher_name(name, codec),
+                                                          codec=codec, resolution=64, weights="random",
+                                                          model_args={"depth": 2}, views=4, progress=False))
+            base = dict(data=shards, cache=cache, out=str(Path(tmp) / "run"), student=args.student,
+                        img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, steps=10**6,
+                        progress=False)
+            for codec in codecs:  # the loader reads stored values; the train step decodes them on the device
+                cfg = DistillConfig.from_dict({**base, "teachers": [teacher_name(n, codec) for n, _ in TEACHERS]})
+                distiller = Distiller(cfg)
+                loader_iter = iter(distiller.loader())
+                loader_rate = rate(lambda: next(loader_iter), args.batches * 5, args.batch_size)  # past the prefetch
+                batch = next(loader_iter)
+                memory_rate = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
+                fed_rate = rate(lambda: distiller.train_step(next(loader_iter)), args.batches, args.batch_size)
+                headroom[where, codec] = (loader_rate / memory_rate, memory_rate / fed_rate)
+        base.update(data=places["local"][0], cache=places["local"][1])  # memory is measured on local disk
         first = {**base, "teachers": [teacher_name(n, codecs[0]) for n, _ in TEACHERS]}
         head_mb = {k: sum(p.numel() for p in Distiller(DistillConfig.from_dict({**first, **extra})).student.heads.parameters())
                    * 16 / 2**20 for k, extra in (("one", {"teachers": [teacher_name("t768", codecs[0])]}), ("three", {}))}
         one = peak_rss_mb({**first, "teachers": [teacher_name("t768", codecs[0])], "steps": args.batches,
                            "out": str(Path(tmp) / "m1")})
         three = peak_rss_mb({**first, "steps": args.batches, "out": str(Path(tmp) / "m3")})
-    rows = [f"| data-path headroom, {codec}: loader ÷ train step (batch in memory) | {h:.2f} | ≥ 2 |"
-            for codec, (h, _) in headroom.items()]
-    rows += [f"| cache overhead, {codec}: distill step ÷ step on a batch in memory | {o:.3f} | ≤ 1.1 |"
-             for codec, (_, o) in headroom.items()]
+    if server is not None:
+        server.stop()
+    rows = [f"| data-path headroom, {codec}{'' if where == 'local' else ', shards and cache on ' + where}: loader ÷ "
+            f"train step (batch in memory) | {h:.2f} | ≥ 2 |" for (where, codec), (h, _) in headroom.items()]
+    rows += [f"| cache overhead, {codec}{'' if where == 'local' else ', on ' + where}: distill step ÷ step on a batch "
+             f"in memory | {o:.3f} | ≤ 1.1 |" for (where, codec), (_, o) in headroom.items()]
     publish(heading("Distillation data path") + [
         f"Student {args.student} at {args.img_size} px, batch {args.batch_size}, {args.workers} DataLoader workers; "
         f"3 cached teachers (widths 192/384/768, 4x4 grids, 4 views) per codec ({', '.join(codecs)}; the loader reads "

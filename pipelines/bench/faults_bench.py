@@ -14,8 +14,6 @@ or broken), plus the temp files and claims left behind.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import random
 import shutil
 import signal
@@ -32,7 +30,7 @@ import torch
 import zarr
 from safetensors.torch import load_file, save_file
 
-from report import heading, publish
+from report import heading, publish, start_s3
 from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
 from unic_cache.cache.claims import CLAIM_DIR
@@ -60,22 +58,6 @@ def leftovers(url: str) -> int:
     fs.invalidate_cache()
     files = fs.find(root) if fs.exists(root) else []
     return sum(1 for f in files if f.endswith(".partial") or f"/{CLAIM_DIR}/" in f)
-
-
-def start_s3() -> "object":
-    """A moto S3 server on 127.0.0.1 with a bucket, the AWS environment pointing this process and its
-    children at it."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://{host}:{port}")
-    s3fs.S3FileSystem().mkdir("faults")
-    return server
 
 
 def timed(cmd: list[str]) -> float:
@@ -108,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="faults-"))
-    server = start_s3() if args.s3 else None
+    server = start_s3("faults") if args.s3 else None
     store = "s3://faults" if args.s3 else str(root)
     make_shapes(root / "data", n=48, size=32, seed=0, shard_size=12)
     torch.manual_seed(0)
