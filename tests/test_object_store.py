@@ -55,12 +55,13 @@ def same_values(local, remote_url: str) -> None:
         assert np.array_equal(ref[path], got[path], equal_nan=True), path
 
 
-def cli_extract(data: str, cache: str, weights, *extra: str) -> subprocess.Popen:
+def cli_extract(data: str, cache: str, weights, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """The small test extract as a CLI process (later flags override earlier ones: --workers 1)."""
     args = ["extract", data, "--cache", cache, "--teacher", f"timm:{TINY}", "--resolution", "32", "--weights",
             str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS), "--batch-size", "8", "--workers", "0",
             "--unit-rows", "4", "--no-progress", *extra]
     return subprocess.Popen([sys.executable, "-m", "unic_cache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
 
 
 def test_two_ranks_write_an_s3_cache_from_s3_shards(s3, weights, clean_cache):
@@ -149,13 +150,10 @@ def test_storage_options_reach_every_store_and_worker(s3, shapes_dir, weights, c
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
     url = "s3://shapes/options.zarr"
-    option = ["--storage-option", f"s3.endpoint_url={endpoint}"]
-    args = ["extract", "s3://shapes/data/shapes-{000000..000002}.tar", "--cache", url, "--teacher", f"timm:{TINY}",
-            "--resolution", "32", "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--views", str(VIEWS),
-            "--batch-size", "8", "--workers", "1", "--unit-rows", "4", "--no-progress", *option]
-    out = subprocess.run([sys.executable, "-m", "unic_cache", *args], capture_output=True, text=True, env=env,
-                         timeout=HANG_GUARD)
-    assert out.returncode == 0, out.stderr[-2000:]
+    proc = cli_extract("s3://shapes/data/shapes-{000000..000002}.tar", url, weights, "--workers", "1",
+                       "--storage-option", f"s3.endpoint_url={endpoint}", env=env)
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 0, err[-2000:]
     same_values(clean_cache, url)
     config = tmp_path / "info.yaml"
     config.write_text(f"storage_options: {{s3: {{endpoint_url: '{endpoint}'}}}}\n")

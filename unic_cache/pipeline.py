@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from .cache.codecs import parse_codec
+from .cache.codecs import kind_codecs
 from .cache.store import Cache, TeacherStore, codec_record, json_normal
 from .distillation.options import DistillConfig
 from .distillation.recipe import distill
@@ -133,10 +133,8 @@ def _check_same_teacher(name: str, store: TeacherStore, spec: dict, weights: str
     digest, or the digest of seeded random weights), resolution, model args and codecs."""
     attrs = store.attrs
     extract_opts = spec.get("extract", {})
-    codec = parse_codec(extract_opts.get("codec", ExtractOptions.codec))
-    codecs = {"summary": codec.for_kind("summary")}
-    if extract_opts.get("patch", True):
-        codecs["patch"] = parse_codec(extract_opts.get("patch_codec") or codec.spec).for_kind("patch")
+    codecs = kind_codecs(extract_opts.get("codec", ExtractOptions.codec), extract_opts.get("patch_codec"),
+                         extract_opts.get("patch", ExtractOptions.patch))
     model_id = resolve(spec["teacher"], spec.get("size"))
     if weights is not None and weights.split(":")[0] == "random":
         sha = build_teacher(f"timm:{model_id}", None, spec.get("resolution"), weights, spec.get("model_args", {})).info.weights_sha256

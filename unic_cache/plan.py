@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cache.codecs import codec_problem, parse_codec
+from .cache.codecs import codec_problem, kind_codecs
 from .cache.sizing import TeacherSize, plan_lines
 from .errors import UserError
 from .options import Options, at_least, comma_list, key_values, option, storage_option
@@ -52,13 +52,12 @@ def plan(opts: PlanOptions) -> list[TeacherSize]:
         from .cache.sources import open_source
 
         samples = open_source(opts.data).index(progress=True).n
-    codec = parse_codec(opts.codec)
-    patch = parse_codec(opts.patch_codec or opts.codec).for_kind("patch") if opts.patch else None
+    codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
     sizes = []
     for spec in opts.teachers:
         teacher, _, size = spec.partition(":") if not spec.startswith("timm:") else (spec, "", "")
         info = teacher_shape(teacher, size or None, opts.resolution, opts.model_args)
-        sizes.append(TeacherSize(spec, info.dim, info.grid, codec.for_kind("summary"), patch, samples, opts.views))
+        sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.views))
     return sizes
 
 

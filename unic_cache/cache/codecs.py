@@ -66,10 +66,6 @@ class Codec:
     def pca(self) -> float | None:
         return next((arg for name, arg in self.transforms if name == "pca"), None)
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.pca is not None or self.values == "int8c"
-
     def for_kind(self, kind: str) -> "Codec":
         """This codec as applied to ``kind``: the summary has no grid to pool."""
         return self if kind == "patch" else replace(self, transforms=tuple(t for t in self.transforms if t[0] != "pool"))
@@ -115,6 +111,15 @@ def parse_codec(spec: str) -> Codec:
             raise UserError(f"unknown codec {spec!r}: write [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES one of "
                             f"f32, f16, bitround-B, int8, int8c (pool first, at most one pca); e.g. {EXAMPLES}")
     return Codec(values, keepbits, tuple(transforms))
+
+
+def kind_codecs(codec: str, patch_codec: str | None, patch: bool) -> dict[str, Codec]:
+    """The codec of each stored kind: ``codec`` for the summary (without pooling: it has no grid), and
+    ``patch_codec`` (default ``codec``) for the patch tokens when they are stored."""
+    out = {"summary": parse_codec(codec).for_kind("summary")}
+    if patch:
+        out["patch"] = parse_codec(patch_codec or codec).for_kind("patch")
+    return out
 
 
 def codec_problem(spec: str) -> str | None:

@@ -553,7 +553,7 @@ class TeacherStore:
         """Write a whole unit (every stored array, then partial stats, then its progress flag)."""
         rows = self.unit_rows(unit)
         for name, values in features.items():
-            self.group[name][rows.start:rows.stop] = values
+            self.feature_array(name)[rows.start:rows.stop] = values
         partial = self.group["stats/partial"]
         for kind in self.kinds:
             m = moments[kind]

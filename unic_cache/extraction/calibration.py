@@ -37,7 +37,7 @@ def calibrate(teacher: Teacher, batches, codecs: dict[str, Codec], device: torch
         pooled = on_stored_grid(x, teacher.info.grid, codec.pool)
         f = fit_codec(codec, pooled.reshape(-1, x.shape[-1]).double().cpu().numpy())
         dc = DeviceCodec(f, teacher.info.grid, device)
-        decoded = dc.decode(dc.encode(x))
+        decoded = dc.decode(dc.encode(pooled))
         reference = x.reshape(-1, x.shape[-1]).double().cpu().numpy()
         mean, std = reference.mean(0), reference.std(0) + 1e-6
         rebuilt = unpool_tokens(decoded, teacher.info.grid, codec.pool) if x.ndim == 3 else decoded

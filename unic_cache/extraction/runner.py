@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..cache.claims import clean_stale_temp_files
-from ..cache.codecs import parse_codec
+from ..cache.codecs import kind_codecs
 from ..cache.sources import Source, decode_image, open_source
 from ..cache.sizing import check_free_space
 from ..cache.store import Cache, Moments, TeacherStore
@@ -146,10 +146,7 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     opts.check()
     rank, world = rank_world(opts.rank, opts.world_size)
     name = opts.default_name()
-    codec = parse_codec(opts.codec)
-    codecs = {"summary": codec.for_kind("summary")}
-    if opts.patch:
-        codecs["patch"] = parse_codec(opts.patch_codec or opts.codec).for_kind("patch")
+    codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
     source = open_source(data)
@@ -223,10 +220,11 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
                 with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))
                 for kind in kinds:  # statistics and fidelity of what stage 2 rebuilds from the stored arrays
-                    stored = codecs[kind].encode(out[kind])
+                    vectors = codecs[kind].original(out[kind])
+                    stored = codecs[kind].encode(vectors)
                     decoded = codecs[kind].decode(stored)
                     moments[kind] = moments[kind].merge(batch_moments(decoded.reshape(-1, d)))
-                    cos[kind] += cosine_sum(codecs[kind].original(out[kind]), decoded)
+                    cos[kind] += cosine_sum(vectors, decoded)
                     for name, values in zip(store.arrays(kind), stored):
                         buffers[name][local[valid.numpy()]] = values.reshape(-1, *shapes[name]).cpu().numpy()
             filled += len(batch_rows)

@@ -54,17 +54,12 @@ class DeviceCodec:
         self.fitted, self.codec, self.grid = fitted, fitted.codec, grid
         self.params = {k: torch.as_tensor(v, device=device) for k, v in fitted.params.items()}
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher vectors (B, [T,] D) -> the vectors the codec quantises (pooled, projected)."""
-        if x.ndim == 3:
-            x = pool_tokens(x, self.grid, self.codec.pool)
-        if "basis" in self.params:
-            x = (x - self.params["center"]) @ self.params["basis"]
-        return x
-
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The stored arrays (values, then any per-vector scale) of teacher vectors ``x`` in float32."""
-        y = self.transform(x.float())
+        """The stored arrays (values, then any per-vector scale) of vectors ``x`` already on the stored grid
+        (``original``: pooled once, shared with the fidelity measure)."""
+        y = x.float()
+        if "basis" in self.params:
+            y = (y - self.params["center"]) @ self.params["basis"]
         values = self.codec.values
         if values == "int8":
             scale = (y.abs().amax(-1) / 127).half()
