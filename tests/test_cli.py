@@ -28,7 +28,9 @@ def test_make_shapes_is_deterministic_and_carries_labels(tmp_path):
     labels = json.loads(sample["json"])
     assert set(labels) >= {"shape", "colour", "texture", "count", "size", "x", "y"}
     tasks = json.loads((tmp_path / "a" / "tasks.json").read_text())
-    assert {t["name"] for t in tasks} == set(labels)
+    assert {t["name"] for t in tasks if not t["dense"]} == set(labels)
+    assert {t["name"] for t in tasks if t["dense"]} == {"shape-seg", "colour-seg"} <= {k[:-4] for k in sample if k.endswith(".png")}
+    assert json.loads((tmp_path / "a" / "split.json").read_text()) == {"seed": 0, "fractions": [0.6, 0.2]}
 
 
 @pytest.mark.parametrize("args, message", [

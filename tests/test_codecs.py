@@ -209,7 +209,7 @@ def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_di
     extract(str(shapes_dir), url, opts(weights, codec="int8", patch_codec="pool-2+pca-0.9+int8"))
     cache = Cache.open(url)
     store = cache.teacher(TINY)
-    stream = DistillStream(str(shapes_dir), url, Selection.all_kinds(cache, [TINY]), 32, 4, block_rows=4)
+    stream = DistillStream(str(shapes_dir), url, Selection.of(cache, [TINY]), 32, 4, block_rows=4)
     sample = next(iter(stream))
     assert sample[f"{TINY}/patch"].dtype == torch.int8 and sample[f"{TINY}/patch_scale"].dtype == torch.float16
     assert sample[f"{TINY}/patch"].shape == (1, store.codecs["patch"].stored_dim)  # one pooled cell of k coefficients

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from unic_cache import Cache, ExtractOptions, UserError, extract
 from unic_cache.models import teachers as teachers_module
-from unic_cache.distillation.recipe import DistillConfig, distill
+from unic_cache.distillation.recipe import DistillConfig, Distiller, distill
 from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.shapes import make_shapes
 
@@ -97,7 +97,7 @@ def test_resume_is_exact(world, tmp_path):
 def test_views_cycle_and_each_row_once_per_epoch(world):
     root, cache_url = world
     cache = Cache.open(cache_url)
-    stream = DistillStream(str(root / "data"), cache_url, Selection.all_kinds(cache, [TINY]), 32, 4, block_rows=4)
+    stream = DistillStream(str(root / "data"), cache_url, Selection.of(cache, [TINY]), 32, 4, block_rows=4)
     seen = {}
     for epoch in range(VIEWS):
         order = stream.epoch_order(epoch)
@@ -138,6 +138,15 @@ def test_bad_options_are_user_errors(world, tmp_path):
         distill(config(world, tmp_path / "r", lop_blocks="7"))
     with pytest.raises(UserError, match="no teacher"):
         distill(config(world, tmp_path / "r", teachers=["nope"]))
+    with pytest.raises(UserError, match="kinds are summary, patch"):
+        distill(config(world, tmp_path / "r", kinds=["tokens"]))
+
+
+def test_summary_only_trains_no_patch_head(world, tmp_path):
+    distiller = Distiller(config(world, tmp_path / "run", steps=2, kinds=["summary"]))
+    assert {kind for _, kind in distiller.selection.targets} == {"summary"}
+    assert set(distiller.student.heads) == {f"{TINY}__summary", f"{SMALL8}__summary"}
+    assert np.isfinite(distiller.run()["loss"])
 
 
 def test_gauss_loss_phis_and_last_block(world, tmp_path):

@@ -1,7 +1,9 @@
-"""Probes, labels and the split: separable features score 100, random labels score chance."""
+"""Probes, labels and the split: separable features score 100, random labels score chance; dense probes
+and label maps; the dataset's one split."""
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 
@@ -11,14 +13,16 @@ import torch
 from PIL import Image
 
 from unic_cache import UserError
-from unic_cache.evaluation.labels import read_labels, split_rows
+from unic_cache.evaluation.dense import dense_probe, miou, pool_majority, view_maps
+from unic_cache.evaluation.labels import IGNORE, SplitRule, read_labels, read_split
 from unic_cache.evaluation.probes import kmeans_nmi, knn_accuracy, linear_probe, nmi, ridge_r2
+from unic_cache.models.pixels import replay_labels
 from unic_cache.evaluation.results import Results
 from unic_cache.cache.sources import open_source
 
 
 def _splits(n: int) -> list[np.ndarray]:
-    split = split_rows(np.array([f"k{i}" for i in range(n)]))
+    split = SplitRule().rows(np.array([f"k{i}" for i in range(n)]))
     return [np.flatnonzero(split == s) for s in range(3)]
 
 
@@ -63,22 +67,29 @@ def test_ridge_r2_and_nmi():
 
 def test_split_is_a_stable_function_of_the_key():
     keys = np.array([f"sample{i:08d}" for i in range(5000)])
-    split = split_rows(keys)
-    assert np.array_equal(split[:100], split_rows(keys[:100]))  # adding rows moves no row
+    split = SplitRule().rows(keys)
+    assert np.array_equal(split[:100], SplitRule().rows(keys[:100]))  # adding rows moves no row
     assert np.allclose(np.bincount(split) / len(keys), [0.6, 0.2, 0.2], atol=0.03)
-    assert not np.array_equal(split, split_rows(keys, seed=1))
+    assert not np.array_equal(split, SplitRule(seed=1).rows(keys))
+    assert np.allclose(np.bincount(SplitRule(2, (0.5, 0.3)).rows(keys)) / len(keys), [0.5, 0.3, 0.2], atol=0.03)
 
 
 def test_labels_from_shapes_json(shapes_dir):
     source = open_source(str(shapes_dir))
     index = source.index(progress=False)
     labels = read_labels(source, index.keys)
-    assert [t.name for t in labels.tasks] == ["shape", "colour", "texture", "count", "size", "x", "y"]
+    assert [t.name for t in labels.tasks] == ["shape", "colour", "texture", "count", "size", "x", "y", "shape-seg",
+                                             "colour-seg"]
+    assert [t.name for t in labels.tasks if t.dense] == ["shape-seg", "colour-seg"]
     with tarfile.open(shapes_dir / "shapes-000001.tar") as tar:
         first = json.loads(tar.extractfile("sample00000010.json").read())
     row = list(index.keys).index("sample00000010")
     assert labels.values["shape"][row] == first["shape"] and labels.values["x"][row] == first["x"]
-    assert labels.known("colour").all()
+    assert labels.known("colour").all() and labels.known("shape-seg").all()
+    for task, label in (("shape-seg", "shape"), ("colour-seg", "colour")):  # background, or the object's class
+        for r in range(index.n):
+            values = set(np.unique(np.asarray(Image.open(io.BytesIO(labels.maps[task][r])))))
+            assert values == {0, 1 + labels.values[label][r]}  # every world object covers some pixels
 
 
 def test_labels_from_class_folders(tmp_path):
@@ -107,3 +118,76 @@ def test_results_table_chart_and_claims(tmp_path):
     assert Results.load(paths["json"]).models == results.models
     with pytest.raises(UserError, match="names both a teacher and a student"):
         results.add("a", "student", {"shape": {"linear": 1}})
+
+
+def test_results_without_a_score_show_a_dash_and_leave_the_task_out_of_claims():
+    results = Results({"shape": 6, "seg": 3}, dense=["seg"])
+    results.add("a", "teacher", {"shape": {"linear": 90, "linear_val": 88}})  # cached without patch tokens
+    results.add("b", "teacher", {"shape": {"linear": 60, "linear_val": 61}, "seg": {"miou": 40, "miou_val": 41}})
+    results.add("s", "student", {"shape": {"linear": 89, "linear_val": 87}, "seg": {"miou": 50, "miou_val": 52}})
+    assert np.isnan(results.average("a")) and results.best_teacher("seg") == 40
+    assert results.claims()["s"]["gap_to_best_teacher"] == pytest.approx({"shape": -1.0, "seg": 10.0})
+    text = results.markdown()
+    assert "seg (mIoU)" in text and "| a | teacher | 90.0 | – | – |" in text
+    assert "| s | student | 87.0 | 52.0 | 69.5 |" in text  # the validation table
+    plain = Results({"shape": 6})
+    plain.add("a", "teacher", {"shape": {"linear": 90}})
+    assert "no dense tasks" in plain.markdown()
+
+
+def test_pool_majority_and_miou_by_hand():
+    maps = np.zeros((1, 4, 4), np.uint8)
+    maps[0, :2, :2] = [[1, 1], [1, 0]]  # token 0: class 1 wins 3 to 1
+    maps[0, :2, 2:] = [[2, 2], [0, 0]]  # token 1: a tie, the lower class wins
+    maps[0, 2:, :2] = IGNORE  # token 2: ignored
+    maps[0, 2:, 2:] = [[IGNORE, 2], [2, 7]]  # token 3: 7 is no class; class 2 ties with ignored pixels and wins
+    assert pool_majority(maps, (2, 2), 3).tolist() == [[1, 0, -1, 2]]
+    assert pool_majority(np.zeros((2, 5, 7), np.uint8), (2, 3), 3).shape == (2, 6)  # partial cells
+    target, pred = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0])
+    # IoU: class 0 = 1/3, class 1 = 2/3, class 2 = 0/1
+    assert miou(pred, target, 3) == pytest.approx(100 / 3)
+    assert miou(target, target, 5) == 100.0  # absent classes are left out
+
+
+def test_replay_labels_follows_the_view_geometry():
+    labels = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    identity = np.array([0, 0, 1, 1, 0] + [1, 1, 1, 0] + [0, 1, 2, 3] + [0, 0, 0], np.float32)
+    assert np.array_equal(replay_labels(labels, identity, 8), np.asarray(labels))
+    flip_crop = identity.copy()
+    flip_crop[:5] = [0.5, 0, 0.5, 0.5, 1]
+    assert np.array_equal(replay_labels(labels, flip_crop, 4), np.asarray(labels)[:4, 4:][:, ::-1])
+    maps = view_maps({0: _png_bytes(labels)}, np.array([0, 1]), np.stack([identity, identity]), 8)
+    assert np.array_equal(maps[0], np.asarray(labels)) and (maps[1] == IGNORE).all()  # row 1 has no map
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_dense_probe_sees_what_the_tokens_carry():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (300, 16), generator=gen)
+    labels[torch.rand(300, 16, generator=gen) < 0.1] = -1  # unlabelled tokens are left out
+    informative = torch.nn.functional.one_hot(labels.clamp_min(0), 4).float() * 2 + 0.5 * torch.randn(300, 16, 4, generator=gen)
+    noise = torch.randn(300, 16, 4, generator=gen)
+    split = SplitRule().rows(np.array([f"k{i}" for i in range(300)]))
+    assert dense_probe(informative, labels, split, 4)[0] > 90
+    assert dense_probe(noise, labels, split, 4)[0] < 25
+
+
+def test_the_split_is_read_from_beside_the_data(shapes_dir, tmp_path):
+    source = open_source(str(shapes_dir))
+    assert read_split(source) == SplitRule()  # make-shapes recorded its default
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(shapes_dir, copy)
+    (copy / "split.json").write_text(json.dumps({"seed": 5, "fractions": [0.5, 0.25]}))
+    assert read_split(open_source(str(copy))) == SplitRule(5, (0.5, 0.25))
+    (copy / "split.json").write_text(json.dumps({"seed": 5, "fractions": [0.9, 0.25]}))
+    with pytest.raises(UserError, match="sum to less than 1"):
+        read_split(open_source(str(copy)))
+    (copy / "split.json").unlink()
+    assert read_split(open_source(str(copy))) == SplitRule()

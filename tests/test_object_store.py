@@ -118,7 +118,7 @@ def test_a_stage2_window_costs_a_few_requests_not_one_per_sample(s3, weights, tm
 
     url, data = "s3://shapes/blocks.zarr", "s3://shapes/data/shapes-{000000..000002}.tar"
     assert extract(data, url, opts(weights, unit_rows=24)).complete
-    stream = DistillStream(data, url, Selection.all_kinds(Cache.open(url), [TINY]), 32, 8)
+    stream = DistillStream(data, url, Selection.of(Cache.open(url), [TINY]), 32, 8)
     windows = stream.windows()
     first, second = next(windows), next(windows)
     stream[first]  # opens the source and the cache (metadata, index): once per worker

@@ -40,7 +40,8 @@ def samples(tmp_path_factory) -> dict:
             "drop_path": 0.25, "crop_scale": (0.3, 0.9), "betas": (0.8, 0.9), "data": str(tmp),
             "init": str(tmp / "init.safetensors"), "students": {"mine": str(run)}, "out": str(tmp / "t.safetensors"),
             "model_args": {"depth": 2}, "teacher": "timm:x",
-            "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9", "anon": True}}, "cache": "c.zarr", "temperature": 0.5}
+            "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9", "anon": True}}, "cache": "c.zarr", "temperature": 0.5,
+            "kinds": ["summary"]}
 
 
 def sample(f: dataclasses.Field, kind, samples: dict):

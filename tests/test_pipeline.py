@@ -110,7 +110,8 @@ def test_demo_quick_mode(tmp_path):
         assert f"| {model} |" in r.stdout
     assert (tmp_path / "demo" / "results.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert set(summary["tasks"]) == {"shape", "colour", "texture", "count", "size", "x", "y"}
+    assert set(summary["tasks"]) == {"shape", "colour", "texture", "count", "size", "x", "y", "shape-seg", "colour-seg"}
+    assert summary["dense"] == ["shape-seg", "colour-seg"]
     assert "student" in summary["claims"]
 
 
@@ -123,8 +124,11 @@ def test_train_teacher_cli_gives_a_working_extract_command(shapes_dir, tmp_path)
     assert command[:2] == ["unic-cache", "extract"]
     r = run_cli(*[str(tmp_path / "c.zarr") if a == "CACHE" else a for a in command[1:]], "--views", "1", "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["split"] == {"seed": 0, "fractions": [0.6, 0.2]}
     r = run_cli("train-teacher", str(shapes_dir), "--out", str(out), "--task", "flavour")
     assert r.returncode == 2 and "no task 'flavour'" in r.stderr
+    r = run_cli("train-teacher", str(shapes_dir), "--out", str(out), "--task", "shape-seg")
+    assert r.returncode == 2 and "dense (per-pixel) task" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +143,7 @@ def trained_cache(tmp_path_factory):
 
 def test_views_option_limits_the_views_used(trained_cache):
     cache = str(trained_cache / "cache.zarr")
-    selection = Selection.all_kinds(Cache.open(cache), ["colour"])
+    selection = Selection.of(Cache.open(cache), ["colour"])
     stream = DistillStream(str(trained_cache / "data"), cache, selection, 32, 8, views=1)
     assert {s["view"] for s, _ in zip(stream, range(200))} == {0}
     with pytest.raises(UserError, match="between 1 and the 2 views"):
@@ -149,7 +153,7 @@ def test_views_option_limits_the_views_used(trained_cache):
 def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     data, cache_url = str(trained_cache / "data"), str(trained_cache / "cache.zarr")
     cache = Cache.open(cache_url)
-    selection = Selection.all_kinds(cache, ["colour"])
+    selection = Selection.of(cache, ["colour"])
     stream = DistillStream(data, cache_url, selection, 32, 8, online={"colour": 24})
     sample = next(iter(stream))
     assert sample["view"] == cache.views and "colour/summary" not in sample and sample["colour/image"].shape == (3, 24, 24)
@@ -172,7 +176,7 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     assert np.isfinite(distiller.run()["loss"])
 
 
-@pytest.mark.parametrize("name", ["shapes", "ablations", "unic_in1k"])
+@pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "unic_in1k"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
@@ -184,16 +188,26 @@ def test_shipped_pipelines_are_valid(name):
         DistillConfig.from_dict({**config["distill"], **(overrides or {})})  # unknown options raise
     for teacher, spec in config["teachers"].items():
         ExtractOptions(teacher=spec["teacher"], **spec.get("extract", {}))
+    folder = Path(__file__).parents[1] / "pipelines"
+    if name == "shapes-world1":  # its teachers replace the base's; the distill recipe is the base's
+        assert list(config["teachers"]) == ["shape-colour-size", "texture-count-position"]
+        assert config["distill"] == load_config(folder / "shapes.yaml")["distill"]
+    if name == "ablations-world1":  # the same ablations in the second world
+        assert config["arms"] == load_config(folder / "ablations.yaml")["arms"]
+        assert config["distill"] == load_config(folder / "ablations.yaml")["distill"]
 
 
 def test_eval_cli(trained_cache, tmp_path):
     data, cache = str(trained_cache / "data"), str(trained_cache / "cache.zarr")
     run = str(trained_cache / "runs" / "tiny" / "base" / "seed-0")
-    r = run_cli("eval", data, "--cache", cache, "--student", f"s={run}", "--tasks", "colour,size", "--out", str(tmp_path),
-                "--no-progress")
+    r = run_cli("eval", data, "--cache", cache, "--student", f"s={run}", "--tasks", "colour,size,colour-seg", "--out",
+                str(tmp_path), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "| colour | teacher |" in r.stdout and "| s | student |" in r.stdout and (tmp_path / "results.png").exists()
-    assert set(json.loads((tmp_path / "results.json").read_text())["tasks"]) == {"colour", "size"}
+    assert "colour-seg (mIoU)" in r.stdout and "–" not in r.stdout  # teacher and student both scored on patch tokens
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["tasks"]) == {"colour", "size", "colour-seg"} and saved["dense"] == ["colour-seg"]
+    assert {"miou", "miou_val"} <= set(saved["models"]["s"]["scores"]["colour-seg"])
     r = run_cli("eval", data, "--cache", cache, "--student", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "is not a finished distill run" in r.stderr and "Traceback" not in r.stderr
 

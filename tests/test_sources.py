@@ -19,6 +19,30 @@ def test_tar_index_order_offsets_and_key_checks(shapes_dir):
     assert same.fingerprint() == index.fingerprint()
 
 
+def test_the_image_is_the_plain_member_not_a_label_map(shapes_dir, tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    index = open_source(str(shapes_dir)).index(progress=False)
+    with tarfile.open(shapes_dir / "shapes-000000.tar") as tar:
+        names = [m.name for m in tar.getmembers()][:4]
+        image = tar.extractfile("sample00000003.png").read()
+    assert names[0] == "sample00000000.colour-seg.png"  # a label map comes before the image in the tar
+    row = list(index.keys).index("sample00000003")
+    assert open_source(str(shapes_dir)).read(index.location[row], "sample00000003") == image
+    path = tmp_path / "maps-only.tar"  # a sample whose only image member has a compound extension
+    with tarfile.open(path, "w") as tar:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, format="PNG")
+        info = tarfile.TarInfo("k1.left.png")
+        info.size = len(buf.getvalue())
+        tar.addfile(info, io.BytesIO(buf.getvalue()))
+    only = open_source(str(path)).index(progress=False)
+    assert only.n == 1 and not only.bad
+
+
 def test_bad_images_are_recorded_and_odd_modes_converted(messy_dir):
     index = open_source(str(messy_dir)).index(progress=False)
     keys = list(index.keys)

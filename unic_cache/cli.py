@@ -188,7 +188,8 @@ def _train_teacher(opts) -> None:
 def _make_shapes(opts) -> None:
     from .shapes import make_shapes
 
-    paths = make_shapes(opts.out, n=opts.n, size=opts.size, seed=opts.seed, shard_size=opts.shard_size)
+    paths = make_shapes(opts.out, n=opts.n, size=opts.size, seed=opts.seed, shard_size=opts.shard_size,
+                        split_seed=opts.split_seed)
     typer.echo(f"wrote {opts.n} samples in {len(paths)} shards to {opts.out}")
 
 

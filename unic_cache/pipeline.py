@@ -10,7 +10,7 @@ YAML keys (paths are relative to the working directory)::
 
     name: demo                          # results go to <out>/<name>.{md,json,png} (default: results)
     out: runs/demo                      # every artefact goes below this folder; pipelines may share one
-    data: {shapes: {n: 1200, size: 32, seed: 0}}   # generated into <out>/data; or {path: DATA SPEC}
+    data: {shapes: {n: 1200, size: 32, seed: 0, split_seed: 0}}   # generated into <out>/data; or {path: DATA SPEC}
     cache: {views: 4, seed: 0, crop_scale: [0.35, 1]}   # optional; path defaults to <out>/cache.zarr
     teachers:                           # name in the cache -> how to get it
       shape-texture:
@@ -29,7 +29,8 @@ YAML keys (paths are relative to the working directory)::
 
 A file may start from another: ``base: shapes.yaml`` takes every section of that file except its arms and
 seeds, and this file's sections are merged over it (this is how ``ablations.yaml`` shares the benchmark's
-world, teachers and cache).
+world, teachers and cache); ``replace: [teachers]`` takes the sections named there from this file whole
+instead (how ``shapes-world1.yaml`` keeps the benchmark's recipe with other teachers).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from .cache.store import Cache, TeacherStore, codec_record, json_normal
 from .distillation.options import DistillConfig
 from .distillation.recipe import distill
 from .errors import UserError, check_options
-from .evaluation.evaluate import Evaluator
+from .cache.sources import open_source
+from .evaluation.evaluate import EVAL_FORMAT, Evaluator
+from .evaluation.labels import read_split
 from .evaluation.options import EvalOptions, TeacherTrainConfig
 from .evaluation.results import Results
 from .evaluation.train_teacher import train_teacher
@@ -54,7 +57,7 @@ from .extraction.options import ExtractOptions
 from .extraction.runner import extract
 from .models.teachers import build_teacher, file_sha256, resolve
 from .options import set_value
-from .shapes import make_shapes
+from .shapes import WORLD_FORMAT, make_shapes
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract", "same_as"}
@@ -78,10 +81,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise UserError(f"cannot read pipeline {path}: {' '.join(str(exc).split())}") from None
     if not isinstance(config, dict):
         raise UserError(f"pipeline {path} must be a YAML mapping")
+    replace = config.pop("replace", [])
+    if not isinstance(replace, list) or not set(replace) <= _KEYS:
+        raise UserError(f"pipeline {path}: 'replace' lists sections to take whole, from {', '.join(sorted(_KEYS))}")
     if "base" in config:
         base = _read_yaml(path.parent / config.pop("base"), (*seen, path.resolve()))
-        base.pop("arms", None)  # arms and seeds are what a derived pipeline is about: never inherited
-        base.pop("seeds", None)
+        for key in ("arms", "seeds", *replace):  # arms and seeds are what a derived pipeline is about: never inherited
+            base.pop(key, None)
         config = merged(base, config)
     return config
 
@@ -183,16 +189,18 @@ class Pipeline:
         spec = self.config["data"]
         if "path" in spec:
             return str(spec["path"])
-        world = {"n": 2000, "size": 64, "seed": 0, "shard_size": 500, **spec.get("shapes", {})}
+        world = {"n": 2000, "size": 64, "seed": 0, "shard_size": 500, "split_seed": 0, **spec.get("shapes", {})}
         folder = self.out / "data"
         marker = folder / "world.json"
-        if marker.exists() and json.loads(marker.read_text()) == world:
+        record = {**world, "format": WORLD_FORMAT}
+        if marker.exists() and json.loads(marker.read_text()) == record:
             self.run.log("data", str(folder), "skipped")
             return str(folder)
         if folder.exists() and any(folder.iterdir()):
-            raise UserError(f"{folder} holds another dataset than this pipeline's shapes world; delete it or change 'out'")
+            raise UserError(f"{folder} holds another dataset than this pipeline's shapes world (or one written by an older "
+                            "version); delete it or change 'out'")
         make_shapes(folder, **world)
-        marker.write_text(json.dumps(world))
+        marker.write_text(json.dumps(record))
         self.run.log("data", str(folder), "ran")
         return str(folder)
 
@@ -208,8 +216,9 @@ class Pipeline:
                                         "model_args": spec.get("model_args", {}), "progress": self.progress,
                                         **spec["train"]})
             record = Path(weights).with_suffix(".json")
-            same = record.exists() and Path(weights).exists() and \
-                _recipe(json.loads(record.read_text())["config"], "progress") == _recipe(asdict(cfg), "progress")
+            split = read_split(open_source(data)).to_dict()
+            same = record.exists() and Path(weights).exists() and json.loads(record.read_text()).get("split") == split \
+                and _recipe(json.loads(record.read_text())["config"], "progress") == _recipe(asdict(cfg), "progress")
             if same:
                 self.run.log("train-teacher", name, "skipped")
             else:
@@ -261,7 +270,8 @@ class Pipeline:
         results = ev.results()
         for name in ev.teacher_names():
             results.add(name, "teacher", ev.scores(ev.teacher_features(name)))
-        key = _recipe(asdict(opts), "progress", "students", "teachers")
+        key = {**_recipe(asdict(opts), "progress", "students", "teachers"), "format": EVAL_FORMAT,
+               "split": ev.split_rule.to_dict()}
         for arm, folders in runs.items():
             for folder in folders:
                 saved = folder / "eval.json"

@@ -2,7 +2,9 @@
 
 Every sample carries several labels (shape, colour, texture, object count as classes; object size and
 position as regression targets), so one small dataset can show whether a student keeps what each
-specialised teacher knows. Generation is deterministic for a seed.
+specialised teacher knows. Two dense tasks label every pixel: ``shape-seg`` (background, or the shape
+of the object covering it) and ``colour-seg`` (background, or its colour), as ``<key>.<task>.png``.
+Generation is deterministic for a seed; the world's split is recorded beside it (``split.json``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .evaluation.labels import Task
+from .evaluation.labels import SplitRule, Task, write_split
 from .options import Options, at_least, option
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
@@ -32,6 +34,7 @@ COLOURS = {
 }
 TEXTURES = ("plain", "hstripes", "vstripes", "checker", "dots", "noise")
 MAX_COUNT = 3
+WORLD_FORMAT = 2  # 2: label maps and split.json beside the shards
 
 
 TASKS = (
@@ -42,6 +45,8 @@ TASKS = (
     Task("size", 0),
     Task("x", 0),
     Task("y", 0),
+    Task("shape-seg", 1 + len(SHAPES), dense=True),  # 0: background, 1 + shape
+    Task("colour-seg", 1 + len(COLOURS), dense=True),  # 0: background, 1 + colour
 )
 
 
@@ -87,8 +92,8 @@ def _background(texture: str, size: int, rng: np.random.Generator) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def draw_sample(rng: np.random.Generator, size: int) -> tuple[Image.Image, dict]:
-    """Draw one image of the shapes world and return it with its labels."""
+def draw_sample(rng: np.random.Generator, size: int) -> tuple[Image.Image, dict, dict[str, Image.Image]]:
+    """Draw one image of the shapes world; return it with its labels and its label maps (dense task -> L image)."""
     shape_id = int(rng.integers(len(SHAPES)))
     colour_id = int(rng.integers(len(COLOURS)))
     texture_id = int(rng.integers(len(TEXTURES)))
@@ -98,6 +103,8 @@ def draw_sample(rng: np.random.Generator, size: int) -> tuple[Image.Image, dict]
     big = size * scale
     canvas = Image.fromarray(_background(TEXTURES[texture_id], big, rng))
     draw = ImageDraw.Draw(canvas)
+    mask = Image.new("L", (big, big), 0)
+    draw_mask = ImageDraw.Draw(mask)
     colour = np.array(list(COLOURS.values())[colour_id], np.float64)
     fill = tuple(int(c) for c in np.clip(colour * rng.uniform(0.85, 1.1), 0, 255))
     r = rel_size * big
@@ -109,11 +116,15 @@ def draw_sample(rng: np.random.Generator, size: int) -> tuple[Image.Image, dict]
                 break
         centres.append((float(cx), float(cy)))
         angle = float(rng.uniform(0, 2 * math.pi))
-        if SHAPES[shape_id] == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        else:
-            draw.polygon(_polygon(SHAPES[shape_id], cx, cy, r, angle), fill=fill)
+        for target, value in ((draw, fill), (draw_mask, 255)):
+            if SHAPES[shape_id] == "circle":
+                target.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value)
+            else:
+                target.polygon(_polygon(SHAPES[shape_id], cx, cy, r, angle), fill=value)
     image = canvas.resize((size, size), Image.LANCZOS)
+    covered = np.asarray(mask.resize((size, size), Image.BOX)) >= 128  # the object covers most of the pixel
+    maps = {name: Image.fromarray(np.where(covered, 1 + label, 0).astype(np.uint8))
+            for name, label in (("shape-seg", shape_id), ("colour-seg", colour_id))}
     labels = {
         "shape": shape_id,
         "colour": colour_id,
@@ -123,14 +134,22 @@ def draw_sample(rng: np.random.Generator, size: int) -> tuple[Image.Image, dict]
         "x": float(np.mean([c[0] for c in centres]) / big),
         "y": float(np.mean([c[1] for c in centres]) / big),
     }
-    return image, labels
+    return image, labels, maps
 
 
-def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, shard_size: int = 500) -> list[Path]:
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, shard_size: int = 500,
+                split_seed: int = 0) -> list[Path]:
     """Write ``n`` samples as webdataset shards ``out/shapes-000000.tar`` ...; return the shard paths.
 
     Sample ``i`` is drawn from its own generator keyed by (seed, i), so any prefix of a larger world
-    equals the smaller world, and the bytes are identical for a seed.
+    equals the smaller world, and the bytes are identical for a seed. ``tasks.json`` and ``split.json``
+    (the world's one train/val/test split, hashed from ``split_seed``) are written beside the shards.
     """
     import webdataset as wds
 
@@ -146,13 +165,13 @@ def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, s
         tmp = path.with_suffix(".tar.tmp")
         with wds.TarWriter(str(tmp), mtime=0.0) as sink:
             for i in range(first, min(n, first + shard_size)):
-                image, labels = draw_sample(np.random.default_rng([seed, i]), size)
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
-                sink.write({"__key__": f"sample{i:08d}", "png": buf.getvalue(), "json": json.dumps(labels).encode()})
+                image, labels, maps = draw_sample(np.random.default_rng([seed, i]), size)
+                sink.write({"__key__": f"sample{i:08d}", "png": _png(image), "json": json.dumps(labels).encode(),
+                            **{f"{task}.png": _png(m) for task, m in maps.items()}})
         tmp.replace(path)  # a crash never leaves a half-written shard under its final name
         paths.append(path)
     (out / "tasks.json").write_text(json.dumps([t.__dict__ for t in TASKS], indent=1))
+    write_split(out, SplitRule(split_seed))
     return paths
 
 
@@ -167,3 +186,5 @@ class ShapesOptions(Options):
     size: int = option(64, "Image side in pixels.", checks=(at_least(16),))
     seed: int = option(0, "World seed; the same seed gives the same bytes.")
     shard_size: int = option(500, "Samples per tar shard.", checks=(at_least(1),))
+    split_seed: int = option(0, "Seed of the world's train/val/test split (60/20/20 by a hash of each key), "
+                                "recorded in split.json for train-teacher, eval and the pipelines.")

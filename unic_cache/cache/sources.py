@@ -177,11 +177,14 @@ class Source:
 
 
 class TarSource(Source):
-    """webdataset shards: samples are consecutive tar members sharing a key (``key.jpg``, ``key.json``)."""
+    """webdataset shards: samples are consecutive tar members sharing a key (``key.jpg``, ``key.json``).
+    A sample's image is its member with an image extension (``key.png``); one with a compound extension
+    (``key.shape-seg.png``, a label map) is taken only when the sample has no plain one."""
 
     def scan_shard(self, shard: int) -> list[tuple[str, int, int, int, int, str | None, int]]:
         rows: list[tuple[str, int, int, int, int, str | None, int]] = []
         seen: dict[str, int] = {}
+        plain: set[str] = set()  # keys whose image came from a plain image extension
         with self.fs.open(self.shards[shard].url, "rb") as f:
             try:
                 members = tarfile.open(fileobj=f, mode="r:")
@@ -195,7 +198,10 @@ class TarSource(Source):
                     if key not in seen:
                         seen[key] = len(rows)
                         rows.append((key, -1, 0, 0, 0, "no image member", 0))
-                    if ext.rsplit(".", 1)[-1] in IMAGE_EXTS and rows[seen[key]][1] < 0:
+                    is_plain = ext in IMAGE_EXTS
+                    if ext.rsplit(".", 1)[-1] in IMAGE_EXTS and (rows[seen[key]][1] < 0 or is_plain and key not in plain):
+                        if is_plain:
+                            plain.add(key)
                         f.seek(info.offset_data)
                         data = f.read(info.size)
                         rows[seen[key]] = (key, info.offset_data, info.size, *_check_decodes(data), content_digest(data))

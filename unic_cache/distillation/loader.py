@@ -35,8 +35,14 @@ class Selection:
     targets: tuple[tuple[str, str], ...]
 
     @classmethod
-    def all_kinds(cls, cache: Cache, teachers: list[str]) -> "Selection":
-        return cls(tuple((t, kind) for t in teachers for kind in cache.teacher(t).kinds))
+    def of(cls, cache: Cache, teachers: list[str], kinds: list[str] = ()) -> "Selection":
+        """Every cached kind of each teacher, or only those in ``kinds``; a teacher left without any is an error."""
+        targets = tuple((t, kind) for t in teachers for kind in cache.teacher(t).kinds if not kinds or kind in kinds)
+        for t in teachers:
+            if not any(u == t for u, _ in targets):
+                raise UserError(f"teacher {t} has none of the kinds {', '.join(kinds)} in the cache "
+                                f"(it has {', '.join(cache.teacher(t).kinds)}); change --kinds or --teachers")
+        return cls(targets)
 
 
 class DistillStream(Dataset):

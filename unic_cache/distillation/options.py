@@ -9,6 +9,7 @@ from ..options import Options, at_least, comma_list, existing_path, in_range, ke
 
 LOSSES = ("unic", "gauss")
 NORMS = ("standard", "phis", "none")
+KINDS = ("summary", "patch")
 DROP_NORMS = ("batch", "sample")  # teacher-dropping normalisation: UNIC's (per batch), or per sample
 positive = at_least(1)
 
@@ -28,6 +29,9 @@ class DistillConfig(Options):
     out: str = option("runs/student", "Run folder: checkpoints, metrics.jsonl, student.safetensors.")
     teachers: list[str] = option(help="Comma-separated subset of the cached teachers (default: all).", factory=list,
                                  parse=comma_list)
+    kinds: list[str] = option(help="Comma-separated token kinds to distil: summary, patch (default: every kind "
+                                   "cached; 'summary' trains no patch head, an ablation).", factory=list, parse=comma_list,
+                              checks=(lambda v: None if set(v) <= set(KINDS) else f"kinds are {', '.join(KINDS)}; got {v}",))
     student: str = option("vit_small_patch16_224", "timm ViT name, e.g. vit_small_patch16_224.")
     img_size: int = option(224, "Student input resolution.", checks=(positive,))
     model_args: dict = option(help="KEY=VALUE for timm.create_model of the student (repeatable).", factory=dict,

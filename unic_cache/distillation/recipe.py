@@ -97,7 +97,7 @@ class Distiller:
         cfg = self.cfg
         self.teachers = cfg.teachers or cache.teacher_names()
         stores = {t: cache.teacher(t) for t in self.teachers}  # present and complete: checked by cfg.check()
-        self.selection = Selection.all_kinds(cache, self.teachers)
+        self.selection = Selection.of(cache, self.teachers, cfg.kinds)
         self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
             f"{t}__{kind}": TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})

@@ -1,13 +1,16 @@
 """``unic-cache eval``: probe the student and every cached teacher on a labelled dataset's tasks.
 
-Teacher features are the cached summary embeddings of view 0 (the eval view), so no teacher is loaded;
-a student's are its exported encoder's pooled embedding of the same view. Rows are split once into
-train / val / test by a hash of their key (``labels.split_rows``): probes fit on train, choose their
-regularisation on val and report test. Per task: kNN and linear-probe accuracy plus k-means NMI for a
+Teacher features are the cached summary embeddings and patch tokens of view 0 (the eval view), so no
+teacher is loaded; a student's are its exported encoder's pooled embedding and patch tokens of the same
+view. Image-level tasks probe the summary, dense tasks (``dense.py``) the patch tokens. Rows are split by the
+dataset's one split (``labels.read_split``, the one train-teacher used): probes fit on train, choose their
+regularisation on val and report val and test. Per task: kNN and linear-probe accuracy plus k-means NMI for a
 classification, ridge R² for a regression target.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,13 +19,28 @@ from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..errors import UserError
 from ..models.pixels import PixelNorm
-from ..models.student import load_exported, pooled
+from ..models.student import load_exported
 from ..runtime import pick_device
-from .images import EvalViews
-from .labels import Labels, read_labels, split_rows
+from .dense import dense_probe, pool_majority, view_maps
+from .images import EvalViews, eval_params
+from .labels import Labels, read_labels, read_split
 from .options import EvalOptions
 from .probes import kmeans_nmi, knn_accuracy, linear_probe, ridge_r2
 from .results import Results
+
+
+EVAL_FORMAT = 3  # changes whenever the scores of the same model and data would change
+
+
+@dataclass
+class Features:
+    """One model's features of the evaluated rows: summary (rows, dim) and, for dense tasks, patch tokens
+    (rows, tokens, dim) on ``grid`` of a ``resolution`` px input."""
+
+    summary: torch.Tensor
+    tokens: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    resolution: int | None = None
 
 
 class Evaluator:
@@ -40,9 +58,13 @@ class Evaluator:
         for t in self.tasks:
             self.labels.task(t)
         self.rows = np.flatnonzero(~self.cache.bad)  # features are computed for these rows, in this order
-        self.split = split_rows(self.cache.keys, opts.split_seed)[self.rows]
+        self.split_rule = read_split(source)
+        self.split = self.split_rule.rows(self.cache.keys)[self.rows]
         if not all((self.split == s).any() for s in range(3)):
             raise UserError(f"{len(self.rows)} samples are too few for a train/val/test split")
+        self.dense = [t for t in self.tasks if self.labels.task(t).dense]
+        self.view0 = eval_params(self.cache.plan.policy, self.rows, self.cache.image_size) if self.dense else None
+        self._token_labels: dict[tuple, torch.Tensor] = {}
 
     def teacher_names(self) -> list[str]:
         available = self.cache.teacher_names()
@@ -52,44 +74,72 @@ class Evaluator:
                 raise UserError(f"teacher {name!r} is not complete in {self.opts.cache}; extract it first")
         return names
 
-    def teacher_features(self, name: str) -> torch.Tensor:
-        """Cached summary embeddings of view 0 for the evaluated rows."""
-        summary = self.cache.teacher(name).read("summary", slice(0, self.cache.n), 0)
-        return torch.from_numpy(np.asarray(summary, np.float32)[self.rows])
+    def teacher_features(self, name: str) -> Features:
+        """Cached summary embeddings (and, when a dense task is evaluated, patch tokens) of view 0."""
+        store = self.cache.teacher(name)
+        rows = slice(0, self.cache.n)
+        summary = torch.from_numpy(np.asarray(store.read("summary", rows, 0), np.float32)[self.rows])
+        if not self.dense or not store.has_patch:
+            return Features(summary)
+        tokens = torch.from_numpy(np.asarray(store.read("patch", rows, 0), np.float32)[self.rows])
+        return Features(summary, tokens, tuple(store.stored_grid), store.info.resolution)
 
     @torch.inference_mode()
-    def student_features(self, run: str, name: str) -> torch.Tensor:
-        """The exported encoder's pooled embedding of each row's eval view."""
+    def student_features(self, run: str, name: str) -> Features:
+        """The exported encoder's pooled embedding and patch tokens of each row's eval view."""
         encoder, resolution = load_exported(run)
         encoder.to(self.device)
         pixels = PixelNorm.of(encoder).to(self.device)
         views = EvalViews(self.opts.data, self.cache.keys, self.cache.location, self.cache.image_size, self.rows, resolution,
                           self.cache.plan.policy, self.cache.digest)
-        feats = [pooled(encoder, pixels(images.to(self.device))).float().cpu()
-                 for images in views.batches(self.opts.batch_size, self.opts.workers, f"features {name}", self.opts.progress)]
-        return torch.cat(feats)
+        summary, tokens = [], []
+        for images in views.batches(self.opts.batch_size, self.opts.workers, f"features {name}", self.opts.progress):
+            feats = encoder.forward_features(pixels(images.to(self.device)))
+            summary.append(encoder.forward_head(feats, pre_logits=True).float().cpu())
+            if self.dense:
+                tokens.append(feats[:, encoder.num_prefix_tokens:].float().cpu())
+        grid = tuple(encoder.patch_embed.grid_size)
+        return Features(torch.cat(summary), torch.cat(tokens) if self.dense else None, grid, resolution)
 
-    def scores(self, features: torch.Tensor, seed: int = 0) -> dict[str, dict[str, float]]:
-        """{task: {metric: score}} for one model's features (rows as in ``self.rows``)."""
+    def token_labels(self, task: str, resolution: int, grid: tuple[int, int]) -> torch.Tensor:
+        """(rows, tokens) int64 labels of a dense task at a model's input resolution and token grid (-1: none)."""
+        key = (task, resolution, grid)
+        if key not in self._token_labels:
+            maps = view_maps(self.labels.maps[task], self.rows, self.view0, resolution)
+            self._token_labels[key] = torch.from_numpy(pool_majority(maps, grid, self.labels.task(task).classes))
+        return self._token_labels[key]
+
+    def scores(self, features: Features, seed: int = 0) -> dict[str, dict[str, float]]:
+        """{task: {metric: score}} for one model's features (rows as in ``self.rows``); dense tasks only
+        when the model has patch tokens."""
         out = {}
-        x = features.to(self.device)
+        x = features.summary.to(self.device)
         for name in self.tasks:
             task = self.labels.task(name)
+            if task.dense:
+                if features.tokens is not None:
+                    labels = self.token_labels(name, features.resolution, features.grid).to(self.device)
+                    test, val = dense_probe(features.tokens.to(self.device), labels, self.split, task.classes)
+                    out[name] = {"miou": test, "miou_val": val}
+                continue
             known = self.labels.known(name)[self.rows]
             parts = [np.flatnonzero(known & (self.split == s)) for s in range(3)]
             y = torch.from_numpy(self.labels.values[name][self.rows]).to(self.device)
             (xtr, ytr), (xva, yva), (xte, yte) = ((x[p], y[p]) for p in parts)
             if task.is_classification:
-                linear, _ = linear_probe(xtr, ytr, xva, yva, xte, yte, task.classes)
+                linear, linear_val, _ = linear_probe(xtr, ytr, xva, yva, xte, yte, task.classes)
                 knn = knn_accuracy(torch.cat([xtr, xva]), torch.cat([ytr, yva]), xte, yte, task.classes,
                                    self.opts.k, self.opts.temperature)
-                out[name] = {"linear": linear, "knn": knn, "nmi": kmeans_nmi(xte, yte, task.classes, seed)}
+                out[name] = {"linear": linear, "linear_val": linear_val, "knn": knn,
+                             "nmi": kmeans_nmi(xte, yte, task.classes, seed)}
             else:
-                out[name] = {"r2": ridge_r2(xtr, ytr, xva, yva, xte, yte)[0]}
+                r2, r2_val, _ = ridge_r2(xtr, ytr, xva, yva, xte, yte)
+                out[name] = {"r2": r2, "r2_val": r2_val}
         return out
 
     def results(self) -> Results:
-        return Results({t: self.labels.task(t).classes for t in self.tasks})
+        return Results({t: self.labels.task(t).classes for t in self.tasks}, dense=self.dense,
+                       split=self.split_rule.to_dict())
 
 
 def evaluate(opts: EvalOptions) -> Results:

@@ -11,6 +11,11 @@ from ..cache.views import PlanConfig, ViewPolicy, plan_views
 from ..models.pixels import replay
 
 
+def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:
+    """The eval view's parameters (view 0 of ``policy``) of each of ``rows``."""
+    return plan_views(PlanConfig(views=1, policy=policy), rows, image_size[rows])[:, 0]
+
+
 class EvalViews(Dataset):
     """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
 
@@ -20,7 +25,7 @@ class EvalViews(Dataset):
         ``digest``: the indexed crc32c of each row's image bytes, checked on every read (None: unchecked)."""
         self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
         self.digest = digest
-        self.params = plan_views(PlanConfig(views=1, policy=policy), rows, image_size[rows])[:, 0]
+        self.params = eval_params(policy, rows, image_size)
         self._source = None
 
     def __len__(self) -> int:

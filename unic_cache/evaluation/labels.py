@@ -1,9 +1,15 @@
-"""Per-sample labels of a dataset, aligned with the cache's rows, and the fixed train/val/test split.
+"""Per-sample labels of a dataset, aligned with the cache's rows, and the dataset's one train/val/test split.
 
 Labels come from the dataset itself: a webdataset sample's ``.json`` member (one value per task, as
 the shapes world writes) or ``.cls`` member (one class index), or, for an image folder, the sample's
 parent folder (one class per folder). Which tasks exist and their kinds come from a ``tasks.json`` next
 to the shards when there is one; otherwise integer labels are classes and the rest regression targets.
+A dense task (``"dense": true`` in ``tasks.json``) has a per-pixel label map per sample: a grayscale PNG
+member ``<key>.<task>.png`` of class indices (255: ignored), as large as the sample's image.
+
+The split is the dataset's, recorded once beside its shards in ``split.json`` (``{"seed": S,
+"fractions": [train, val]}``; without the file, seed 0 and 60/20/20): train-teacher, eval and the
+pipelines all read it, so a teacher never trains on the rows eval tests on.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +25,7 @@ from ..errors import UserError
 from ..cache.sources import FolderSource, Source, KEY_RE
 
 SPLITS = ("train", "val", "test")
+IGNORE = 255  # a label-map pixel that belongs to no class
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class Task:
 
     name: str
     classes: int
+    dense: bool = False  # a per-pixel label map per sample (classes > 0)
 
     @property
     def is_classification(self) -> bool:
@@ -38,7 +46,9 @@ class Labels:
     """Tasks and, per task, one value per row (classes as int64 with -1 for missing, targets float64 with NaN)."""
 
     tasks: list[Task]
-    values: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]  # image-level tasks only
+    n: int  # rows
+    maps: dict[str, dict[int, bytes]] = field(default_factory=dict)  # dense task -> row -> PNG bytes
 
     def task(self, name: str) -> Task:
         for task in self.tasks:
@@ -47,45 +57,92 @@ class Labels:
         raise UserError(f"the dataset has no task {name!r}; tasks: {', '.join(t.name for t in self.tasks)}")
 
     def known(self, name: str) -> np.ndarray:
-        """Rows that carry a value for task ``name``."""
+        """Rows that carry a value (or, for a dense task, a label map) for task ``name``."""
+        if self.task(name).dense:
+            rows = np.zeros(self.n, bool)
+            rows[list(self.maps[name])] = True
+            return rows
         v = self.values[name]
         return v >= 0 if self.task(name).is_classification else ~np.isnan(v)
 
 
-def split_rows(keys: np.ndarray, seed: int = 0, fractions: tuple[float, float] = (0.6, 0.2)) -> np.ndarray:
-    """0 (train), 1 (val) or 2 (test) per row, from a hash of (seed, key): stable when rows are added."""
-    u = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest(), "little") / 2.0**64
-                  for k in keys])
-    return np.where(u < fractions[0], 0, np.where(u < fractions[0] + fractions[1], 1, 2)).astype(np.int8)
+@dataclass(frozen=True)
+class SplitRule:
+    """Row -> train (0) / val (1) / test (2) from a hash of (seed, key): stable when rows are added."""
+
+    seed: int = 0
+    fractions: tuple[float, float] = (0.6, 0.2)  # train, val; test is the rest
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        u = np.array([int.from_bytes(hashlib.blake2b(f"{self.seed}:{k}".encode(), digest_size=8).digest(), "little") / 2.0**64
+                      for k in keys])
+        train, val = self.fractions
+        return np.where(u < train, 0, np.where(u < train + val, 1, 2)).astype(np.int8)
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "fractions": list(self.fractions)}
 
 
-def _tar_labels(source: Source, rows: dict[str, int]) -> dict[int, dict]:
-    """Row -> label dict, read from the ``.json`` / ``.cls`` members of every shard."""
+def write_split(folder, rule: SplitRule) -> None:
+    """Record ``rule`` as the split of the dataset in ``folder`` (``split.json``)."""
+    from pathlib import Path
+
+    Path(folder, "split.json").write_text(json.dumps(rule.to_dict()))
+
+
+def _beside_shards(source: Source, name: str) -> str:
+    return f"{source.shards[0].url.rsplit('/', 1)[0]}/{name}"
+
+
+def read_split(source: Source) -> SplitRule:
+    """The dataset's split: ``split.json`` beside its shards, else the default rule."""
+    path = _beside_shards(source, "split.json")
+    if not source.fs.exists(path):
+        return SplitRule()
+    try:
+        with source.fs.open(path, "r") as f:
+            d = json.load(f)
+        rule = SplitRule(int(d["seed"]), tuple(float(v) for v in d["fractions"]))
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a split record; it needs {{\"seed\": S, \"fractions\": [train, val]}}") from None
+    if len(rule.fractions) != 2 or min(rule.fractions) <= 0 or sum(rule.fractions) >= 1:
+        raise UserError(f"{path}: fractions must be two positive numbers (train, val) that sum to less than 1")
+    return rule
+
+
+def _tar_labels(source: Source, rows: dict[str, int], dense: set[str]) -> tuple[dict[int, dict], dict[str, dict[int, bytes]]]:
+    """(row -> label dict from the ``.json`` / ``.cls`` members, dense task -> row -> ``.<task>.png`` bytes)."""
     found: dict[int, dict] = {}
+    maps: dict[str, dict[int, bytes]] = {t: {} for t in dense}
     for shard in source.shards:
         with source.fs.open(shard.url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for info in tar:
                 m = KEY_RE.match(info.name) if info.isfile() else None
-                if m is None or m.group(1) not in rows or m.group(2).lower() not in ("json", "cls"):
+                if m is None or m.group(1) not in rows:
+                    continue
+                ext = m.group(2).lower()
+                if ext.endswith(".png") and ext[:-4] in dense:
+                    maps[ext[:-4]][rows[m.group(1)]] = tar.extractfile(info).read()
+                    continue
+                if ext not in ("json", "cls"):
                     continue
                 raw = tar.extractfile(info).read()
                 try:
-                    value = json.loads(raw) if m.group(2).lower() == "json" else {"class": int(raw.strip())}
+                    value = json.loads(raw) if ext == "json" else {"class": int(raw.strip())}
                 except (ValueError, UnicodeDecodeError):
                     raise UserError(f"unreadable label member {info.name} in {shard.name}") from None
                 if isinstance(value, dict):
                     found.setdefault(rows[m.group(1)], {}).update(value)
-    return found
+    return found, maps
 
 
 def _declared_tasks(source: Source) -> list[Task] | None:
     """Tasks from ``tasks.json`` in the folder of the first shard, if present."""
-    folder = source.shards[0].url.rsplit("/", 1)[0]
-    path = f"{folder}/tasks.json"
+    path = _beside_shards(source, "tasks.json")
     if not source.fs.exists(path):
         return None
     with source.fs.open(path, "r") as f:
-        return [Task(t["name"], int(t["classes"])) for t in json.load(f)]
+        return [Task(t["name"], int(t["classes"]), bool(t.get("dense", False))) for t in json.load(f)]
 
 
 def read_labels(source: Source, keys: np.ndarray) -> Labels:
@@ -96,12 +153,12 @@ def read_labels(source: Source, keys: np.ndarray) -> Labels:
             raise UserError(f"{source.spec} has no class folders; put each class's images in its own folder")
         folder = {name: i for i, name in enumerate(names)}
         classes = np.array([folder[k.rsplit("/", 1)[0] if "/" in k else ""] for k in keys], np.int64)
-        return Labels([Task("class", len(names))], {"class": classes})
+        return Labels([Task("class", len(names))], {"class": classes}, len(keys))
     rows = {str(k): i for i, k in enumerate(keys)}
-    found = _tar_labels(source, rows)
+    tasks = _declared_tasks(source)
+    found, maps = _tar_labels(source, rows, {t.name for t in tasks or () if t.dense})
     if not found:
         raise UserError(f"no labels in {source.spec}: samples need a .json (task -> value) or .cls member")
-    tasks = _declared_tasks(source)
     if tasks is None:
         names = sorted({k for d in found.values() for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tasks = []
@@ -111,6 +168,8 @@ def read_labels(source: Source, keys: np.ndarray) -> Labels:
             tasks.append(Task(name, max(vals) + 1 if is_class else 0))
     values = {}
     for task in tasks:
+        if task.dense:
+            continue
         if task.is_classification:
             arr = np.full(len(keys), -1, np.int64)
         else:
@@ -119,4 +178,4 @@ def read_labels(source: Source, keys: np.ndarray) -> Labels:
             if task.name in d:
                 arr[row] = d[task.name]
         values[task.name] = arr
-    return Labels(tasks, values)
+    return Labels(tasks, values, len(keys), maps)

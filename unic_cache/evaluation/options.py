@@ -47,7 +47,6 @@ class EvalOptions(Options):
     teachers: list[str] | None = option(None, "Comma-separated cached teachers (default: all; 'none' for none).",
                                         parse=teacher_list)
     tasks: list[str] | None = option(None, "Comma-separated tasks (default: all of the dataset's).", parse=comma_list)
-    split_seed: int = option(0, "Seed of the train/val/test split (hash of each key).")
     k: int = option(20, "Neighbours of the kNN probe.", checks=(positive,))
     temperature: float = option(0.07, "Temperature of the kNN vote.", checks=(lambda v: None if v > 0 else "must be > 0",))
     batch_size: int = option(128, "Images per student forward.", checks=(positive,))
@@ -78,7 +77,6 @@ class TeacherTrainConfig(Options):
     lr: float = option(1e-3, "AdamW peak learning rate.", checks=(lambda v: None if v > 0 else "must be > 0",))
     weight_decay: float = option(0.05, "AdamW weight decay.", checks=(at_least(0),))
     seed: int = option(0, "Initialisation and order seed.")
-    split_seed: int = option(0, "Seed of the split; must match eval's, so that its test rows stay unseen.")
     workers: int = option(0, "DataLoader workers for decoding.", checks=(at_least(0),))
     device: str = option("auto", "auto, cpu, cuda.")
     progress: bool = option(True, "Show progress bars.")

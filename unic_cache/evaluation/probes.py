@@ -7,6 +7,8 @@ score is reported on the test rows.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -50,23 +52,29 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, weight_decay: 
     return w.detach()
 
 
-def _logistic_accuracy(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    pred = (torch.cat([x, torch.ones(len(x), 1, device=x.device)], 1) @ w).argmax(1)
-    return 100.0 * float((pred == y).float().mean()) if len(y) else 0.0
+def accuracy(pred: torch.Tensor, target: torch.Tensor, classes: int) -> float:
+    """Accuracy of class predictions, in %."""
+    return 100.0 * float((pred == target).float().mean()) if len(target) else 0.0
+
+
+def _predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (torch.cat([x, torch.ones(len(x), 1, device=x.device)], 1) @ w).argmax(1)
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                  test_x: torch.Tensor, test_y: torch.Tensor, classes: int,
-                 weight_decays: tuple[float, ...] = WEIGHT_DECAYS, max_iter: int = 300) -> tuple[float, float]:
-    """(test accuracy, chosen weight decay): one probe per weight decay on train, the best on val wins."""
+                 weight_decays: tuple[float, ...] = WEIGHT_DECAYS, max_iter: int = 300,
+                 metric: Callable[[torch.Tensor, torch.Tensor, int], float] = accuracy) -> tuple[float, float, float]:
+    """(test score, val score, chosen weight decay): one probe per weight decay on train, the best ``metric``
+    (accuracy, or ``dense.miou``) on val wins."""
     train_x, val_x, test_x = standardise(train_x.float(), val_x.float(), test_x.float())
     best = (-1.0, weight_decays[0], None)
     for wd in weight_decays:
         w = _fit_logistic(train_x, train_y, classes, wd, max_iter)
-        acc = _logistic_accuracy(w, val_x, val_y)
-        if acc > best[0]:
-            best = (acc, wd, w)
-    return _logistic_accuracy(best[2], test_x, test_y), best[1]
+        score = metric(_predict(w, val_x), val_y, classes)
+        if score > best[0]:
+            best = (score, wd, w)
+    return metric(_predict(best[2], test_x), test_y, classes), best[0], best[1]
 
 
 def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -75,8 +83,8 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def ridge_r2(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-             test_x: torch.Tensor, test_y: torch.Tensor, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> tuple[float, float]:
-    """(test R² x 100, chosen alpha) of a closed-form ridge regression on standardised features (float64)."""
+             test_x: torch.Tensor, test_y: torch.Tensor, alphas: tuple[float, ...] = RIDGE_ALPHAS) -> tuple[float, float, float]:
+    """(test R² x 100, val R² x 100, chosen alpha) of a closed-form ridge regression on standardised features (float64)."""
     train_x, val_x, test_x = (x.double() for x in standardise(train_x.float(), val_x.float(), test_x.float()))
     y_mean = train_y.double().mean()
     yc = train_y.double() - y_mean
@@ -88,7 +96,7 @@ def ridge_r2(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, 
         score = r2_score(val_x @ w + y_mean, val_y.double())
         if score > best[0]:
             best = (score, alpha, w)
-    return r2_score(test_x @ best[2] + y_mean, test_y.double()), best[1]
+    return r2_score(test_x @ best[2] + y_mean, test_y.double()), best[0], best[1]
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 100, restarts: int = 4) -> torch.Tensor:

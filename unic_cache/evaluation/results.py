@@ -1,8 +1,11 @@
 """Evaluation results: per model, task and metric a list of scores (one per seed), as tables and a chart.
 
-The headline score of a task is the linear-probe accuracy for a classification and the ridge R² for a
-regression target (both in points, 0-100). ``claims()`` checks UNIC's claim for every student: within
-2 points of the best teacher on every task, and above every teacher on the average over tasks.
+The headline score of a task is the linear-probe accuracy for a classification, the ridge R² for a
+regression target and the mIoU for a dense task (all in points, 0-100), on the test rows; the same
+metric on the val rows (``<metric>_val``) is what recipe choices are made on. ``claims()`` checks UNIC's
+claim for every student on test: within 2 points of the best teacher on every task, and above every
+teacher on the average over tasks. A model without a task's score (a teacher cached without patch
+tokens has no dense score) shows "–" there and has no average.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 
 from ..errors import UserError
 
-METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²"}
+METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²",
+           "miou": "dense linear probe mIoU"}
 TOLERANCE = 2.0  # points
 
 
@@ -25,6 +29,8 @@ class Results:
 
     tasks: dict[str, int]  # task -> classes (0: regression)
     models: dict[str, dict] = field(default_factory=dict)
+    dense: list[str] = field(default_factory=list)  # the tasks scored on patch tokens
+    split: dict | None = None  # the split rule the scores were made with
 
     def add(self, model: str, kind: str, scores: dict[str, dict[str, float]]) -> None:
         entry = self.models.setdefault(model, {"kind": kind, "scores": {}})
@@ -34,52 +40,72 @@ class Results:
             for metric, value in metrics.items():
                 entry["scores"].setdefault(task, {}).setdefault(metric, []).append(float(value))
 
-    def headline(self, task: str) -> str:
-        return "linear" if self.tasks[task] > 0 else "r2"
+    def headline(self, task: str, split: str = "test") -> str:
+        metric = "miou" if task in self.dense else "linear" if self.tasks[task] > 0 else "r2"
+        return metric if split == "test" else f"{metric}_{split}"
 
     def values(self, model: str, task: str, metric: str | None = None) -> np.ndarray:
-        return np.asarray(self.models[model]["scores"][task][metric or self.headline(task)])
+        """Scores per seed; [nan] when the model has none for this task and metric."""
+        return np.asarray(self.models[model]["scores"].get(task, {}).get(metric or self.headline(task), [np.nan]))
 
-    def average(self, model: str) -> np.ndarray:
-        """Per seed, the mean headline score over tasks."""
-        return np.mean([self.values(model, t) for t in self.tasks], axis=0)
+    def average(self, model: str, split: str = "test") -> np.ndarray:
+        """Per seed, the mean headline score over tasks (nan when a task has no score)."""
+        per_task = [self.values(model, t, self.headline(t, split)) for t in self.tasks]
+        seeds = max(len(v) for v in per_task)
+        return np.mean([np.broadcast_to(v, seeds) if len(v) == 1 else v for v in per_task], axis=0)
 
     def of_kind(self, kind: str) -> list[str]:
         return [m for m, e in self.models.items() if e["kind"] == kind]
 
     def best_teacher(self, task: str | None = None) -> float:
-        """The best teacher's headline score on ``task`` (None: on the average)."""
-        teachers = self.of_kind("teacher")
-        return max(float((self.values(t, task) if task else self.average(t)).mean()) for t in teachers)
+        """The best teacher's headline score on ``task`` (None: on the average); teachers without one left out."""
+        scores = [float((self.values(t, task) if task else self.average(t)).mean()) for t in self.of_kind("teacher")]
+        return max((v for v in scores if not np.isnan(v)), default=float("nan"))
 
     def claims(self) -> dict[str, dict]:
-        """For each student: gap to the best teacher per task, whether it is within tolerance, and the average."""
+        """For each student: gap to the best teacher per task (tasks without a teacher's or the student's
+        score left out), whether it is within tolerance, and the average."""
         if not self.of_kind("teacher"):
             return {}
         out = {}
         for s in self.of_kind("student"):
             gaps = {t: float(self.values(s, t).mean()) - self.best_teacher(t) for t in self.tasks}
+            gaps = {t: g for t, g in gaps.items() if not np.isnan(g)}
             avg_gap = float(self.average(s).mean()) - self.best_teacher()
             out[s] = {"gap_to_best_teacher": gaps, "within_tolerance": all(g >= -TOLERANCE for g in gaps.values()),
                       "average_gap": avg_gap, "beats_every_teacher_on_average": avg_gap > 0}
         return out
 
     def _cell(self, values: np.ndarray) -> str:
+        if np.isnan(values).any():
+            return "–"
         return f"{values.mean():.1f}" if len(values) == 1 else f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
-    def markdown(self) -> str:
-        """The headline table (models x tasks + average), the other metrics, and the claim check."""
+    def table(self, split: str = "test") -> list[str]:
+        """Markdown rows of the headline table on ``split`` (test or val): models x tasks + average."""
         tasks = list(self.tasks)
-        head = [f"{t} ({'acc' if self.tasks[t] else 'R²'})" for t in tasks]
+        head = [f"{t} ({'mIoU' if t in self.dense else 'acc' if self.tasks[t] else 'R²'})" for t in tasks]
         lines = ["| model | kind | " + " | ".join(head) + " | average |", "|" + "---|" * (len(tasks) + 3)]
         for m, e in self.models.items():
-            cells = [self._cell(self.values(m, t)) for t in tasks]
-            lines.append(f"| {m} | {e['kind']} | " + " | ".join(cells) + f" | {self._cell(self.average(m))} |")
+            cells = [self._cell(self.values(m, t, self.headline(t, split))) for t in tasks]
+            lines.append(f"| {m} | {e['kind']} | " + " | ".join(cells) + f" | {self._cell(self.average(m, split))} |")
+        return lines
+
+    def markdown(self) -> str:
+        """The headline table on test (models x tasks + average), the same on val, the other metrics, and
+        the claim check."""
+        tasks = list(self.tasks)
+        lines = self.table("test")
         seeds = max(len(self.values(m, t)) for m in self.models for t in tasks)
+        split = (f" (split seed {self.split['seed']}, train/val fractions {self.split['fractions']})"
+                 if self.split else "")
         lines.append("")
-        lines.append("Classification: linear-probe accuracy (%); regression: ridge R² (x100); test split"
-                     + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "."))
-        extra = [(t, metric) for t in tasks if self.tasks[t] for metric in ("knn", "nmi")]
+        lines.append("Classification: linear-probe accuracy (%); regression: ridge R² (x100)"
+                     + ("; dense: mIoU (%) of a linear probe per patch token at the model's token grid, labels "
+                        "pooled to it by majority" if self.dense else "; no dense tasks (the dataset has no label maps)")
+                     + f"; test split{split}" + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "."))
+        lines += ["", "Validation split (the scores choices are made on):", "", *self.table("val")]
+        extra = [(t, metric) for t in tasks if self.tasks[t] and t not in self.dense for metric in ("knn", "nmi")]
         if extra:
             lines += ["", "| model | " + " | ".join(f"{t} {metric}" for t, metric in extra) + " |",
                       "|" + "---|" * (len(extra) + 1)]
@@ -127,7 +153,8 @@ class Results:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "chart": folder / f"{stem}.png"}
-        paths["json"].write_text(json.dumps({"tasks": self.tasks, "models": self.models, "claims": self.claims()}, indent=1))
+        paths["json"].write_text(json.dumps({"tasks": self.tasks, "dense": self.dense, "split": self.split,
+                                             "models": self.models, "claims": self.claims()}, indent=1))
         paths["markdown"].write_text(self.markdown())
         self.chart(paths["chart"])
         return paths
@@ -135,4 +162,4 @@ class Results:
     @classmethod
     def load(cls, path: str | Path) -> "Results":
         d = json.loads(Path(path).read_text())
-        return cls(d["tasks"], d["models"])
+        return cls(d["tasks"], d["models"], d.get("dense", []), d.get("split"))

@@ -1,9 +1,9 @@
 """Train a small specialised teacher: a timm ViT supervised on a chosen subset of a dataset's tasks.
 
 Teachers trained on disjoint task subsets of the shapes world have complementary strengths (one knows
-shapes and textures, another colours and counts), as DINO and DeiT-III do in UNIC. Only rows of the
-train and val splits are used (the test split of ``unic-cache eval`` is never seen), images are the eval
-view (centre crop), and the saved encoder loads with ``extract --teacher timm:<arch> --weights FILE``.
+shapes and textures, another colours and counts), as DINO and DeiT-III do in UNIC. It trains on the
+dataset's train rows and scores on its val rows (``labels.read_split``: the split eval uses, so its test
+rows are never seen), images are the eval view (centre crop), and the saved encoder loads with ``extract --teacher timm:<arch> --weights FILE``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..models.pixels import PixelNorm
 from ..models.student import pooled
 from ..runtime import pick_device
 from .images import EvalViews
-from .labels import Labels, read_labels, split_rows
+from .labels import Labels, read_labels, read_split
 from .options import TeacherTrainConfig
 from .probes import r2_score
 
@@ -67,9 +67,11 @@ def train_teacher(cfg: TeacherTrainConfig) -> dict:
     source = open_source(cfg.data)
     index = source.index(progress=cfg.progress)
     labels = read_labels(source, index.keys)
-    for t in cfg.tasks:
-        labels.task(t)  # unknown task names fail here, before any training
-    split = split_rows(index.keys, cfg.split_seed)
+    for t in cfg.tasks:  # unknown task names fail here, before any training
+        if labels.task(t).dense:
+            raise UserError(f"train-teacher trains on image-level tasks; {t!r} is a dense (per-pixel) task")
+    rule = read_split(source)
+    split = rule.rows(index.keys)
     good = np.ones(index.n, bool)
     good[list(index.bad)] = False
     train_rows, val_rows = np.flatnonzero(good & (split == 0)), np.flatnonzero(good & (split == 1))
@@ -135,7 +137,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> dict:
               metadata={"arch": cfg.arch, "img_size": str(cfg.img_size), "model_args": json.dumps(cfg.model_args),
                         "tasks": ",".join(cfg.tasks)})
     tmp.replace(out)
-    record = {"config": asdict(cfg), "val_score": val, "train_rows": int(len(train_rows)), "val_rows": int(len(val_rows)),
+    record = {"config": asdict(cfg), "split": rule.to_dict(), "val_score": val, "train_rows": int(len(train_rows)), "val_rows": int(len(val_rows)),
               "extract": extract_command(cfg)}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record

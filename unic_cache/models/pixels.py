@@ -1,4 +1,5 @@
-"""Pixels for models: ``replay`` (a planned view of an image, at any resolution) and ``PixelNorm``.
+"""Pixels for models: ``replay`` (a planned view of an image, at any resolution), ``replay_labels`` (the
+same view of a per-pixel label map) and ``PixelNorm``.
 
 ``replay`` turns (image, params, resolution) into the exact uint8 pixels a teacher saw; stage 2 and
 eval call the same function at the student's resolution.
@@ -12,16 +13,26 @@ from PIL import Image
 from torch import nn
 
 
+def _geometry(image: Image.Image, params: np.ndarray, resolution: int, resample: int) -> Image.Image:
+    """The crop (params 0-3, fractions of the image), resized to ``resolution``, and the flip (param 4)."""
+    w, h = image.size
+    x0, y0, cw, ch = (float(v) for v in params[:4])
+    box = (x0 * w, y0 * h, (x0 + cw) * w, (y0 + ch) * h)
+    image = image.resize((resolution, resolution), resample, box=box)
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if params[4] >= 0.5 else image
+
+
+def replay_labels(labels: Image.Image, params: np.ndarray, resolution: int) -> np.ndarray:
+    """The view ``params`` of a label map (mode L, class per pixel): uint8 (resolution, resolution), nearest
+    neighbour; the photometric parameters do not apply to labels."""
+    return np.asarray(_geometry(labels, params, resolution, Image.NEAREST))
+
+
 def replay(image: Image.Image, params: np.ndarray, resolution: int) -> torch.Tensor:
     """The pixels of one view: uint8 tensor (3, resolution, resolution) from an RGB image and its params."""
     from torchvision.transforms import functional as F
 
-    w, h = image.size
-    x0, y0, cw, ch = (float(v) for v in params[:4])
-    box = (x0 * w, y0 * h, (x0 + cw) * w, (y0 + ch) * h)
-    image = image.resize((resolution, resolution), Image.BICUBIC, box=box)
-    if params[4] >= 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    image = _geometry(image, params, resolution, Image.BICUBIC)
     x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
     ops = (
         lambda t: F.adjust_brightness(t, float(params[5])) if params[5] != 1 else t,
