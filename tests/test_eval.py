@@ -132,7 +132,7 @@ def test_results_without_a_score_show_a_dash_and_leave_the_task_out_of_claims():
     assert "| s | student | 87.0 | 52.0 | 69.5 |" in text  # the validation table
     plain = Results({"shape": 6})
     plain.add("a", "teacher", {"shape": {"linear": 90}})
-    assert "no dense tasks" in plain.markdown()
+    assert "no dense task" in plain.markdown()
 
 
 def test_pool_majority_and_miou_by_hand():

@@ -100,9 +100,9 @@ class Results:
         split = (f" (split seed {self.split['seed']}, train/val fractions {self.split['fractions']})"
                  if self.split else "")
         lines.append("")
-        lines.append("Classification: linear-probe accuracy (%); regression: ridge R² (x100)"
-                     + ("; dense: mIoU (%) of a linear probe per patch token at the model's token grid, labels "
-                        "pooled to it by majority" if self.dense else "; no dense tasks (the dataset has no label maps)")
+        dense = ("; dense: mIoU (%) of a linear probe per patch token at the model's token grid, labels pooled to it by "
+                 "majority" if self.dense else "; no dense task (the dataset has no label maps, or none was selected)")
+        lines.append("Classification: linear-probe accuracy (%); regression: ridge R² (x100)" + dense
                      + f"; test split{split}" + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "."))
         lines += ["", "Validation split (the scores choices are made on):", "", *self.table("val")]
         extra = [(t, metric) for t in tasks if self.tasks[t] and t not in self.dense for metric in ("knn", "nmi")]

@@ -1,0 +1,65 @@
+"""Reference points for the dense probes: what they score on features that know nothing about the teachers.
+
+Scores two references on a pipeline's dense tasks with the very probes of `unic-cache eval`: the raw
+pixels of each token's patch (the eval view, as the student sees it) and an untrained student (the
+distill recipe's architecture, randomly initialised). A dense task on which these come close to the
+teachers and students measures what the pixels show, not what was distilled.
+
+    python pipelines/dense_references.py pipelines/shapes.yaml     # prints a markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from unic_cache import Evaluator, Features, load_config
+from unic_cache.evaluation.images import EvalViews
+from unic_cache.evaluation.options import EvalOptions
+from unic_cache.models.pixels import PixelNorm
+
+
+def pixel_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """uint8 (b, 3, H, W) -> float (b, tokens, 3 * patch * patch), tokens in row-major order."""
+    cols = torch.nn.functional.unfold(images.float() / 255, patch, stride=patch)
+    return cols.transpose(1, 2)
+
+
+def main() -> None:
+    import timm
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("pipeline", help="a pipeline YAML whose world and cache were made (unic-cache run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained student")
+    args = parser.parse_args()
+    config = load_config(args.pipeline)
+    out = config["out"]
+    cache = (config.get("cache") or {}).get("path") or f"{out}/cache.zarr"
+    data = config["data"].get("path") or f"{out}/data"
+    probe = Evaluator(EvalOptions(data=data, cache=cache, teachers=[], progress=False))
+    probe = Evaluator(EvalOptions(data=data, cache=cache, teachers=[], tasks=probe.dense, progress=False))
+    distill = config["distill"]
+    torch.manual_seed(args.seed)
+    student = timm.create_model(distill["student"], pretrained=False, num_classes=0, img_size=distill["img_size"],
+                                **distill.get("model_args", {})).eval()
+    patch, resolution = student.patch_embed.patch_size[0], distill["img_size"]
+    views = EvalViews(data, probe.cache.keys, probe.cache.location, probe.cache.image_size, probe.rows, resolution,
+                      probe.cache.plan.policy, probe.cache.digest)
+    pixels, untrained = [], []
+    with torch.inference_mode():
+        for images in views.batches(256, 0, progress=False):
+            pixels.append(pixel_patches(images, patch))
+            untrained.append(student.forward_features(PixelNorm.of(student)(images))[:, student.num_prefix_tokens:])
+    grid = tuple(student.patch_embed.grid_size)
+    results = probe.results()
+    for name, tokens in (("pixels", torch.cat(pixels)), ("untrained student", torch.cat(untrained))):
+        results.add(name, "reference", probe.scores(Features(tokens.mean(1), tokens, grid, resolution)))
+    print("\n".join(results.table("test") + ["", "Validation:", ""] + results.table("val")))
+    print(f"\nrows: {len(probe.rows)}; grid {grid[0]}x{grid[1]} at {resolution} px; "
+          f"foreground tokens: {np.mean([(probe.token_labels(t, resolution, grid) > 0).float().mean().item() for t in probe.dense]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
