@@ -102,6 +102,8 @@ def test_labels_from_class_folders(tmp_path):
     labels = read_labels(source, index.keys)
     assert [t.name for t in labels.tasks] == ["class"] and labels.tasks[0].classes == 2
     assert list(labels.values["class"]) == [0, 0, 0, 1, 1, 1]
+    (tmp_path / "split.json").write_text(json.dumps({"seed": 3, "fractions": [0.7, 0.1]}))  # at the folder's root
+    assert read_split(open_source(str(tmp_path))) == SplitRule(3, (0.7, 0.1))
 
 
 def test_results_table_chart_and_claims(tmp_path):

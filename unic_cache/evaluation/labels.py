@@ -91,7 +91,9 @@ def write_split(folder, rule: SplitRule) -> None:
 
 
 def _beside_shards(source: Source, name: str) -> str:
-    return f"{source.shards[0].url.rsplit('/', 1)[0]}/{name}"
+    """``name`` in the dataset's folder: an image folder's root, or the folder of the first tar shard."""
+    folder = source.root if isinstance(source, FolderSource) else source.shards[0].url.rsplit("/", 1)[0]
+    return f"{folder}/{name}"
 
 
 def read_split(source: Source) -> SplitRule:
