@@ -39,7 +39,7 @@ def main() -> None:
     cache = (config.get("cache") or {}).get("path") or f"{out}/cache.zarr"
     data = config["data"].get("path") or f"{out}/data"
     probe = Evaluator(EvalOptions(data=data, cache=cache, teachers=[], progress=False))
-    probe = Evaluator(EvalOptions(data=data, cache=cache, teachers=[], tasks=probe.dense, progress=False))
+    probe.tasks = probe.dense  # the references have no summary worth probing
     distill = config["distill"]
     torch.manual_seed(args.seed)
     student = timm.create_model(distill["student"], pretrained=False, num_classes=0, img_size=distill["img_size"],

@@ -216,9 +216,9 @@ class Pipeline:
                                         "model_args": spec.get("model_args", {}), "progress": self.progress,
                                         **spec["train"]})
             record = Path(weights).with_suffix(".json")
-            split = read_split(open_source(data)).to_dict()
-            same = record.exists() and Path(weights).exists() and json.loads(record.read_text()).get("split") == split \
-                and _recipe(json.loads(record.read_text())["config"], "progress") == _recipe(asdict(cfg), "progress")
+            saved = json.loads(record.read_text()) if record.exists() and Path(weights).exists() else None
+            same = saved is not None and saved.get("split") == read_split(open_source(data)).to_dict() \
+                and _recipe(saved["config"], "progress") == _recipe(asdict(cfg), "progress")
             if same:
                 self.run.log("train-teacher", name, "skipped")
             else:

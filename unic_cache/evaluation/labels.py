@@ -18,6 +18,7 @@ import hashlib
 import json
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -83,10 +84,8 @@ class SplitRule:
         return {"seed": self.seed, "fractions": list(self.fractions)}
 
 
-def write_split(folder, rule: SplitRule) -> None:
+def write_split(folder: str | Path, rule: SplitRule) -> None:
     """Record ``rule`` as the split of the dataset in ``folder`` (``split.json``)."""
-    from pathlib import Path
-
     Path(folder, "split.json").write_text(json.dumps(rule.to_dict()))
 
 
