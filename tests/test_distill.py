@@ -204,3 +204,41 @@ def test_resume_refuses_another_geometry_and_metrics_continue(world, tmp_path):
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     distill(config(world, out, steps=2))  # a new run in the same folder starts a new metrics file
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
+
+
+def _metrics(out) -> list[dict]:
+    """metrics.jsonl without the throughput (a clock reading, not a result)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "samples_per_s"} for line in open(out / "metrics.jsonl")]
+
+
+def test_metrics_brought_to_the_host_every_n_steps_are_the_same_per_step(world, tmp_path):
+    """log_every only changes when the host waits: the same lines, step by step, and the same student."""
+    for every in (1, 4):
+        distill(config(world, tmp_path / f"every{every}", steps=6, checkpoint_every=5, teacher_drop=0.5, log_every=every))
+    assert _metrics(tmp_path / "every1") == _metrics(tmp_path / "every4")
+    assert [m["step"] for m in _metrics(tmp_path / "every4")] == [1, 2, 3, 4, 5, 6]
+    a, b = (load_file(str(tmp_path / f"every{e}" / "student.safetensors")) for e in (1, 4))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((tmp_path / "every4" / "checkpoints" / "step-00000005" / "state.json").read_text())
+    assert state["last"]["step"] == 5  # a checkpoint waits for its own step's metrics
+
+
+def test_gpu_options_train_the_same_student(world, tmp_path):
+    """--compile, --fused-adamw and --channels-last change how a step runs, not what it computes."""
+    plain = distill(config(world, tmp_path / "plain", steps=3, teacher_drop=0.0))
+    options = dict(steps=3, teacher_drop=0.0, compile=True, fused_adamw=True, channels_last=True, checkpoint_every=2)
+    fast = distill(config(world, tmp_path / "fast", **options))
+    assert [m["loss"] for m in _metrics(tmp_path / "fast")] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "plain")],
+                                                                             rel=1e-3)
+    assert fast["step"] == plain["step"] == 3
+    a, b = (load_file(str(tmp_path / run / "student.safetensors")) for run in ("plain", "fast"))
+    assert a.keys() == b.keys()  # the exported encoder keeps timm's names (no compile wrapper prefix)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    import shutil
+
+    shutil.rmtree(tmp_path / "fast" / "checkpoints" / "step-00000003")  # killed after step 2's checkpoint
+    (tmp_path / "fast" / "student.safetensors").rename(tmp_path / "straight.safetensors")
+    distill(config(world, tmp_path / "fast", resume=True, **options))  # channels-last moments, reloaded for a fused step
+    resumed = load_file(str(tmp_path / "fast" / "student.safetensors"))
+    straight = load_file(str(tmp_path / "straight.safetensors"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

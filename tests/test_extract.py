@@ -47,6 +47,17 @@ def test_features_equal_direct_recomputation(two_teacher_cache, shapes_dir, weig
             assert np.abs(summary[row, view]).max() > 0
 
 
+def test_compiled_channels_last_teacher_stores_the_same_features(two_teacher_cache, shapes_dir, weights, tmp_path):
+    """--compile and --channels-last change how the teacher runs, not what is stored (statistics included)."""
+    url, _ = two_teacher_cache
+    fast = str(tmp_path / "fast.zarr")
+    assert extract(str(shapes_dir), fast, opts(weights, compile=True, channels_last=True)).complete
+    plain, other = Cache.open(url).teacher(TINY), Cache.open(fast).teacher(TINY)
+    for kind in ("summary", "patch"):
+        np.testing.assert_allclose(other.group[kind][...], plain.group[kind][...], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(other.stats(kind)["mean"], plain.stats(kind)["mean"], rtol=1e-3, atol=1e-4)
+
+
 def test_second_teacher_leaves_the_first_untouched(two_teacher_cache):
     url, before = two_teacher_cache
     after = arrays(zarr.open_group(url, mode="r")["teachers"])

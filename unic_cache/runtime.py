@@ -61,3 +61,37 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return rank, world, dev
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, compile: bool = False,
+                  channels_last: bool = False) -> torch.nn.Module:
+    """The module a hot loop calls: on ``device``, its 4-d weights channels-last when asked (the patch
+    embedding of a ViT, every convolution of a CNN), compiled with ``torch.compile`` when asked. The
+    returned module shares its parameters with ``model``; save and export ``model`` itself."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A (B, C, H, W) batch on ``device`` without waiting for the copy, channels-last when asked."""
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+class HostCopy:
+    """A device tensor on its way to the host: the copy is queued now (into pinned memory on a GPU) and
+    waited for only by ``numpy()``, so the host can queue the next forward meanwhile."""
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values.detach().to("cpu", non_blocking=True)
+        self.event = None
+        if values.is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def numpy(self):
+        if self.event is not None:
+            self.event.synchronize()
+        return self.values.numpy()

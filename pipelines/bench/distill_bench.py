@@ -3,10 +3,13 @@
 - headroom: loader samples/s (DataLoader workers decoding, replaying and reading the cache) divided by
   student train-step samples/s on a batch already in memory;
 - cache overhead: a distill step fed by the loader divided by a step on a batch already in memory;
-- peak memory (max RSS of a fresh process) of distill with 1 vs 3 cached teachers.
+- peak memory (max RSS of a fresh process) of distill with 1 vs 3 cached teachers;
+- with ``--step-options``: the train step (batch in memory) with ``--fused-adamw``, ``--channels-last`` and
+  ``--compile``, each against the plain step, so that none becomes a default unmeasured.
 
     python pipelines/bench/distill_bench.py --codecs f16,int8,pca-192+int8,pool-2+int8 --write
     python pipelines/bench/distill_bench.py --codecs f16,pca-192+int8 --s3 --write   # S3 beside local disk
+    python pipelines/bench/distill_bench.py --step-options --write                   # GPU step options
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from report import heading, publish, start_s3
 from unic_cache import ExtractOptions, extract, make_shapes
 from unic_cache.distillation.recipe import DistillConfig, Distiller
@@ -27,11 +32,15 @@ TEACHERS = (("t192", "vit_tiny_patch16_224"), ("t384", "vit_small_patch16_224"),
 
 
 def rate(fn, batches: int, batch_size: int) -> float:
-    """Samples/s of calling ``fn`` ``batches`` times after one warm-up call."""
+    """Samples/s of calling ``fn`` ``batches`` times after one warm-up call (a train step does not wait for
+    the device, so the device is waited for before the clock is read)."""
     fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(batches):
         fn()
+    sync()
     return batches * batch_size / (time.perf_counter() - start)
 
 
@@ -56,6 +65,8 @@ def main() -> None:
     ap.add_argument("--codecs", default="f16", help="comma-separated codecs: a headroom figure for each")
     ap.add_argument("--s3", action="store_true", help="also with the shards and the cache on a moto S3 server "
                                                     "on 127.0.0.1 (needs the dev extra)")
+    ap.add_argument("--step-options", action="store_true", help="also time the train step with --fused-adamw, "
+                                                              "--channels-last and --compile against the plain one")
     ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     args = ap.parse_args()
     codecs = args.codecs.split(",")
@@ -95,6 +106,7 @@ def main() -> None:
         one = peak_rss_mb({**first, "teachers": [teacher_name("t768", codecs[0])], "steps": args.batches,
                            "out": str(Path(tmp) / "m1")})
         three = peak_rss_mb({**first, "steps": args.batches, "out": str(Path(tmp) / "m3")})
+        speed = step_option_speeds(first, args) if args.step_options else {}
     if server is not None:
         server.stop()
     rows = [f"| data-path headroom, {codec}{'' if where == 'local' else ', shards and cache on ' + where}: loader ÷ "
@@ -112,8 +124,23 @@ def main() -> None:
         f"| peak RSS ({codecs[0]}), 1 teacher (t768) / 3 teachers | {one:.0f} MB / {three:.0f} MB (+{three - one:.0f} MB) "
         "| heads + batches only |",
         f"| LoP heads with optimizer state, 1 / 3 teachers | {head_mb['one']:.0f} MB / {head_mb['three']:.0f} MB | |",
+        *(f"| train step with {name}, 3 teachers ({codecs[0]}): speed ÷ plain step | {v:.2f} | > 1 to become a default |"
+          for name, v in speed.items()),
         "",
     ], args.write)
+
+
+def step_option_speeds(cfg: dict, args) -> dict[str, float]:
+    """Train-step speed (a batch in memory) with each GPU option, divided by the plain step's, side by side."""
+    options = {"plain": {}, "--fused-adamw": {"fused_adamw": True}, "--channels-last": {"channels_last": True},
+               "--compile": {"compile": True}}
+    speeds = {}
+    for name, extra in options.items():
+        distiller = Distiller(DistillConfig.from_dict({**cfg, **extra}))
+        batch = next(iter(distiller.loader()))
+        distiller.train_step(batch)  # the compiler's first call, outside the clock
+        speeds[name] = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
+    return {name: v / speeds["plain"] for name, v in speeds.items() if name != "plain"}
 
 
 def teacher_name(name: str, codec: str) -> str:

@@ -151,7 +151,8 @@ class TeacherInfo:
 
 @dataclass
 class Moments:
-    """Count, mean and centred second moment (sum of outer products) of vectors, in float64."""
+    """Count, mean and centred second moment (sum of outer products) of vectors, in float64: numpy arrays,
+    or torch tensors while extraction accumulates them on its device (``to_host`` before writing)."""
 
     count: float
     mean: np.ndarray
@@ -170,8 +171,13 @@ class Moments:
             return other
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.count * other.count / n)
+        m2 = self.m2 + other.m2 + delta[:, None] * delta[None, :] * (self.count * other.count / n)
         return Moments(n, mean, m2)
+
+    def to_host(self) -> "Moments":
+        """The same moments as numpy arrays (they may be accumulated as float64 tensors on a device)."""
+        host = lambda a: a.cpu().numpy() if hasattr(a, "cpu") else np.asarray(a)  # noqa: E731
+        return Moments(self.count, host(self.mean), host(self.m2))
 
 
 class Cache:

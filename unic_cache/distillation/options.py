@@ -64,6 +64,13 @@ class DistillConfig(Options):
                           checks=(at_least(0),))
     seed: int = option(0, "Seed of the student init, data order and teacher dropping.")
     checkpoint_every: int = option(0, "Checkpoint every N steps (0: only at the end).", checks=(at_least(0),))
+    log_every: int = option(20, "Bring the metrics to the host every N steps (one wait for the device per N steps; "
+                                "metrics.jsonl still gets a line per step).", checks=(positive,))
+    compile: bool = option(False, "Compile the student with torch.compile (GPU: faster once warm; the first steps "
+                                  "wait for the compiler).")
+    fused_adamw: bool = option(False, "Use the fused AdamW kernel (one kernel for all parameters).")
+    channels_last: bool = option(False, "Feed channels-last images (helps convolutional layers on GPU; a ViT has "
+                                        "one, its patch embedding).")
     resume: bool = option(False, "Continue from the last checkpoint in --out.")
     device: str = option("auto", "auto, cpu, cuda.")
     progress: bool = option(True, "Show a progress bar.")

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..models.codecs import DeviceCodec
 from ..models.student import Student
 from ..models.teachers import Teacher, build_teacher
-from ..runtime import autocast_for, init_distributed
+from ..runtime import autocast_for, init_distributed, prepare_model, to_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import TargetNorm
@@ -58,14 +58,21 @@ def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     state = opt.state_dict()
-    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
     return tensors, state["param_groups"]
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    """Restore the optimizer; a state tensor shaped like its parameter takes the parameter's memory format
+    again (a fused kernel walks both in memory order: a contiguous moment of a channels-last weight would
+    be applied to the wrong elements)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         i, k = name.split(".", 1)
+        param = params[int(i)]
+        if value.shape == param.shape:
+            value = torch.empty_like(param, dtype=value.dtype).copy_(value)
         state.setdefault(int(i), {})[k] = value
     opt.load_state_dict({"state": state, "param_groups": groups})
 
@@ -121,8 +128,9 @@ class Distiller:
                 self.student.encoder.load_state_dict(load_file(cfg.init), strict=True)
             except (OSError, RuntimeError) as exc:
                 raise UserError(f"--init {cfg.init} cannot initialise {cfg.student}: {' '.join(str(exc).split())[:300]}") from None
-        self.student.to(self.device)
-        self.model = torch.nn.parallel.DistributedDataParallel(self.student) if self.world > 1 else self.student
+        model = prepare_model(self.student, self.device, channels_last=cfg.channels_last)
+        model = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        self.model = torch.compile(model) if cfg.compile else model  # self.student is what is saved
 
     def _setup_optimizer(self, good_samples: int) -> None:
         """AdamW (weight decay on matrices only), the schedule's length and the teacher-dropping generator."""
@@ -135,9 +143,9 @@ class Distiller:
         self.lr = cfg.lr * global_batch / 256
         self.opt = torch.optim.AdamW([{"params": [params[n] for n in params if n in decay], "weight_decay": cfg.weight_decay},
                                       {"params": [params[n] for n in params if n not in decay], "weight_decay": 0.0}],
-                                     lr=self.lr, betas=cfg.betas)
+                                     lr=self.lr, betas=cfg.betas, fused=cfg.fused_adamw or None)
         self.warmup = int(cfg.warmup * self.total)
-        self.drop_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        self.drop_gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)  # coin flips on the device
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to min_lr."""
@@ -148,7 +156,7 @@ class Distiller:
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
-        preds = self.model(batch["image"].to(self.device, non_blocking=True))
+        preds = self.model(to_device(batch["image"], self.device, self.cfg.channels_last))
         for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
             summary, patch = teacher(batch[f"{t}/image"].to(self.device, non_blocking=True))
             batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
@@ -166,8 +174,7 @@ class Distiller:
         if self.cfg.drop_norm == "batch":
             per_teacher = {t: per_teacher[t] / kinds[t] for t in self.teachers}
         losses = torch.stack([per_teacher[t] for t in self.teachers], 1)
-        weights = teacher_drop_weights(losses.detach().float().cpu(), self.cfg.teacher_drop, self.drop_gen,
-                                       self.cfg.drop_norm).to(self.device)
+        weights = teacher_drop_weights(losses.detach().float(), self.cfg.teacher_drop, self.drop_gen, self.cfg.drop_norm)
         return (weights * losses).sum(), losses.detach(), weights
 
     def run(self) -> dict:
@@ -178,8 +185,10 @@ class Distiller:
         return {**self.last, "step": self.step}
 
     def train(self) -> None:
-        """Steps from the current one to the last: metrics to ``metrics.jsonl`` (and TensorBoard), a
-        checkpoint every ``checkpoint_every`` steps; a non-finite loss stops with the step and rows named."""
+        """Steps from the current one to the last, a checkpoint every ``checkpoint_every`` steps. Each step's
+        metrics stay on the device; every ``log_every`` steps (and before a checkpoint) they are brought to
+        the host at once and written, a line per step, to ``metrics.jsonl`` (and TensorBoard). A non-finite
+        loss stops with its step and rows named."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -190,37 +199,32 @@ class Distiller:
         tb = self._tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
         self.model.train()
+        window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, its metrics on the device, its rows)
         tick = time.perf_counter()
         try:
             for batch in (self.loader() if self.step < self.total else ()):
                 if self.step >= self.total:
                     break
-                record = self.train_step(batch)
-                if not math.isfinite(record["loss"]):
-                    rows = batch["row"].tolist()
-                    raise UserError(f"non-finite loss at step {self.step} (rows {rows[:8]}{' ...' if len(rows) > 8 else ''}); "
-                                    f"check the cache with `unic-cache verify {cfg.cache}`, or lower --lr")
-                now = time.perf_counter()
-                record.update(step=self.step, lr=self.opt.param_groups[0]["lr"],
-                              samples_per_s=cfg.batch_size * self.world / max(now - tick, 1e-9))
-                tick, self.last = now, record
-                if metrics:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                if tb:
-                    for k, v in record.items():
-                        tb.add_scalar(k, v, self.step)
+                window.append((self.step + 1, self.train_step(batch), batch["row"]))
                 bar.update()
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total
+                if checkpoint or len(window) >= cfg.log_every or self.step >= self.total:
+                    tick = self._log(window, tick, metrics, tb, bar)
+                    window = []
+                if checkpoint:
                     self.save_checkpoint()
         finally:
             bar.close()
             if metrics:
                 metrics.close()
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimizer step on a batch; returns its metrics, averaged over processes."""
+    def metric_names(self) -> list[str]:
+        """What ``train_step`` returns, in order."""
+        return ["loss", "grad_norm", *(f"loss/{t}" for t in self.teachers), *(f"weight/{t}" for t in self.teachers)]
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimizer step on a batch; its metrics (``metric_names``) as one tensor on the device, not
+        waited for: nothing in a step waits for the device."""
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         with autocast_for(self.device):
@@ -230,9 +234,35 @@ class Distiller:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.clip_grad)
         self.opt.step()
         self.step += 1
-        return self._reduce({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
-                             **{f"loss/{t}": losses[:, i].mean() for i, t in enumerate(self.teachers)},
-                             **{f"weight/{t}": weights[:, i].sum() for i, t in enumerate(self.teachers)}})
+        return torch.cat([torch.stack([loss.detach(), grad_norm.detach()]).float(), losses.mean(0).float(),
+                          weights.sum(0).float()])
+
+    def _log(self, window: list[tuple[int, torch.Tensor, torch.Tensor]], tick: float, metrics, tb, bar) -> float:
+        """Bring a window of steps' metrics to the host (averaged over processes), check them and write them;
+        returns the time it was done (the window's throughput is measured between two of these)."""
+        values = torch.stack([m for _, m, _ in window])
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        now = time.perf_counter()
+        rate = self.cfg.batch_size * self.world * len(window) / max(now - tick, 1e-9)
+        for (step, _, rows), row_values in zip(window, values.tolist()):  # the one wait for the device
+            record = dict(zip(self.metric_names(), row_values))
+            if not math.isfinite(record["loss"]):
+                rows = rows.tolist()
+                raise UserError(f"non-finite loss at step {step} (rows {rows[:8]}{' ...' if len(rows) > 8 else ''}); "
+                                f"check the cache with `unic-cache verify {self.cfg.cache}`, or lower --lr")
+            record.update(step=step, lr=self.lr_at(step - 1), samples_per_s=rate)
+            self.last = record
+            if metrics:
+                metrics.write(json.dumps(record) + "\n")
+            if tb:
+                for k, v in record.items():
+                    tb.add_scalar(k, v, step)
+        if metrics:
+            metrics.flush()
+        bar.set_postfix(loss=f"{self.last['loss']:.4f}")
+        return time.perf_counter()
 
     def stream(self) -> DistillStream:
         """This process's endless data stream, starting at the current step."""
@@ -263,13 +293,6 @@ class Distiller:
         tmp.write_text("".join(kept))
         tmp.replace(path)
         return open(path, "a")
-
-    def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        stacked = torch.stack([v.float().to(self.device) for v in values.values()])
-        if self.world > 1:
-            dist.all_reduce(stacked)
-            stacked /= self.world
-        return dict(zip(values, stacked.tolist()))
 
     def _tensorboard(self):
         if self.rank != 0:

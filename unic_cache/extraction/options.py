@@ -44,6 +44,10 @@ class ExtractOptions(Options):
     rank: int | None = option(None, "This process's rank (default: $RANK or 0).", checks=(at_least(0),))
     world_size: int | None = option(None, "Number of processes (default: $WORLD_SIZE or 1).", checks=(at_least(1),))
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    compile: bool = option(False, "Compile the teacher with torch.compile (GPU: faster once warm; the first "
+                                  "batches wait for the compiler).")
+    channels_last: bool = option(False, "Run the teacher on channels-last images (helps convolutional "
+                                        "teachers on GPU; little for a ViT).")
     progress: bool = option(True, "Show progress bars.")
     storage_options: dict = storage_option()
 

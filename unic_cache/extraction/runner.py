@@ -27,8 +27,8 @@ from ..cache.store import Cache, Moments, TeacherStore
 from ..cache.views import PlanConfig, ViewPolicy
 from ..models.codecs import DeviceCodec
 from ..models.pixels import replay
-from ..models.teachers import Teacher, build_teacher
-from ..runtime import autocast_for, pick_device, rank_world
+from ..models.teachers import build_teacher
+from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
 from .calibration import calibrate, calibration_views
 from .options import ExtractOptions
 
@@ -88,17 +88,18 @@ def _as_is(batch):
     return batch
 
 
-def cosine_sum(original: torch.Tensor, decoded: torch.Tensor) -> float:
-    """Sum over vectors (last dim) of cos(original, decoded): the codec's fidelity, before averaging."""
-    return float(torch.nn.functional.cosine_similarity(original.double(), decoded.double(), dim=-1, eps=1e-12).sum())
+def cosine_sum(original: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """Sum over vectors (last dim) of cos(original, decoded), a float64 scalar on their device: the codec's
+    fidelity, before averaging."""
+    return torch.nn.functional.cosine_similarity(original.double(), decoded.double(), dim=-1, eps=1e-12).sum()
 
 
 def batch_moments(x: torch.Tensor) -> Moments:
-    """Moments of the rows of x (M, D), computed in float64 on x's device."""
+    """Moments of the rows of x (M, D), computed in float64 and left on x's device."""
     x = x.double()
     mean = x.mean(0)
     xc = x - mean
-    return Moments(float(x.shape[0]), mean.cpu().numpy(), (xc.T @ xc).cpu().numpy())
+    return Moments(float(x.shape[0]), mean, xc.T @ xc)
 
 
 class _UnitWriter:
@@ -173,9 +174,10 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
         loader = DataLoader(ViewBatches(source, cache, res), batch_sampler=batches, num_workers=workers,
                             collate_fn=_as_is, pin_memory=device.type == "cuda",
                             prefetch_factor=4 if workers else None)
-        _run_units(loader, teacher, store, pending, device, report,
-                   tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample", desc=f"extract {name}",
-                        disable=not opts.progress or rank != 0, smoothing=0.1))
+        bar = tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample", desc=f"extract {name}",
+                   disable=not opts.progress or rank != 0, smoothing=0.1)
+        _run_units(loader, prepare_model(teacher, device, opts.compile, opts.channels_last), store, pending, device,
+                   opts.channels_last, report, bar)
     report.seconds = time.perf_counter() - start
     report.complete = store.finalize() or store.complete
     return report
@@ -192,11 +194,15 @@ def _calibration_images(source: Source, cache: Cache, resolution: int, sample_vi
         yield images[torch.from_numpy(where), torch.from_numpy(views[i:i + batch_size])]
 
 
-def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pending: list[int],
-               device: torch.device, report: ExtractReport, bar) -> None:
-    """The hot loop: forward each batch, fill the unit's buffers, hand full units to the writer."""
-    kinds, k, d = store.kinds, store.cache.views, teacher.info.dim
-    codecs = {kind: DeviceCodec(store.codecs[kind], teacher.info.grid, device) for kind in kinds}
+def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore, pending: list[int],
+               device: torch.device, channels_last: bool, report: ExtractReport, bar) -> None:
+    """The hot loop: forward each batch, fill the unit's buffers, hand full units to the writer. Nothing
+    waits for the device per batch: statistics and fidelity add up on it, and the stored arrays of a batch
+    are copied to the host while the next batch's forward is queued (``HostCopy``); a unit is waited
+    for once, when it is complete."""
+    kinds, k, info = store.kinds, store.cache.views, store.info
+    d = info.dim
+    codecs = {kind: DeviceCodec(store.codecs[kind], info.grid, device) for kind in kinds}
     shapes, dtypes = {}, {}
     for kind in kinds:
         vectors = (k, *store.stored_shape(kind))
@@ -206,6 +212,7 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
     writer = _UnitWriter(store)
     unit_iter = iter(pending)
     unit, rows, buffers, moments, cos, filled = None, range(0), {}, {}, {}, 0
+    copies: list[tuple[np.ndarray, np.ndarray, HostCopy]] = []  # (buffer, its rows, values) of the last batch
     try:
         for batch_rows, images, valid in loader:
             if filled == len(rows):  # start the next unit
@@ -213,10 +220,11 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
                 rows, filled = store.unit_rows(unit), 0
                 buffers = {name: np.zeros((len(rows), *shapes[name]), dtypes[name]) for name in shapes}
                 moments = {kind: Moments.empty(d) for kind in kinds}
-                cos = {kind: 0.0 for kind in kinds}
+                cos = {kind: torch.zeros((), dtype=torch.float64, device=device) for kind in kinds}
             local = batch_rows - rows.start
+            queued = []
             if valid.any():
-                x = images[valid].to(device, non_blocking=True).flatten(0, 1)
+                x = to_device(images[valid].flatten(0, 1), device, channels_last)
                 with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))
                 for kind in kinds:  # statistics and fidelity of what stage 2 rebuilds from the stored arrays
@@ -224,15 +232,26 @@ def _run_units(loader: DataLoader, teacher: Teacher, store: TeacherStore, pendin
                     stored = codecs[kind].encode(vectors)
                     decoded = codecs[kind].decode(stored)
                     moments[kind] = moments[kind].merge(batch_moments(decoded.reshape(-1, d)))
-                    cos[kind] += cosine_sum(vectors, decoded)
-                    for name, values in zip(store.arrays(kind), stored):
-                        buffers[name][local[valid.numpy()]] = values.reshape(-1, *shapes[name]).cpu().numpy()
+                    cos[kind] = cos[kind] + cosine_sum(vectors, decoded)
+                    queued += [(buffers[name], local[valid.numpy()], HostCopy(values.reshape(-1, *shapes[name])))
+                               for name, values in zip(store.arrays(kind), stored)]
+            _land(copies)  # the previous batch's arrays: copied while this batch was queued
+            copies = queued
             filled += len(batch_rows)
             report.samples += len(batch_rows)
             bar.update(len(batch_rows))
             if filled == len(rows):
-                writer.submit(unit, buffers, moments, cos)
+                _land(copies)
+                copies = []
+                writer.submit(unit, buffers, {kind: m.to_host() for kind, m in moments.items()},
+                              {kind: float(c) for kind, c in cos.items()})
                 report.units_done_now += 1
     finally:
         bar.close()
         writer.close()
+
+
+def _land(copies: list[tuple[np.ndarray, np.ndarray, HostCopy]]) -> None:
+    """Write copied values into their unit buffers (waiting for each copy to arrive)."""
+    for buffer, rows, values in copies:
+        buffer[rows] = values.numpy()

@@ -246,7 +246,7 @@ class Teacher(nn.Module):
         self.model, self.info = model.eval().requires_grad_(False), info
         self.pixels = PixelNorm(info.mean, info.std)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: torch.compile (extract --compile) fails on inference tensors
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(self.pixels(images))
         if feats.ndim == 4:  # a convnet: (B, C, H, W) map -> tokens, summary = pooled embedding
