@@ -176,7 +176,8 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     assert np.isfinite(distiller.run()["loss"])
 
 
-@pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "unic_in1k"])
+@pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",
+                                  "unic_in1k"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
@@ -195,6 +196,10 @@ def test_shipped_pipelines_are_valid(name):
     if name == "ablations-world1":  # the same ablations in the second world
         assert config["arms"] == load_config(folder / "ablations.yaml")["arms"]
         assert config["distill"] == load_config(folder / "ablations.yaml")["distill"]
+    if name == "dense":  # 64 px for every model (an 8x8 grid at patch 8), with and without patch targets
+        assert config["data"]["shapes"]["size"] == config["distill"]["img_size"] == 64
+        assert {spec["resolution"] for spec in config["teachers"].values()} == {64}
+        assert config["arms"]["summary-only"] == {"kinds": ["summary"]}
 
 
 def test_eval_cli(trained_cache, tmp_path):

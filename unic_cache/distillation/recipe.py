@@ -239,14 +239,15 @@ class Distiller:
 
     def _log(self, window: list[tuple[int, torch.Tensor, torch.Tensor]], tick: float, metrics, tb, bar) -> float:
         """Bring a window of steps' metrics to the host (averaged over processes), check them and write them;
-        returns the time it was done (the window's throughput is measured between two of these)."""
+        returns when they arrived (a window's throughput is measured from the previous window's arrival)."""
         values = torch.stack([m for _, m, _ in window])
         if self.world > 1:
             dist.all_reduce(values)
             values /= self.world
+        host = values.tolist()  # the one wait for the device in the window
         now = time.perf_counter()
         rate = self.cfg.batch_size * self.world * len(window) / max(now - tick, 1e-9)
-        for (step, _, rows), row_values in zip(window, values.tolist()):  # the one wait for the device
+        for (step, _, rows), row_values in zip(window, host):
             record = dict(zip(self.metric_names(), row_values))
             if not math.isfinite(record["loss"]):
                 rows = rows.tolist()
@@ -262,7 +263,7 @@ class Distiller:
         if metrics:
             metrics.flush()
         bar.set_postfix(loss=f"{self.last['loss']:.4f}")
-        return time.perf_counter()
+        return now
 
     def stream(self) -> DistillStream:
         """This process's endless data stream, starting at the current step."""
