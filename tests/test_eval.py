@@ -17,7 +17,7 @@ from unic_cache.evaluation.dense import dense_probe, miou, pool_majority, view_m
 from unic_cache.evaluation.labels import IGNORE, SplitRule, read_labels, read_split
 from unic_cache.evaluation.probes import kmeans_nmi, knn_accuracy, linear_probe, nmi, ridge_r2
 from unic_cache.models.pixels import replay_labels
-from unic_cache.evaluation.results import Results
+from unic_cache.evaluation.results import Results, model_colours
 from unic_cache.cache.sources import open_source
 
 
@@ -120,6 +120,12 @@ def test_results_table_chart_and_claims(tmp_path):
     assert Results.load(paths["json"]).models == results.models
     with pytest.raises(UserError, match="names both a teacher and a student"):
         results.add("a", "student", {"shape": {"linear": 1}})
+
+
+@pytest.mark.parametrize("n", [3, 13, 20, 33])
+def test_every_model_in_the_chart_has_its_own_colour(n):
+    colours = model_colours(n)
+    assert colours.shape == (n, 4) and len({tuple(c) for c in colours.round(3)}) == n
 
 
 def test_results_without_a_score_show_a_dash_and_leave_the_task_out_of_claims():

@@ -23,6 +23,17 @@ METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi
 TOLERANCE = 2.0  # points
 
 
+def model_colours(n: int) -> np.ndarray:
+    """``n`` distinct RGBA colours, one per model in the chart: tab10's, then tab20's lighter shades, then
+    samples of a continuous map (matplotlib's default cycle repeats after 10, so two arms looked alike)."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        order = np.r_[0:20:2, 1:20:2]  # tab20's dark shades (tab10's hues) first, then the light ones
+        return colormaps["tab20"](order[:n])
+    return colormaps["turbo"](np.linspace(0.05, 0.95, n))
+
+
 @dataclass
 class Results:
     """``models[name] = {"kind": "teacher" | "student", "scores": {task: {metric: [score per seed]}}}``."""
@@ -129,6 +140,7 @@ class Results:
 
         columns = list(self.tasks) + ["average"]
         models = list(self.models)
+        colours = model_colours(len(models))
         width = 0.8 / max(1, len(models))
         fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) + 2), 4.2))
         for i, m in enumerate(models):
@@ -137,7 +149,7 @@ class Results:
             errs = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in per]
             hatch = "" if self.models[m]["kind"] == "student" else "//"
             ax.bar(np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None,
-                   label=m, hatch=hatch, capsize=2)
+                   label=m, hatch=hatch, capsize=2, color=colours[i])
         ax.axhline(0, color="black", lw=0.8)
         ax.axhline(-TOLERANCE, color="grey", lw=0.8, ls="--")
         ax.set_xticks(np.arange(len(columns)), columns)
