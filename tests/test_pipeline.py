@@ -177,7 +177,7 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
 
 
 @pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",
-                                  "unic_in1k"])
+                                  "views", "views-world1", "unic_in1k"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
@@ -196,6 +196,10 @@ def test_shipped_pipelines_are_valid(name):
     if name == "ablations-world1":  # the same ablations in the second world
         assert config["arms"] == load_config(folder / "ablations.yaml")["arms"]
         assert config["distill"] == load_config(folder / "ablations.yaml")["distill"]
+    if name in ("views", "views-world1"):  # one view against the benchmark of its world, at the benchmark's recipe
+        base = load_config(folder / ("shapes.yaml" if name == "views" else "shapes-world1.yaml"))
+        assert config["distill"] == base["distill"] and config["arms"] == {"views-1": {"views": 1}}
+        assert config["seeds"] == base["seeds"] and config["teachers"] == base["teachers"]
     if name == "dense":  # 64 px for every model (an 8x8 grid at patch 8), with and without patch targets
         assert config["data"]["shapes"]["size"] == config["distill"]["img_size"] == 64
         assert {spec["resolution"] for spec in config["teachers"].values()} == {64}
