@@ -21,27 +21,27 @@ from pathlib import Path
 import yaml
 
 from unic_cache import load_config
-from unic_cache.cache.sources import open_source
+from unic_cache.cache.sources import KEY_RE, open_source
 from unic_cache.evaluation.labels import read_split
 from unic_cache.pipeline import Pipeline
 
 
-def copy_train_rows(data: Path, out: Path) -> int:
-    """Copy the tar shards of ``data`` into ``out`` keeping the train rows' members; return how many rows."""
-    rule, kept = read_split(open_source(str(data))), 0
+def copy_train_rows(data: Path, out: Path) -> tuple[int, int]:
+    """Copy the tar shards of ``data`` into ``out`` keeping the train rows' members; return (train rows, rows)."""
+    rule, kept, total = read_split(open_source(str(data))), 0, 0
     out.mkdir(parents=True)
     for shard in sorted(data.glob("*.tar")):
         with tarfile.open(shard) as src, tarfile.open(out / shard.name, "w") as dst:
-            members = src.getmembers()
-            keys = sorted({m.name.split(".", 1)[0] for m in members})
+            keyed = [(m, match[1]) for m in src.getmembers() if m.isfile() and (match := KEY_RE.match(m.name))]
+            keys = sorted({key for _, key in keyed})  # the key rule the index reads shards with
             train = {k for k, part in zip(keys, rule.rows(keys)) if part == 0}
-            kept += len(train)
-            for m in members:
-                if m.name.split(".", 1)[0] in train:
+            kept, total = kept + len(train), total + len(keys)
+            for m, key in keyed:
+                if key in train:
                     dst.addfile(m, src.extractfile(m))
     for name in ("split.json", "tasks.json"):
         shutil.copy(data / name, out / name)
-    return kept
+    return kept, total
 
 
 def _weights(out: Path, name: str, spec: dict) -> str | None:
@@ -67,17 +67,19 @@ def main() -> None:
         raise SystemExit(f"{data} holds no tar shards; run `unic-cache run {args.pipeline}` first (or give a folder of shards)")
     if folder.exists():
         raise SystemExit(f"{folder} exists; delete it to run again")
-    rows = copy_train_rows(data, folder / "data")
     arms = {}
     for spec in args.arm:
         arm, _, options = spec.partition("=")
-        arms[arm] = {k: yaml.safe_load(v) for k, v in (o.split(":", 1) for o in options.split(",") if o)}
+        pairs = [o.split(":", 1) for o in options.split(",") if o]
+        if not arm or any(len(p) != 2 for p in pairs):
+            parser.error(f"--arm {spec!r}: write NAME=OPTION:VALUE,... (NAME= for the pipeline's recipe)")
+        arms[arm] = {k: yaml.safe_load(v) for k, v in pairs}
+    teachers = {t: {k: v for k, v in spec.items() if k != "train"} | {"weights": _weights(out, t, spec)}
+                for t, spec in config["teachers"].items()}  # checked before anything is written
+    rows, total = copy_train_rows(data, folder / "data")
 
     subset = {**config, "name": name, "out": str(folder), "data": {"path": str(folder / "data")},
-              "cache": {**(config.get("cache") or {}), "path": str(folder / "cache.zarr")},
-              "teachers": {t: {k: v for k, v in spec.items() if k != "train"} | {"weights": _weights(out, t, spec)}
-                           for t, spec in config["teachers"].items()}}
-    total = len(open_source(str(data)).index(progress=False).keys)
+              "cache": {**(config.get("cache") or {}), "path": str(folder / "cache.zarr")}, "teachers": teachers}
     subset["distill"] = {**config["distill"], "epochs": round(config["distill"]["epochs"] * total / rows)}  # same steps
     distil = Pipeline(subset, progress=False)
     for teacher, spec in subset["teachers"].items():
