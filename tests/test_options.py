@@ -41,7 +41,7 @@ def samples(tmp_path_factory) -> dict:
             "init": str(tmp / "init.safetensors"), "students": {"mine": str(run)}, "out": str(tmp / "t.safetensors"),
             "model_args": {"depth": 2}, "teacher": "timm:x",
             "storage_options": {"s3": {"endpoint_url": "http://127.0.0.1:9", "anon": True}}, "cache": "c.zarr", "temperature": 0.5,
-            "kinds": ["summary"]}
+            "kinds": ["summary"], "lop_head": "prenorm", "lop_hidden": "student", "norm_stats": "running"}
 
 
 def sample(f: dataclasses.Field, kind, samples: dict):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from unic_cache import UserError
+from unic_cache.distillation.options import BEFORE_0_2
 from unic_cache.distillation.recipe import DistillConfig, Distiller
 from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.pipeline import run_pipeline
@@ -177,7 +178,7 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
 
 
 @pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",
-                                  "views", "views-world1", "unic_in1k"])
+                                  "views", "views-world1", "codecs", "unic_in1k"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
@@ -198,8 +199,19 @@ def test_shipped_pipelines_are_valid(name):
         assert config["distill"] == load_config(folder / "ablations.yaml")["distill"]
     if name in ("views", "views-world1"):  # one view against the benchmark of its world, at the benchmark's recipe
         base = load_config(folder / ("shapes.yaml" if name == "views" else "shapes-world1.yaml"))
-        assert config["distill"] == base["distill"] and config["arms"] == {"views-1": {"views": 1}}
+        assert config["distill"] == {**base["distill"], **base["arms"]["before-0.2"]}  # the recipe of its RESULTS.md runs
+        assert config["arms"] == {"views-1": {"views": 1}}
         assert config["seeds"] == base["seeds"] and config["teachers"] == base["teachers"]
+    # the pipelines whose RESULTS.md runs predate UNIC's defaults pin what those runs had; the benchmark and the
+    # ablations run UNIC's defaults, with the earlier recipe as an arm
+    recipe = DistillConfig.from_dict(config["distill"])
+    earlier = {k: getattr(recipe, k) for k in BEFORE_0_2}
+    if name in ("crops", "dense", "views", "views-world1", "codecs"):
+        assert earlier == BEFORE_0_2
+    else:
+        assert earlier == {k: getattr(DistillConfig, k) for k in BEFORE_0_2} != BEFORE_0_2
+    if name in ("shapes", "shapes-world1", "ablations", "ablations-world1"):
+        assert config["arms"]["before-0.2"] == {k: v for k, v in BEFORE_0_2.items() if k != "norm_stats"}
     if name == "dense":  # 64 px for every model (an 8x8 grid at patch 8), with and without patch targets
         assert config["data"]["shapes"]["size"] == config["distill"]["img_size"] == 64
         assert {spec["resolution"] for spec in config["teachers"].values()} == {64}

@@ -184,6 +184,13 @@ def _coerce(value: Any, kind: Any, name: str, command: str) -> Any:
         return value
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if base is str and isinstance(value, int) and not isinstance(value, bool):  # --set lop_hidden=768
+        return str(value)
     if base in (bool, int, float, str) and (not isinstance(value, base) or base is int and isinstance(value, bool)):
         raise UserError(f"{command} option {name} takes a {base.__name__}, got {value!r}")
     return value

@@ -44,7 +44,7 @@ import yaml
 
 from .cache.codecs import kind_codecs
 from .cache.store import Cache, TeacherStore, codec_record, json_normal
-from .distillation.options import DistillConfig
+from .distillation.options import DistillConfig, recorded_config
 from .distillation.recipe import distill
 from .errors import UserError, check_options
 from .cache.sources import open_source
@@ -249,7 +249,7 @@ class Pipeline:
         want["teachers"] = cfg.teachers or Cache.open(self.cache_url).teacher_names()  # as the run records them
         saved = folder / "config.json"
         if saved.exists():
-            have = {k: v for k, v in json.loads(saved.read_text()).items() if k in want}
+            have = {k: v for k, v in recorded_config(json.loads(saved.read_text())).items() if k in want}
             if have != want:
                 shutil.rmtree(folder)  # the arm's recipe changed: its old results no longer apply
             elif (folder / "student.safetensors").exists():

@@ -1,4 +1,5 @@
-"""Target standardisation from a teacher's cached statistics (no warm-up, no running averages).
+"""Target standardisation: from a teacher's cached statistics (``TargetNorm``: no warm-up), or UNIC's
+running statistics as an option (``RunningNorm``).
 
 - ``standard``: per dimension, (x - mean) / std, as UNIC.
 - ``phis``: PHI-S (Ranzinger et al. 2024): rotate onto the principal axes, spread the variance evenly
@@ -10,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,6 +20,7 @@ from torch import nn
 from ..errors import UserError
 from .options import NORMS
 
+RUNNING_MOMENTUM = (1.0, 0.001)  # UNIC's momentum of the running statistics: first and last step, cosine between
 
 
 def _is_prime(n: int) -> bool:
@@ -88,3 +92,45 @@ class TargetNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.float() - self.mean
         return y @ self.weight if self.mode == "phis" else y * self.weight
+
+
+def running_momentum(step: int, total: int) -> float:
+    """UNIC's momentum at ``step`` of ``total``: a cosine from 1.0 down to 0.001, without warm-up."""
+    start, end = RUNNING_MOMENTUM
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / max(1, total)))
+
+
+class RunningNorm(nn.Module):
+    """UNIC's per-dimension standardisation with running statistics (naver/unic, ``standard_normalize``):
+    a batch is standardised with the running mean and std from before it, ``(x - mean) / (std + eps)``;
+    then they move toward the batch's own (gathered over every process; over samples and tokens; std
+    unbiased, plus eps) with the momentum of the step: ``stat = stat * (1 - m) + batch_stat * m``. They
+    start at mean 0 and std 1, so the first batch is standardised with those, and the first update (m = 1)
+    replaces them. ``momentum`` is set by the training loop before each step."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.mode, self.in_dim, self.out_dim, self.eps, self.momentum = "running", dim, dim, eps, 0.0
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        y = (x - self.mean) / (self.std + self.eps)
+        with torch.no_grad():
+            everyone = _gather(x).reshape(-1, x.shape[-1])
+            m = self.momentum
+            self.mean.copy_(self.mean * (1 - m) + everyone.mean(0) * m)
+            self.std.copy_(self.std * (1 - m) + (everyone.std(0) + self.eps) * m)
+        return y
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every process, concatenated along the first dimension (``x`` itself outside DDP)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)

@@ -11,7 +11,19 @@ LOSSES = ("unic", "gauss")
 NORMS = ("standard", "phis", "none")
 KINDS = ("summary", "patch")
 DROP_NORMS = ("batch", "sample")  # teacher-dropping normalisation: UNIC's (per batch), or per sample
+LOP_HEADS = ("unic", "prenorm")  # the heads of models.student
+NORM_STATS = ("exact", "running")
 positive = at_least(1)
+# Options added in 0.2 (UNIC's student and optimizer defaults), with the values every run before them had:
+# a run folder or checkpoint whose recorded config lacks one of them was made with this value.
+BEFORE_0_2 = {"lop_head": "prenorm", "lop_hidden": "student", "clip_grad": 3.0, "decay_tokens": False,
+              "norm_stats": "exact"}
+
+
+def recorded_config(record: dict) -> dict:
+    """A run's recorded config (``config.json``, a checkpoint's resume record) with the options it predates
+    filled in as they were then (``BEFORE_0_2``), so that an old run compares equal to the same run today."""
+    return {**{k: v for k, v in BEFORE_0_2.items() if k not in record}, **record}
 
 
 def _positive_float(v: float) -> str | None:
@@ -39,8 +51,22 @@ class DistillConfig(Options):
     init: str | None = option(None, "Initial encoder weights (.safetensors).", checks=(existing_path,))
     lop_blocks: str = option("all", "Blocks feeding the projector ladder: all, last or i,j,k (the last block is "
                                     "always included).")
+    lop_head: str = option("unic", "Projector MLPs of the ladder: unic (UNIC's code: Linear-GELU-Linear, no norm, "
+                                   "trunc-normal 0.02 init, raw block outputs; the encoder's final norm is not trained) "
+                                   "or prenorm (a LayerNorm first, the last block read after the final norm, PyTorch's "
+                                   "default init: this tool's head before 0.2).", checks=(one_of(*LOP_HEADS),))
+    lop_hidden: str = option("768", "Hidden width of the projectors: 768 (UNIC: 768, the last block's 3072, for any "
+                                    "student), student (the student's width, the last block's 4x; equal for ViT-B) "
+                                    "or a width N (N, last 4N).",
+                             checks=(lambda v: None if v == "student" or v.isdigit() and int(v) > 0
+                                     else f"takes 768, student or a positive width; got {v!r}",))
     loss: str = option("unic", "unic (0.5 cos + 0.5 smooth-L1) or gauss (Gaussian NLL).", checks=(one_of(*LOSSES),))
     norm: str = option("standard", "Target standardisation: standard, phis or none.", checks=(one_of(*NORMS),))
+    norm_stats: str = option("exact", "Statistics of --norm standard: exact (the cache's population statistics; "
+                                      "an improvement a cache makes possible) or running (UNIC's rule: running "
+                                      "mean/std per dimension, momentum 1.0 -> 0.001 on a cosine, each batch "
+                                      "standardised with the statistics before it, gathered across processes).",
+                             checks=(one_of(*NORM_STATS),))
     teacher_drop: float = option(0.5, "Probability of dropping each non-max-loss teacher.", checks=(in_range(0, 1),))
     drop_norm: str = option("batch", "How kept teachers are weighed: batch (UNIC: coefficient 1, divided by the pairs "
                                      "kept in the batch; per-teacher loss = mean over token kinds) or sample (weights "
@@ -54,12 +80,17 @@ class DistillConfig(Options):
     batch_size: int = option(64, "Samples per step per process.", checks=(positive,))
     lr: float = option(3e-4, "Peak learning rate for a global batch of 256 (scaled linearly).", checks=(_positive_float,))
     min_lr: float = option(1e-6, "Final learning rate of the cosine schedule.", checks=(at_least(0),))
-    weight_decay: float = option(0.03, "AdamW weight decay (matrices only).", checks=(at_least(0),))
+    weight_decay: float = option(0.03, "AdamW weight decay (not on biases and other 1-D parameters).",
+                                 checks=(at_least(0),))
+    decay_tokens: bool = option(True, "Weight decay on the position embedding and the CLS/register tokens too (UNIC: "
+                                      "every parameter but biases and 1-D ones); --no-decay-tokens exempts them "
+                                      "(this tool's rule before 0.2).")
     betas: tuple[float, float] = option((0.9, 0.99), "AdamW betas.")
     warmup: float = option(0.05, "Warm-up as a fraction of all steps (UNIC: 10 of 200 epochs).",
                            checks=(in_range(0, 1, high_open=True),))
     drop_path: float = option(0.1, "Stochastic depth rate of the student.", checks=(in_range(0, 1, high_open=True),))
-    clip_grad: float = option(3.0, "Gradient-norm clipping.", checks=(_positive_float,))
+    clip_grad: float = option(0.0, "Clip the gradients' global norm to this value; 0: no clipping (UNIC's default; "
+                                   "this tool clipped at 3 before 0.2).", checks=(at_least(0),))
     workers: int = option(2, "DataLoader workers per process (the batches are the same for any number).",
                           checks=(at_least(0),))
     seed: int = option(0, "Seed of the student init, data order and teacher dropping.")
@@ -83,6 +114,8 @@ class DistillConfig(Options):
             raise UserError("give exactly one of --epochs or --steps")
         if not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"--betas must be in [0, 1), got {self.betas}")
+        if self.norm_stats == "running" and self.norm != "standard":
+            raise UserError(f"--norm-stats running applies to --norm standard (UNIC's rule), not --norm {self.norm}")
         from ..cache.store import Cache  # here: --help and value errors need no zarr
 
         cache = Cache.open(self.cache)

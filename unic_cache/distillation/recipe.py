@@ -28,8 +28,8 @@ from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, init_distributed, prepare_model, to_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
-from .normalize import TargetNorm
-from .options import DistillConfig
+from .normalize import RunningNorm, TargetNorm, running_momentum
+from .options import DistillConfig, recorded_config
 
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "student.safetensors",
              "heads.safetensors", "tb", "eval.json"}  # all a run folder holds (eval.json: a pipeline's scores)
@@ -54,6 +54,14 @@ def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
     if teacher.info.weights_sha256 != info.weights_sha256:
         raise UserError(f"--online: {info.weights} changed since teacher {name} was extracted (sha256 differs)")
     return teacher
+
+
+def decay_groups(params: dict[str, torch.nn.Parameter], tokens: bool = True) -> set[str]:
+    """Names of the parameters that AdamW decays: UNIC's rule (naver/unic ``get_params_groups``), every one
+    but biases and 1-D parameters (norms), so the position embedding and the CLS/register tokens too;
+    ``tokens=False`` also exempts those (this tool's rule before 0.2)."""
+    return {n for n, p in params.items() if not n.endswith(".bias") and p.ndim > 1
+            and (tokens or ("pos_embed" not in n and "token" not in n))}
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -107,7 +115,9 @@ class Distiller:
         self.selection = Selection.of(cache, self.teachers, cfg.kinds)
         self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
-            f"{t}__{kind}": TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
+            f"{t}__{kind}": RunningNorm(stores[t].info.dim) if cfg.norm_stats == "running"
+            else TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
+        self.running = [norm for norm in self.norms.values() if isinstance(norm, RunningNorm)]
         self.norms.to(self.device)
         # stored arrays -> vectors, on the device (an online teacher's outputs need no decoding)
         self.codecs = {(t, kind): DeviceCodec(stores[t].codecs[kind], stores[t].info.grid, self.device)
@@ -122,7 +132,7 @@ class Distiller:
                    for t, kind in self.selection.targets}
         torch.manual_seed(cfg.seed)
         self.student = Student(cfg.student, cfg.img_size, targets, cfg.lop_blocks, cfg.drop_path,
-                               2 if cfg.loss == "gauss" else 1, cfg.model_args)
+                               2 if cfg.loss == "gauss" else 1, cfg.model_args, cfg.lop_head, cfg.lop_hidden)
         if cfg.init:
             try:
                 self.student.encoder.load_state_dict(load_file(cfg.init), strict=True)
@@ -133,13 +143,13 @@ class Distiller:
         self.model = torch.compile(model) if cfg.compile else model  # self.student is what is saved
 
     def _setup_optimizer(self, good_samples: int) -> None:
-        """AdamW (weight decay on matrices only), the schedule's length and the teacher-dropping generator."""
+        """AdamW (weight-decay groups as ``decay_groups``), the schedule's length and the teacher-dropping generator."""
         cfg = self.cfg
         global_batch = cfg.batch_size * self.world
         self.total = cfg.steps or max(1, math.ceil(cfg.epochs * good_samples / global_batch))
-        params = dict(self.student.named_parameters())
-        # weight decay on matrices only: not on biases, norms, position embeddings or CLS/register tokens
-        decay = {n for n, p in params.items() if p.ndim > 1 and "pos_embed" not in n and "token" not in n}
+        params = {n: p for n, p in self.student.named_parameters() if p.requires_grad}
+        self.trainable = list(params.values())
+        decay = decay_groups(params, cfg.decay_tokens)
         self.lr = cfg.lr * global_batch / 256
         self.opt = torch.optim.AdamW([{"params": [params[n] for n in params if n in decay], "weight_decay": cfg.weight_decay},
                                       {"params": [params[n] for n in params if n not in decay], "weight_decay": 0.0}],
@@ -227,11 +237,13 @@ class Distiller:
         waited for: nothing in a step waits for the device."""
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
+        for norm in self.running:
+            norm.momentum = running_momentum(self.step, self.total)
         with autocast_for(self.device):
             loss, losses, weights = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.clip_grad)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip_grad or math.inf)  # inf: measured only
         self.opt.step()
         self.step += 1
         return torch.cat([torch.stack([loss.detach(), grad_norm.detach()]).float(), losses.mean(0).float(),
@@ -316,7 +328,8 @@ class Distiller:
                             "targets": list(self.selection.targets), "student": cfg.student, "img_size": cfg.img_size,
                             "model_args": cfg.model_args, "loss": cfg.loss, "norm": cfg.norm, "lop_blocks": cfg.lop_blocks,
                             "online": cfg.online, "lr": cfg.lr, "warmup": cfg.warmup, "teacher_drop": cfg.teacher_drop,
-                            "drop_norm": cfg.drop_norm})
+                            "drop_norm": cfg.drop_norm, "lop_head": cfg.lop_head, "lop_hidden": cfg.lop_hidden,
+                            "clip_grad": cfg.clip_grad, "decay_tokens": cfg.decay_tokens, "norm_stats": cfg.norm_stats})
 
     def save_checkpoint(self) -> None:
         """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
@@ -328,6 +341,8 @@ class Distiller:
             save_file({k: v.contiguous() for k, v in self.student.state_dict().items()}, str(tmp / "model.safetensors"))
             tensors, groups = _optimizer_tensors(self.opt)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
+            if self.running:  # the running target statistics move with the steps
+                save_file({k: v.contiguous() for k, v in self.norms.state_dict().items()}, str(tmp / "norms.safetensors"))
             (tmp / "state.json").write_text(json.dumps({"step": self.step, "param_groups": groups, "world_size": self.world,
                                                         "resume": self.resume_record(), "last": self.last}))
         self._barrier()
@@ -354,12 +369,14 @@ class Distiller:
         state = json.loads((ckpt / "state.json").read_text())
         if state["world_size"] != self.world:
             raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume with the same number")
-        have, want = state.get("resume", {}), self.resume_record()
+        have, want = recorded_config(state.get("resume", {})), self.resume_record()
         diff = [f"{k}: {have.get(k)} vs {want[k]}" for k in want if k in have and have[k] != want[k]]
         if diff:
             raise UserError(f"--resume: {ckpt} was written with other settings ({'; '.join(diff)}); "
                             "resume with the same options, or start a new --out")
         self.student.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        if self.running:
+            self.norms.load_state_dict(load_file(str(ckpt / "norms.safetensors"), device=str(self.device)))
         _load_optimizer(self.opt, load_file(str(ckpt / "optimizer.safetensors"), device=str(self.device)), state["param_groups"])
         rng = load_file(str(ckpt / f"rng-{self.rank}.safetensors"))
         torch.set_rng_state(rng["torch"])
