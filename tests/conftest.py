@@ -112,3 +112,32 @@ def run_cli(*args: str, timeout: float = HANG_GUARD, **kw) -> subprocess.Complet
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "unic_cache", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
+
+
+STUDENT = "vit_small_patch16_224"  # the student of the distillation tests (depth 2 at 32 px)
+VIEWS_DISTILL = 2  # views of the distillation tests' cache
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, weights):
+    """A shapes world of 32 images with a cache of two teachers of different widths and grids, for distill tests."""
+    from unic_cache import ExtractOptions, extract
+
+    root = tmp_path_factory.mktemp("distill")
+    make_shapes(root / "data", n=32, size=32, seed=1, shard_size=8)
+    cache = str(root / "cache.zarr")
+    for arch, res in ((TINY, 32), (SMALL8, 24)):
+        extract(str(root / "data"), cache, ExtractOptions(teacher=f"timm:{arch}", resolution=res, weights=str(weights[arch]),
+                                                           model_args={"depth": 2}, views=VIEWS_DISTILL, unit_rows=8,
+                                                           progress=False))
+    return root, cache
+
+
+def config(world, out, **kw):
+    """DistillConfig of a short run on ``world`` (6 steps of 8, the tests' student), with ``kw`` on top."""
+    from unic_cache import DistillConfig
+
+    root, cache = world
+    base = dict(data=str(root / "data"), cache=cache, out=str(out), student=STUDENT, img_size=32,
+                model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02)
+    return DistillConfig(**{**base, **kw})

@@ -74,9 +74,11 @@ def test_extract_info_verify_from_the_cli(shapes_dir, weights, tmp_path):
     info = invoke("info", cache, "--json")
     assert info.exit_code == 0
     data = json.loads(info.stdout)
-    assert data["dataset"]["samples"] == "24" and data["teachers"][0]["units done"] == "3/3"
+    assert data["dataset"]["samples"] == 24 and (data["teachers"][0]["units done"], data["teachers"][0]["units"]) == (3, 3)  # numbers as numbers
     assert data["teachers"][0]["grid"] == "2x2" and float(data["teachers"][0]["vs float32"]) < 0.55
-    assert "bytes/sample-view" in invoke("info", cache).stdout
+    table = invoke("info", cache).stdout
+    assert "per sample-view" in table and "KiB" in table and max(map(len, table.splitlines())) < 160
+    assert "{" not in table  # no Python dict in a column
     ok = invoke("verify", cache, "--data", str(shapes_dir), "--no-progress")
     assert ok.exit_code == 0 and "ok:" in ok.stdout
     other = tmp_path / "other"

@@ -223,4 +223,4 @@ def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_di
     distiller = Distiller(cfg)
     assert distiller.grids[TINY] == (1, 1)
     distiller.run()
-    assert (tmp_path / "run" / "student.safetensors").exists()
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()

@@ -10,35 +10,12 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
-from unic_cache import Cache, ExtractOptions, UserError, extract
+from unic_cache import Cache, UserError
 from unic_cache.models import teachers as teachers_module
-from unic_cache.distillation.recipe import DistillConfig, Distiller, distill
+from unic_cache.distillation.recipe import Distiller, distill
 from unic_cache.distillation.loader import DistillStream, Selection
-from unic_cache.shapes import make_shapes
 
-from .conftest import HANG_GUARD, SMALL8, TINY
-
-STUDENT = "vit_small_patch16_224"
-VIEWS = 2
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, weights):
-    root = tmp_path_factory.mktemp("distill")
-    make_shapes(root / "data", n=32, size=32, seed=1, shard_size=8)
-    cache = str(root / "cache.zarr")
-    for arch, res in ((TINY, 32), (SMALL8, 24)):
-        extract(str(root / "data"), cache, ExtractOptions(teacher=f"timm:{arch}", resolution=res, weights=str(weights[arch]),
-                                                           model_args={"depth": 2}, views=VIEWS, unit_rows=8, progress=False))
-    return root, cache
-
-
-def config(world, out, **kw) -> DistillConfig:
-    root, cache = world
-    base = dict(data=str(root / "data"), cache=cache, out=str(out), student=STUDENT, img_size=32,
-                model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02)
-    return DistillConfig(**{**base, **kw})
-
+from .conftest import HANG_GUARD, SMALL8, STUDENT, TINY, VIEWS_DISTILL as VIEWS, config
 
 def test_distill_never_builds_a_teacher_and_the_loss_decreases(world, tmp_path, monkeypatch):
     teacher_ids = {TINY, SMALL8}
@@ -62,20 +39,32 @@ def test_distill_never_builds_a_teacher_and_the_loss_decreases(world, tmp_path, 
     assert record["teachers"] == [SMALL8, TINY] and record["total_steps"] == 40
 
 
-def test_exported_encoder_loads_in_timm_with_the_same_features(world, tmp_path):
-    distill(config(world, tmp_path / "run", steps=2))
-    weights = tmp_path / "run" / "student.safetensors"
-    model = timm.create_model(STUDENT, pretrained=True, num_classes=0, img_size=32, depth=2,
-                              pretrained_cfg_overlay={"file": str(weights)}).eval()
-    state = load_file(str(weights))
-    assert torch.equal(model.state_dict()["blocks.1.mlp.fc1.weight"], state["blocks.1.mlp.fc1.weight"])
-    reference = timm.create_model(STUDENT, num_classes=0, img_size=32, depth=2).eval()
-    reference.load_state_dict(state)
-    x = torch.randn(2, 3, 32, 32)
+def test_the_student_is_a_model_folder_timm_loads_as_it_is(world, tmp_path):
+    """A student of non-default size and depth: ``local-dir:RUN/model`` rebuilds it exactly (every tensor, outputs)."""
+    args = {"depth": 1, "patch_size": 8, "embed_dim": 64, "num_heads": 2}
+    distiller = Distiller(config(world, tmp_path / "run", steps=2, model_args=args, img_size=24))
+    distiller.run()
+    folder = tmp_path / "run" / "model"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    trained = distiller.student.encoder.eval()
+    assert model.state_dict().keys() == trained.state_dict().keys()
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+    assert len(model.blocks) == 1 and model.patch_embed.patch_size == (8, 8) and model.num_features == 64
+    x = torch.randn(2, 3, 24, 24)
     with torch.no_grad():
-        assert torch.allclose(model(x), reference(x))
+        assert torch.equal(model(x), trained(x))
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["architecture"] == STUDENT and cfg["pretrained_cfg"]["input_size"] == [3, 24, 24]
+    assert cfg["pretrained_cfg"]["mean"] == list(trained.pretrained_cfg["mean"]) and cfg["pretrained_cfg"]["crop_pct"] == 0.875
+    card = (folder / "README.md").read_text()
+    cache = Cache.open(world[1])
+    for t in (SMALL8, TINY):
+        assert t in card and cache.teacher(t).attrs["weights_sha256"][:16] in card
+    assert cache.attrs["fingerprint"][:16] in card and '"lop_head": "unic"' in card
     heads = load_file(str(tmp_path / "run" / "heads.safetensors"))
     assert any(k.startswith("heads.") for k in heads) and any(k.startswith("norms.") for k in heads)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["kinds"] == ["patch", "summary"] and record["version"] and record["started"]
 
 
 def test_resume_is_exact(world, tmp_path):
@@ -172,7 +161,7 @@ def test_torchrun_two_processes(world, tmp_path):
 
 def test_init_from_a_file_and_a_bad_init_file(world, tmp_path):
     distill(config(world, tmp_path / "first", steps=1))
-    weights = tmp_path / "first" / "student.safetensors"
+    weights = tmp_path / "first" / "model" / "model.safetensors"
     distill(config(world, tmp_path / "second", steps=1, init=str(weights)))
     with pytest.raises(UserError, match="--init"):
         distill(config(world, tmp_path / "third", steps=1, init=str(tmp_path / "missing.safetensors")))
@@ -181,7 +170,7 @@ def test_init_from_a_file_and_a_bad_init_file(world, tmp_path):
 def test_same_student_with_0_and_2_workers(world, tmp_path):
     for workers in (0, 2):
         distill(config(world, tmp_path / f"w{workers}", steps=5, workers=workers, teacher_drop=0.5))
-    a, b = (load_file(str(tmp_path / f"w{w}" / "student.safetensors")) for w in (0, 2))
+    a, b = (load_file(str(tmp_path / f"w{w}" / "model" / "model.safetensors")) for w in (0, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [[json.loads(line)["loss"] for line in open(tmp_path / f"w{w}" / "metrics.jsonl")] for w in (0, 2)]
     assert rows[0] == rows[1]
@@ -193,8 +182,8 @@ def test_resume_refuses_another_geometry_and_metrics_continue(world, tmp_path):
     import shutil
 
     shutil.rmtree(out / "checkpoints" / "step-00000006")  # killed after step 6's metrics, before its checkpoint
-    with pytest.raises(UserError, match="other settings.*batch_size: 8 vs 4"):
-        distill(config(world, out, steps=6, checkpoint_every=3, resume=True, batch_size=4))
+    with pytest.raises(UserError, match="other options.*batch_size: 8 vs 4.*give a new --out"):
+        distill(config(world, out, steps=6, checkpoint_every=3, batch_size=4))
     last = distill(config(world, out, steps=6, checkpoint_every=3, resume=True))
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6] and last["step"] == 6
@@ -202,8 +191,9 @@ def test_resume_refuses_another_geometry_and_metrics_continue(world, tmp_path):
     again = distill(config(world, out, steps=6, checkpoint_every=3, resume=True))  # killed during export: nothing left to train
     assert again["step"] == 6 and np.isfinite(again["loss"])
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
-    distill(config(world, out, steps=2))  # a new run in the same folder starts a new metrics file
-    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
+    with pytest.raises(UserError, match="other options.*steps: 6 vs 2"):  # a finished run is never retrained in place
+        distill(config(world, out, steps=2))
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
 def _metrics(out) -> list[dict]:
@@ -217,7 +207,7 @@ def test_metrics_brought_to_the_host_every_n_steps_are_the_same_per_step(world, 
         distill(config(world, tmp_path / f"every{every}", steps=6, checkpoint_every=5, teacher_drop=0.5, log_every=every))
     assert _metrics(tmp_path / "every1") == _metrics(tmp_path / "every4")
     assert [m["step"] for m in _metrics(tmp_path / "every4")] == [1, 2, 3, 4, 5, 6]
-    a, b = (load_file(str(tmp_path / f"every{e}" / "student.safetensors")) for e in (1, 4))
+    a, b = (load_file(str(tmp_path / f"every{e}" / "model" / "model.safetensors")) for e in (1, 4))
     assert all(torch.equal(a[k], b[k]) for k in a)
     state = json.loads((tmp_path / "every4" / "checkpoints" / "step-00000005" / "state.json").read_text())
     assert state["last"]["step"] == 5  # a checkpoint waits for its own step's metrics
@@ -231,14 +221,47 @@ def test_gpu_options_train_the_same_student(world, tmp_path):
     assert [m["loss"] for m in _metrics(tmp_path / "fast")] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "plain")],
                                                                              rel=1e-3)
     assert fast["step"] == plain["step"] == 3
-    a, b = (load_file(str(tmp_path / run / "student.safetensors")) for run in ("plain", "fast"))
+    a, b = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("plain", "fast"))
     assert a.keys() == b.keys()  # the exported encoder keeps timm's names (no compile wrapper prefix)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     import shutil
 
     shutil.rmtree(tmp_path / "fast" / "checkpoints" / "step-00000003")  # killed after step 2's checkpoint
-    (tmp_path / "fast" / "student.safetensors").rename(tmp_path / "straight.safetensors")
+    (tmp_path / "fast" / "model" / "model.safetensors").rename(tmp_path / "straight.safetensors")
     distill(config(world, tmp_path / "fast", resume=True, **options))  # channels-last moments, reloaded for a fused step
-    resumed = load_file(str(tmp_path / "fast" / "student.safetensors"))
+    resumed = load_file(str(tmp_path / "fast" / "model" / "model.safetensors"))
     straight = load_file(str(tmp_path / "straight.safetensors"))
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def _distill_cli(world, out, *extra: str) -> list[str]:
+    root, cache = world
+    return [sys.executable, "-m", "unic_cache", "distill", str(root / "data"), "--cache", cache, "--out", str(out),
+            "--student", STUDENT, "--img-size", "32", "--model-arg", "depth=2", "--batch-size", "4", "--steps", "60",
+            "--workers", "2", "--log-every", "1", "--no-progress", *extra]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_exactly(world, tmp_path):
+    import signal
+    import time
+
+    straight = subprocess.run(_distill_cli(world, tmp_path / "straight"), capture_output=True, text=True, timeout=HANG_GUARD)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    command = _distill_cli(world, tmp_path / "run")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # as Ctrl-C does (DataLoader workers ignore it; the run stops itself)
+    out, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command to continue" in err and err.count("Traceback") == 0, err[-2000:]
+    stopped = [int(p.name[5:]) for p in (tmp_path / "run" / "checkpoints").glob("step-*")]
+    assert stopped and max(stopped) < 60 and not (tmp_path / "run" / "model").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("straight", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["step"] for line in metrics.open()] == list(range(1, 61))
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)  # nothing left to do
+    assert finished.returncode == 0 and "already finished" in finished.stdout, finished.stdout + finished.stderr[-1000:]

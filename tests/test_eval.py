@@ -16,7 +16,7 @@ from unic_cache import UserError
 from unic_cache.evaluation.dense import dense_probe, miou, pool_majority, view_maps
 from unic_cache.evaluation.labels import IGNORE, SplitRule, read_labels, read_split
 from unic_cache.evaluation.probes import kmeans_nmi, knn_accuracy, linear_probe, nmi, ridge_r2
-from unic_cache.models.pixels import replay_labels
+from unic_cache.cache.pixels import crop_labels as replay_labels
 from unic_cache.evaluation.results import Results, model_colours
 from unic_cache.cache.sources import open_source
 
@@ -157,7 +157,7 @@ def test_pool_majority_and_miou_by_hand():
     assert miou(target, target, 5) == 100.0  # absent classes are left out
 
 
-def test_replay_labels_follows_the_view_geometry():
+def test_crop_labels_follows_the_view_geometry():
     labels = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
     identity = np.array([0, 0, 1, 1, 0] + [1, 1, 1, 0] + [0, 1, 2, 3] + [0, 0, 0], np.float32)
     assert np.array_equal(replay_labels(labels, identity, 8), np.asarray(labels))

@@ -117,7 +117,7 @@ def test_every_flipped_byte_is_detected(clean_cache, tmp_path):
     shutil.copytree(clean_cache, url)
     files = chunk_files(url)
     arrays_hit = {str(p.relative_to(url)).split("/c/")[0] for p in files}
-    assert {"index/keys", "index/digest", "views/params", f"teachers/{TINY}/patch", f"teachers/{TINY}/progress",
+    assert {"index/keys_utf8", "index/keys_offsets", "index/digest", "views/params", f"teachers/{TINY}/patch", f"teachers/{TINY}/progress",
             f"teachers/{TINY}/stats/partial/patch_m2", f"teachers/{TINY}/stats/patch/cov"} <= arrays_hit
     rng = np.random.default_rng(0)
     missed = []
@@ -201,13 +201,13 @@ def test_distill_refuses_damaged_missing_and_nan_targets(clean_cache, run_args, 
     values[:, :, 0] = np.nan  # written as valid chunks with valid checksums: only the values are wrong
     summary[...] = values
     one_line_error(cli(*run_args(nan, tmp_path / "r3")), "non-finite values")
-    assert not (tmp_path / "r3" / "student.safetensors").exists()
+    assert not (tmp_path / "r3" / "model" / "model.safetensors").exists()
 
 
 def test_a_non_finite_loss_stops_training_naming_step_and_rows(clean_cache, run_args, tmp_path):
     result = cli(*run_args(clean_cache, tmp_path / "run", "--lr", "1e30", "--steps", "6"))
     one_line_error(result, "non-finite loss at step")
-    assert "rows [" in result.stderr and not (tmp_path / "run" / "student.safetensors").exists()
+    assert "rows [" in result.stderr and not (tmp_path / "run" / "model" / "model.safetensors").exists()
 
 
 def test_an_image_replaced_in_place_is_caught(clean_cache, shapes_dir, run_args, tmp_path):
@@ -216,7 +216,7 @@ def test_an_image_replaced_in_place_is_caught(clean_cache, shapes_dir, run_args,
     shutil.copytree(shapes_dir, data)
     cache = Cache.open(str(clean_cache))
     row = 3
-    shard, offset, nbytes = (int(v) for v in cache.location[row])
+    shard, offset, nbytes = (int(v) for v in cache.location[row][:3])
     tar = data / cache.shards[shard]["name"]
     flip(tar, offset + nbytes // 2)  # same size, other bytes
     assert cli("verify", str(clean_cache), "--data", str(shapes_dir), "--no-progress").exit_code == 0
@@ -442,9 +442,47 @@ main()
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "units done" in result.stdout
+    assert "per sample-view" in result.stdout and "complete" in result.stdout
     for args in (["--help"], ["extract", "--help"], ["verify", str(clean_cache), "--no-progress"]):
         run = subprocess.run([sys.executable, "-c", BLOCK_TORCH + f"from unic_cache.cli import main\nsys.argv = ['unic-cache', *{args!r}]\nmain()"],
                              capture_output=True, text=True, timeout=HANG_GUARD)
         assert run.returncode == 0, (args, run.stderr[-2000:])
 
+
+
+@pytest.fixture(scope="module")
+def pca_cache(shapes_dir, weights, tmp_path_factory) -> Path:
+    """A finished cache whose patch tokens are PCA coefficients in int8: codec parameters and scale arrays too."""
+    url = tmp_path_factory.mktemp("pca") / "c.zarr"
+    assert extract(str(shapes_dir), str(url), opts(weights, codec="f16", patch_codec="pca-8+int8")).complete
+    return url
+
+
+def test_every_kind_of_array_damaged_is_found_once_repaired_and_rebuilt(pca_cache, shapes_dir, weights, tmp_path):
+    """One byte flipped in one chunk of each array kind of a cache: verify names it (the damaged codec
+    parameter once, not once per unit), repair fixes or removes what it must, the same extract rebuilds, and
+    the cache verifies clean and equals the undamaged one bit for bit."""
+    teacher = f"teachers/{TINY}"
+    kinds = ["index/keys_utf8", "index/keys_offsets", "index/location", "index/image_size", "index/digest", "index/bad",
+             "views/params", f"{teacher}/summary", f"{teacher}/patch", f"{teacher}/patch_scale",
+             f"{teacher}/codec/patch/basis", f"{teacher}/codec/patch/center", f"{teacher}/progress",
+             f"{teacher}/stats/partial/patch_m2", f"{teacher}/stats/summary/mean"]
+    for i, array in enumerate(kinds):
+        url = tmp_path / f"d{i}.zarr"
+        shutil.copytree(pca_cache, url)
+        chunk = sorted(p for p in (url / array / "c").rglob("*") if p.is_file())[0]
+        flip(chunk, chunk.stat().st_size // 2)
+        found = cli("verify", str(url), "--data", str(shapes_dir), "--no-progress")
+        assert found.exit_code == 1 and "Traceback" not in found.output, (array, found.output)
+        lines = [line for line in found.stderr.splitlines() if line.startswith("problem:")]
+        assert lines, array
+        if "codec" in array:
+            assert len(lines) == 1 and "codec parameter" in lines[0], (array, lines)
+        repaired = cli("verify", str(url), "--repair", "--data", str(shapes_dir), "--no-progress")
+        assert repaired.exit_code == 0, (array, repaired.output)
+        if array.startswith("index/"):  # the index is rebuilt first; then the rest can be checked
+            assert cli("verify", str(url), "--repair", "--data", str(shapes_dir), "--no-progress").exit_code == 0, array
+        assert extract(str(shapes_dir), str(url), opts(weights, codec="f16", patch_codec="pca-8+int8")).complete, array
+        clean = cli("verify", str(url), "--data", str(shapes_dir), "--no-progress")
+        assert clean.exit_code == 0, (array, clean.output)
+        same_arrays(pca_cache, url)

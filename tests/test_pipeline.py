@@ -12,11 +12,14 @@ import torch
 
 from unic_cache import UserError
 from unic_cache.distillation.options import BEFORE_0_2
+
+PINNED = {k: v for k, v in BEFORE_0_2.items() if k != "norm_stats"}  # what the pipelines pin (exact stats: the default)
 from unic_cache.distillation.recipe import DistillConfig, Distiller
 from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.pipeline import run_pipeline
 from unic_cache.cache.store import Cache
 from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.models.photometric import photometric
 from unic_cache.models.pixels import replay
 
 from .conftest import run_cli
@@ -164,14 +167,15 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     params = plan_views(PlanConfig(views=1, seed=cache.plan.seed), np.array([row]), cache.image_size[[row]],
                         first_view=cache.views)[0, 0]
     image = decode_image(open_source(data).read(cache.location[row], str(cache.keys[row])))
-    assert torch.equal(sample["image"], replay(image, params, 32))
+    assert np.array_equal(sample["params"].numpy(), params)  # the loader gives the crop; the device its colours
+    assert torch.equal(photometric(sample["image"][None], sample["params"][None])[0], replay(image, params, 32))
     assert not np.allclose(params, cache.params(slice(row, row + 1))[0, 1])  # not a cached view
 
     cfg = DistillConfig(data=data, cache=cache_url, out=str(trained_cache / "online"), student="vit_tiny_patch16_224",
                         img_size=32, model_args=TINY_ARGS, steps=2, batch_size=8, workers=0, online=True, progress=False)
     distiller = Distiller(cfg)
     batch = next(iter(distiller.loader()))
-    expected = distiller.online["colour"](batch["colour/image"])[0]
+    expected = distiller.online["colour"](photometric(batch["colour/image"], batch["params"]))[0]
     distiller.loss(batch)
     assert torch.allclose(batch["colour/summary"], expected)  # the targets are the teacher's outputs on this batch
     assert np.isfinite(distiller.run()["loss"])
@@ -199,7 +203,7 @@ def test_shipped_pipelines_are_valid(name):
         assert config["distill"] == load_config(folder / "ablations.yaml")["distill"]
     if name in ("views", "views-world1"):  # one view against the benchmark of its world, at the benchmark's recipe
         base = load_config(folder / ("shapes.yaml" if name == "views" else "shapes-world1.yaml"))
-        assert config["distill"] == {**base["distill"], **base["arms"]["before-0.2"]}  # the recipe of its RESULTS.md runs
+        assert config["distill"] == {**base["distill"], **PINNED}  # the recipe of its RESULTS.md runs
         assert config["arms"] == {"views-1": {"views": 1}}
         assert config["seeds"] == base["seeds"] and config["teachers"] == base["teachers"]
     # the pipelines whose RESULTS.md runs predate UNIC's defaults pin what those runs had; the benchmark and the
@@ -210,8 +214,8 @@ def test_shipped_pipelines_are_valid(name):
         assert earlier == BEFORE_0_2
     else:
         assert earlier == {k: getattr(DistillConfig, k) for k in BEFORE_0_2} != BEFORE_0_2
-    if name in ("shapes", "shapes-world1", "ablations", "ablations-world1"):
-        assert config["arms"]["before-0.2"] == {k: v for k, v in BEFORE_0_2.items() if k != "norm_stats"}
+    if name in ("ablations", "ablations-world1"):
+        assert config["arms"]["before-0.2"] == PINNED
     if name == "dense":  # 64 px for every model (an 8x8 grid at patch 8), with and without patch targets
         assert config["data"]["shapes"]["size"] == config["distill"]["img_size"] == 64
         assert {spec["resolution"] for spec in config["teachers"].values()} == {64}
@@ -240,4 +244,5 @@ def test_student_eval_view_is_the_cached_view_0(trained_cache):
     rows = np.array([0, 5, 17])
     views = EvalViews(str(trained_cache / "data"), cache.keys, cache.location, cache.image_size, rows, 32, cache.plan.policy)
     np.testing.assert_array_equal(views.params, cache.params(slice(0, 18))[rows, 0])
-    assert views[1].shape == (3, 32, 32) and views[1].dtype == torch.uint8
+    image, params = views[1]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and np.array_equal(params, views.params[1])

@@ -18,8 +18,7 @@ from unic_cache.distillation.normalize import RunningNorm, running_momentum
 from unic_cache.distillation.recipe import Distiller, decay_groups
 from unic_cache.models.student import Student
 
-from .conftest import HANG_GUARD, TINY
-from .test_distill import STUDENT, config, world  # noqa: F401  (the module's cache fixture)
+from .conftest import HANG_GUARD, STUDENT, TINY, config
 
 TARGETS = {"a/summary": (24, None), "a/patch": (24, (2, 2)), "b/summary": (40, None)}
 ARGS = {"depth": 3, "embed_dim": 64, "num_heads": 2, "patch_size": 8}
@@ -110,13 +109,13 @@ def test_running_statistics_follow_unics_rule():
     torch.testing.assert_close(norm.std, std)
 
 
-def test_final_norm_stays_untrained_and_running_stats_resume_exactly(world, tmp_path):  # noqa: F811
+def test_final_norm_stays_untrained_and_running_stats_resume_exactly(world, tmp_path):
     run = config(world, tmp_path / "run", steps=4, norm_stats="running", checkpoint_every=2, teacher_drop=0.5)
     distiller = Distiller(run)
     groups = {id(p) for g in distiller.opt.param_groups for p in g["params"]}
     assert all(id(p) not in groups for p in distiller.student.encoder.norm.parameters())
     distiller.run()
-    encoder = load_file(str(tmp_path / "run" / "student.safetensors"))
+    encoder = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert torch.equal(encoder["norm.weight"], torch.ones_like(encoder["norm.weight"]))
     assert torch.equal(encoder["norm.bias"], torch.zeros_like(encoder["norm.bias"]))
     heads = load_file(str(tmp_path / "run" / "heads.safetensors"))
@@ -132,7 +131,7 @@ def test_final_norm_stays_untrained_and_running_stats_resume_exactly(world, tmp_
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
-def test_running_statistics_are_gathered_across_processes(world, tmp_path):  # noqa: F811
+def test_running_statistics_are_gathered_across_processes(world, tmp_path):
     """Under torchrun, the first step's statistics (momentum 1) are those of every process's batch together."""
     root, cache = world
     out = tmp_path / "ddp"
@@ -151,7 +150,7 @@ def test_running_statistics_are_gathered_across_processes(world, tmp_path):  # n
     torch.testing.assert_close(heads[f"norms.{TINY}__summary.std"], both.std(0) + 1e-6)
 
 
-def test_runs_made_before_the_unic_defaults_resume_with_their_options(world, tmp_path):  # noqa: F811
+def test_runs_made_before_the_unic_defaults_resume_with_their_options(world, tmp_path):
     """A checkpoint whose record predates the options (0.1) resumes with the options it ran with, pinned, and
     is refused in one line under today's defaults."""
     import json
@@ -165,8 +164,10 @@ def test_runs_made_before_the_unic_defaults_resume_with_their_options(world, tmp
     shutil.rmtree(out / "checkpoints" / "step-00000004")
     state_file = out / "checkpoints" / "step-00000002" / "state.json"
     state = json.loads(state_file.read_text())
-    state["resume"] = {k: v for k, v in state["resume"].items() if k not in BEFORE_0_2}  # as 0.1 wrote it
+    state["resume"] = {k: v for k, v in state["resume"].items() if k not in BEFORE_0_2}  # as 0.1 wrote them
     state_file.write_text(json.dumps(state))
-    with pytest.raises(UserError, match="other settings.*lop_head: prenorm vs unic"):
+    record = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({k: v for k, v in record.items() if k not in BEFORE_0_2}))
+    with pytest.raises(UserError, match="other options.*lop_head: prenorm vs unic"):
         Distiller(config(world, out, steps=4, checkpoint_every=2, resume=True))
     assert Distiller(config(world, out, steps=4, checkpoint_every=2, resume=True, **BEFORE_0_2)).run()["step"] == 4

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import RunInterrupted, UserError
 
 if TYPE_CHECKING:
     from .pipeline import PipelineRun
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Cache teacher features once (extract), then distil students from the cache alone.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[pool-F+]" is a codec spelling, not markup
 )
 
 
@@ -33,7 +34,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def user_errors(fn):
-    """Print a UserError as one line on stderr and exit with code 2, without a traceback."""
+    """Print a UserError as one line on stderr and exit with code 2, without a traceback; a run stopped by
+    Ctrl-C or SIGTERM says how to continue it and exits with 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -42,6 +44,12 @@ def user_errors(fn):
         except UserError as exc:
             typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(2) from None
+        except RunInterrupted as exc:
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: what was finished is kept; run the same command to continue", err=True)
+            raise typer.Exit(130) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -59,7 +67,8 @@ def teachers_cmd(
 ) -> None:
     """List teacher aliases with their timm ids, dims and token grids (builds no weights). Aliases run at 224 px
     (UNIC's set-up), not the hub model's native size, unless extract is given --resolution."""
-    from .models.teachers import FAMILIES, teacher_shape
+    from .models.registry import FAMILIES
+    from .models.teachers import teacher_shape
 
     typer.echo(f"{'alias':<11} {'size':<7} {'timm id':<42} {'dim':>5} {'grid':>6} {'res':>4}  about")
     for family in FAMILIES.values():
@@ -109,6 +118,15 @@ def _cli_annotation(f: dataclasses.Field, kind: Any):
     return Annotated[Optional[base], typer.Option(flag_name(f), help=help_text, show_default=False)]
 
 
+def _set_example(cls: type) -> str:
+    """``name=value`` for one of ``cls``'s own number options (its default), as --set's example."""
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) and not f.metadata["positional"]:
+            return f"{f.name}={f.default}"
+    f = next(f for f in dataclasses.fields(cls) if not f.metadata["positional"])
+    return f"{f.name}={'true' if isinstance(f.default, bool) else 'VALUE'}"
+
+
 def options_command(app: typer.Typer, name: str, cls: type, run: Callable[..., None], doc: str,
                     extra: list | None = None) -> None:
     """Register ``unic-cache NAME`` on ``app`` with one flag per field of the options class ``cls``, plus ``--config
@@ -126,7 +144,8 @@ def options_command(app: typer.Typer, name: str, cls: type, run: Callable[..., N
             Optional[str], typer.Option("--config", help="YAML file with any of these options (their field names); "
                                                          "--set and flags override it.")]),
         inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-            Optional[list[str]], typer.Option("--set", help="Override one option: --set batch_size=32 (repeatable).")]),
+            Optional[list[str]], typer.Option("--set", help=f"Override one option by its field name: --set {_set_example(cls)} "
+                                                            "(repeatable).")]),
     ]
 
     def command(**kwargs) -> None:
@@ -161,14 +180,20 @@ def _extract(opts, data: str, cache: str) -> None:
 
 def _distill(opts) -> None:
     opts.check()  # before torch is imported: a wrong cache or teacher is named at once
-    from .distillation.recipe import distill
+    from .distillation.recipe import Distiller
 
-    last = distill(opts)
-    typer.echo(f"done: step {last.get('step')}, loss {last.get('loss', float('nan')):.4f}; "
-               f"student in {opts.out}/student.safetensors")
+    distiller = Distiller(opts)
+    last = distiller.run()
+    if distiller.rank == 0:
+        state = "already finished (nothing to do)" if distiller.finished_before else "done"
+        typer.echo(f"{state}: step {last.get('step')}, loss {last.get('loss', float('nan')):.4f}; student in "
+                   f"{opts.out}/model (timm.create_model('local-dir:{opts.out}/model', pretrained=True))")
 
 
 def _eval(opts, out: str) -> None:
+    from .evaluation.results import check_results_folder
+
+    check_results_folder(out)  # before any work: never into a dataset folder
     from .evaluation.evaluate import evaluate
 
     results = evaluate(opts)
@@ -200,29 +225,46 @@ def _demo(opts) -> None:
 
 
 def _info(opts) -> None:
-    from .cache.audit import cache_info
+    from .cache.audit import cache_info, fidelity_text
+    from .cache.sizing import human
     from .cache.store import Cache
 
     opts.check()
-
-    dataset, teachers = cache_info(Cache.open(opts.cache))
+    cache = Cache.open(opts.cache)
+    dataset, teachers = cache_info(cache)
     if opts.json:
-        typer.echo(json.dumps({"dataset": dict(dataset), "teachers": teachers}, indent=1))
+        typer.echo(json.dumps({"dataset": dataset, "teachers": teachers}, indent=1))
         return
-    width = max(len(k) for k, _ in dataset)
-    for key, value in dataset:
+    if opts.bad:
+        for row, reason in sorted(cache.bad_reasons.items()):
+            typer.echo(f"{cache.keys[row]}\t{reason}")
+        return
+    reasons = dataset.pop("bad reasons")
+    width = max(map(len, dataset))
+    dataset["bad samples"] = f"{dataset['bad samples']:,}" + "".join(
+        f"\n{'':{width}}  {count:,} x {reason}" for reason, count in list(reasons.items())[:5]) + (
+        f"\n{'':{width}}  ... (every one: unic-cache info {opts.cache} --bad)" if len(reasons) > 5 else "")
+    dataset["samples"] = f"{dataset['samples']:,}"
+    dataset["crop scale"] = " to ".join(f"{v:g}" for v in dataset["crop scale"])
+    for key, value in dataset.items():
         typer.echo(f"{key:<{width}}  {value}")
     if not teachers:
         typer.echo("no teachers yet")
         return
-    cols = list(teachers[0])
-    cells = [[str(t[c]) for c in cols] for t in teachers]
+    cols = ("teacher", "model", "dim", "grid", "codec", "on disk", "per sample-view", "vs float32", "units", "state")
+    cells = [[t["teacher"], t["model"], str(t["dim"]), t["grid"] or "-", t["codec"], human(t["bytes on disk"]),
+              human(t["bytes per sample-view"]), f"{t['vs float32']:.3f}", f"{t['units done']}/{t['units']}",
+              "complete" if t["complete"] else "incomplete"] for t in teachers]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     typer.echo("")
     typer.echo(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
     typer.echo("-+-".join("-" * w for w in widths))
     for row in cells:
         typer.echo(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
+    lines = [f"  {t['teacher']} {kind}: {fidelity_text(f)}" for t in teachers for kind, f in t["fidelity"].items()]
+    if lines:
+        typer.echo("\ncodec fidelity (calibration, against the teacher's float32 forward):")
+        typer.echo("\n".join(lines))
 
 
 def _plan(opts) -> None:
@@ -248,7 +290,11 @@ def _verify(opts) -> None:
     if opts.repair and problems:
         for action in repair_cache(opened, damage, source):
             typer.echo(f"repaired: {action}")
+        for problem in damage.beyond_repair:
+            typer.echo(f"not repaired: {problem}", err=True)
         typer.echo(f"now run the same `unic-cache extract ... --cache {opts.cache}` command(s) to rewrite what was unflagged")
+        if damage.beyond_repair:
+            raise typer.Exit(1)
         return
     if problems:
         raise typer.Exit(1)
@@ -268,7 +314,8 @@ def _register_option_commands() -> None:
     options_command(app, "extract", ExtractOptions, _extract,
                     "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", [
         inspect.Parameter("data", keyword, annotation=Annotated[str, typer.Argument(
-            metavar="DATA", help="Input: tar shards (path, data-{000..009}.tar, glob, fsspec URL, folder of .tar) or an image folder.")]),
+            metavar="DATA", help="Input: webdataset .tar or Hugging Face .parquet shards (path, data-{000..009}.tar, glob, fsspec URL, "
+                 "folder of shards) or an image folder.")]),
         inspect.Parameter("cache", keyword, annotation=Annotated[str, typer.Option(
             "--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])])
     options_command(app, "distill", DistillConfig, _distill,

@@ -5,6 +5,10 @@ class UserError(Exception):
     """A problem with the user's input; the CLI prints its message as one line, without a traceback."""
 
 
+class RunInterrupted(Exception):
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving what it did; the message says how to continue."""
+
+
 def check_options(cls: type, values: dict, command: str) -> None:
     """Refuse keys that are not fields of the options dataclass ``cls`` of ``unic-cache <command>``."""
     from dataclasses import fields

@@ -44,14 +44,15 @@ import yaml
 
 from .cache.codecs import kind_codecs
 from .cache.store import Cache, TeacherStore, codec_record, json_normal
-from .distillation.options import DistillConfig, recorded_config
+from .distillation.options import DistillConfig
 from .distillation.recipe import distill
+from .distillation.runs import add_scores_to_card, is_finished, recipe_differences, recorded, student_weights
 from .errors import UserError, check_options
 from .cache.sources import open_source
 from .evaluation.evaluate import EVAL_FORMAT, Evaluator
 from .evaluation.labels import read_split
 from .evaluation.options import EvalOptions, TeacherTrainConfig
-from .evaluation.results import Results
+from .evaluation.results import Results, check_results_folder
 from .evaluation.train_teacher import train_teacher
 from .extraction.options import ExtractOptions
 from .extraction.runner import extract
@@ -59,6 +60,7 @@ from .models.teachers import build_teacher, file_sha256, resolve
 from .options import set_value
 from .shapes import WORLD_FORMAT, make_shapes
 
+PIPELINE_FOLDERS = ("data", "teachers", "runs", "eval-teachers", "train-rows", "*.zarr")  # all a pipeline's out holds
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract", "same_as"}
 
@@ -245,19 +247,14 @@ class Pipeline:
         values = {**self.config["distill"], **(overrides or {}), "data": data, "cache": self.cache_url,
                   "out": str(folder), "seed": seed, "progress": self.progress}
         cfg = DistillConfig.from_dict(values)
-        want = _recipe(asdict(cfg), "progress", "resume")
-        want["teachers"] = cfg.teachers or Cache.open(self.cache_url).teacher_names()  # as the run records them
-        saved = folder / "config.json"
-        if saved.exists():
-            have = {k: v for k, v in recorded_config(json.loads(saved.read_text())).items() if k in want}
-            if have != want:
-                shutil.rmtree(folder)  # the arm's recipe changed: its old results no longer apply
-            elif (folder / "student.safetensors").exists():
-                self.run.log("distill", f"{arm}/seed-{seed}", "skipped")
-                return folder
-            else:
-                cfg.resume = (folder / "checkpoints").exists() and any((folder / "checkpoints").glob("step-????????"))
-        distill(cfg)
+        want = {**json_normal(asdict(cfg)), "teachers": cfg.teachers or Cache.open(self.cache_url).teacher_names()}
+        have = recorded(folder)
+        if have is not None and recipe_differences(have, want):
+            shutil.rmtree(folder)  # the arm's recipe changed: its old results no longer apply (the pipeline's own folder)
+        elif have is not None and is_finished(folder):
+            self.run.log("distill", f"{arm}/seed-{seed}", "skipped")
+            return folder
+        distill(cfg)  # an interrupted run continues from its last checkpoint
         self.run.log("distill", f"{arm}/seed-{seed}", "ran")
         return folder
 
@@ -268,25 +265,44 @@ class Pipeline:
                            **self.config.get("eval", {}))
         ev = Evaluator(opts)
         results = ev.results()
-        for name in ev.teacher_names():
-            results.add(name, "teacher", ev.scores(ev.teacher_features(name)))
         key = {**_recipe(asdict(opts), "progress", "students", "teachers"), "format": EVAL_FORMAT,
                "split": ev.split_rule.to_dict()}
+        teachers = {}
+        for name in ev.teacher_names():  # scores kept in <out>/eval-teachers/<name>.json while teacher and options hold
+            store = ev.cache.teacher(name)
+            identity = {**key, "cache": ev.cache.attrs["fingerprint"], "plan": ev.cache.attrs["plan"],
+                        "teacher": {k: store.attrs.get(k) for k in ("model_id", "weights_sha256", "resolution", "codecs")}}
+            teachers[name] = self._kept(self.out / "eval-teachers" / f"{name}.json", identity,
+                                        lambda: ev.scores(ev.teacher_features(name), name), f"teacher {name}")
+            results.add(name, "teacher", teachers[name])
         for arm, folders in runs.items():
             for folder in folders:
-                saved = folder / "eval.json"
-                fresh = saved.exists() and saved.stat().st_mtime >= (folder / "student.safetensors").stat().st_mtime
-                record = json.loads(saved.read_text()) if fresh else None
-                if record is None or record["options"] != key:
-                    record = {"options": key, "scores": ev.scores(ev.student_features(str(folder), f"{arm}/{folder.name}"))}
-                    saved.write_text(json.dumps(record, indent=1))
-                    self.run.log("eval", f"{arm}/{folder.name}", "ran")
-                else:
-                    self.run.log("eval", f"{arm}/{folder.name}", "skipped")
-                results.add(arm, "student", record["scores"])
+                model = f"{arm}/{folder.name}"
+                fresh = (folder / "eval.json").exists() and (folder / "eval.json").stat().st_mtime >= student_weights(folder).stat().st_mtime
+                scores = self._kept(folder / "eval.json", key, lambda: ev.scores(ev.student_features(str(folder), model), model),
+                                    model, fresh)
+                results.add(arm, "student", scores)
+                card = ev.results()
+                for name, teacher_scores in teachers.items():
+                    card.add(name, "teacher", teacher_scores)
+                card.add(model, "student", scores)
+                add_scores_to_card(folder, "\n".join(card.table("test") + ["", "Validation split:", ""] + card.table("val")))
         return results
 
+    def _kept(self, path: Path, key: dict, compute, what: str, fresh: bool = True) -> dict:
+        """Scores kept in ``path`` when recorded under the same ``key`` (and ``fresh``), else computed and kept."""
+        record = json.loads(path.read_text()) if fresh and path.exists() else None
+        if record is not None and record["options"] == json_normal(key):
+            self.run.log("eval", what, "skipped")
+            return record["scores"]
+        scores = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"options": key, "scores": scores}, indent=1))
+        self.run.log("eval", what, "ran")
+        return scores
+
     def __call__(self) -> PipelineRun:
+        check_results_folder(self.out, PIPELINE_FOLDERS, "a pipeline")
         data = self.data()
         for name, spec in self.config["teachers"].items():
             self.teacher(data, name, spec)

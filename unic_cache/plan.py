@@ -44,6 +44,7 @@ class PlanOptions(Options):
 
 def plan(opts: PlanOptions) -> list[TeacherSize]:
     """One ``TeacherSize`` per teacher of ``opts``."""
+    from .models.registry import split_alias
     from .models.teachers import teacher_shape
 
     opts.check()
@@ -55,8 +56,8 @@ def plan(opts: PlanOptions) -> list[TeacherSize]:
     codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
     sizes = []
     for spec in opts.teachers:
-        teacher, _, size = spec.partition(":") if not spec.startswith("timm:") else (spec, "", "")
-        info = teacher_shape(teacher, size or None, opts.resolution, opts.model_args)
+        teacher, size = split_alias(spec, None)
+        info = teacher_shape(teacher, size, opts.resolution, opts.model_args)
         sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.views))
     return sizes
 

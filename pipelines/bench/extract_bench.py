@@ -1,85 +1,189 @@
-"""Extraction benchmark: end-to-end efficiency and bytes on disk, written into BENCHMARKS.md.
+"""Extraction benchmark on ImageNet-like JPEGs (``unic_cache.photos``), written into BENCHMARKS.md.
 
-Efficiency = end-to-end extract samples/s (decode + replay in DataLoader workers, teacher forward,
-statistics, zarr writes) divided by teacher-forward-only samples/s on batches of the same shape,
-measured side by side in one run on one machine.
+- efficiency = end-to-end extract samples/s (decode + geometry in DataLoader workers, the photometric part
+  and the teacher forward on the device, statistics, zarr writes) divided by teacher-forward-only
+  samples/s on batches of the same shape, side by side in one run;
+- ``--bf16-fidelity``: the teacher's features under bf16 autocast (what extract runs on a GPU) against its
+  float32 features on the same views: mean and 1st-percentile cosine per kind;
+- ``--marginal``: per image, the marginal wall time of ``unic-cache extract`` between a small and a large
+  corpus (8 views, a near-free teacher: only its patch embedding) divided by a plain PIL decode of the
+  same images; ``--baseline DIR`` measures another checkout the same way beside it (e.g. a git worktree
+  of an earlier version), so both figures come from one run.
 
     python pipelines/bench/extract_bench.py --n 96 --arch vit_small_patch16_224 --res 224 --workers 1
+    python pipelines/bench/extract_bench.py --marginal --baseline /tmp/before-split
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from report import heading, publish
-from unic_cache import Cache, ExtractOptions, build_teacher, extract, make_shapes
+from report import ROOT, heading, publish
+from unic_cache import Cache, ExtractOptions, build_teacher, extract
 from unic_cache.cache.audit import cache_info
+from unic_cache.cache.pixels import CURRENT
+from unic_cache.cache.sources import open_source
+from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.models.photometric import photometric
+from unic_cache.models.pixels import channels_first
+from unic_cache.photos import make_photos
 
 
 def forward_only(arch: str, res: int, images: int, batch: int, device: str, model_args: dict) -> float:
     """Teacher-forward-only samples/s (images per second) on random uint8 batches already in memory."""
+    from unic_cache.runtime import autocast_for
+
     teacher = build_teacher(f"timm:{arch}", resolution=res, weights="random", model_args=model_args).to(device)
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=device)
-    teacher(x)  # warm-up
-    done, start = 0, time.perf_counter()
-    while done < images:
-        s, p = teacher(x[: min(batch, images - done)])
-        done += min(batch, images - done)
+    with autocast_for(torch.device(device)):
+        teacher(x)  # warm-up
+        done, start = 0, time.perf_counter()
+        while done < images:
+            teacher(x[: min(batch, images - done)])
+            done += min(batch, images - done)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return done / (time.perf_counter() - start)
 
 
+def bf16_fidelity(arch: str, res: int, data: str, device: str, views: int = 256) -> dict[str, tuple[float, float]]:
+    """{kind: (mean cosine, 1st-percentile cosine)} of bf16-autocast features against float32 ones, on
+    ``views`` replayed views of the corpus (the cache's pixel pipeline, UNIC's policy)."""
+    source = open_source(data)
+    index = source.index(progress=False)
+    rows = np.flatnonzero(~np.isin(np.arange(index.n), list(index.bad)))[:views]
+    params = plan_views(PlanConfig(views=1), rows, index.image_size[rows])[:, 0]
+    crops = np.stack([CURRENT.crop(CURRENT.decode(source.read(index.location[r], str(index.keys[r]))), p, res)
+                      for r, p in zip(rows, params)])
+    x = photometric(channels_first(crops).to(device), params)
+    teacher = build_teacher(f"timm:{arch}", resolution=res, weights="random").to(device)
+    with torch.no_grad():
+        full = teacher(x)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            half = teacher(x)
+    out = {}
+    for kind, a, b in zip(("summary", "patch"), full, half):
+        cos = torch.nn.functional.cosine_similarity(a.float().reshape(-1, a.shape[-1]), b.float().reshape(-1, a.shape[-1]), dim=-1)
+        out[kind] = (float(cos.mean()), float(torch.quantile(cos.cpu(), 0.01)))
+    return out
+
+
+def decode_ms(data: Path) -> float:
+    """A plain PIL decode per image of the corpus at ``data``, in ms (one thread)."""
+    blobs = [tar.extractfile(m).read() for path in sorted(data.glob("*.tar")) for tar in [tarfile.open(path)]
+             for m in tar if m.name.endswith((".jpg", ".png"))]
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for b in blobs:
+            Image.open(io.BytesIO(b)).convert("RGB")
+        best = min(best, time.perf_counter() - start)
+    return best / len(blobs) * 1000
+
+
+def extract_wall(code: Path, data: Path, cache: Path, views: int, res: int) -> float:
+    """Seconds of wall time of ``unic-cache extract`` run from the checkout ``code`` (a near-free teacher)."""
+    args = [sys.executable, "-m", "unic_cache", "extract", str(data), "--cache", str(cache), "--teacher",
+            "timm:vit_tiny_patch16_224", "--resolution", str(res), "--weights", "random", "--model-arg", "depth=0",
+            "--views", str(views), "--no-progress"]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(code)})
+    return time.perf_counter() - start
+
+
+def marginal(small: int, large: int, views: int, res: int, codes: dict[str, Path]) -> list[str]:
+    """Markdown lines: per checkout, the marginal extract time per image between ``small`` and ``large``
+    corpus images, and its ratio to a plain decode."""
+    with tempfile.TemporaryDirectory() as tmp:
+        big, few = Path(tmp) / "large", Path(tmp) / "small"
+        make_photos(big, n=large, seed=0, shard_size=small)
+        few.mkdir()
+        (few / "photos-000000.tar").write_bytes((big / "photos-000000.tar").read_bytes())  # the first `small` images
+        plain = decode_ms(big)
+        rows = []
+        for name, code in codes.items():
+            t = {n: extract_wall(code, folder, Path(tmp) / f"{name}-{n}.zarr", views, res) for n, folder in ((small, few), (large, big))}
+            per_image = (t[large] - t[small]) / (large - small) * 1000
+            rows.append(f"| {name} | {per_image:.1f} | {per_image / plain:.1f} |")
+    return [f"Plain PIL decode: {plain:.2f} ms per image (one thread). `unic-cache extract` with "
+            f"`--teacher timm:vit_tiny_patch16_224 --model-arg depth=0 --views {views} --resolution {res}` (its defaults "
+            f"otherwise), wall time of {small} and of {large} images; the marginal time per image:", "",
+            "| code | ms per image (8 views) | ÷ plain decode |", "|---|---|---|", *rows, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=96, help="samples in the shapes world")
-    ap.add_argument("--size", type=int, default=224, help="image side of the shapes world")
+    ap.add_argument("--n", type=int, default=96, help="images of the corpus")
     ap.add_argument("--arch", default="vit_small_patch16_224")
     ap.add_argument("--res", type=int, default=224)
-    ap.add_argument("--views", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="default: extract's own default")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--depth", type=int, default=None, help="teacher depth (default: the architecture's)")
     ap.add_argument("--shard-mb", type=float, default=8.0,
                     help="small enough that the run has many units, as a real dataset does, so writes overlap compute")
     ap.add_argument("--second-arch", default="vit_tiny_patch16_224", help="a second teacher, for bytes on disk")
+    ap.add_argument("--bf16-fidelity", action="store_true", help="also the bf16-autocast features against float32")
+    ap.add_argument("--marginal", action="store_true", help="only the marginal per-image time against a plain decode")
+    ap.add_argument("--small", type=int, default=48, help="--marginal: images of the small corpus")
+    ap.add_argument("--baseline", type=Path, help="--marginal: another checkout measured beside this one")
     ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.marginal:
+        codes = {"this checkout": ROOT, **({f"baseline ({args.baseline})": args.baseline} if args.baseline else {})}
+        publish(heading("Extraction end to end per image against a plain decode", "cpu")
+                + marginal(args.small, args.n, args.views, args.res, codes), args.write)
+        return
+    model_args = {"depth": args.depth} if args.depth is not None else {}
     with tempfile.TemporaryDirectory() as tmp:
         data, cache = Path(tmp) / "data", str(Path(tmp) / "cache.zarr")
-        make_shapes(data, n=args.n, size=args.size, seed=0, shard_size=max(1, args.n // 4))
+        make_photos(data, n=args.n, seed=0, shard_size=max(1, args.n // 4))
         common = dict(resolution=args.res, weights="random", views=args.views, batch_size=args.batch_size,
                       workers=args.workers, device=args.device, shard_mb=args.shard_mb, progress=False)
         images = args.n * args.views
-        before = forward_only(args.arch, args.res, images, args.batch_size, args.device, {})
-        report = extract(str(data), cache, ExtractOptions(teacher=f"timm:{args.arch}", **common))
+        before = forward_only(args.arch, args.res, images, args.batch_size, args.device, model_args)
+        report = extract(str(data), cache, ExtractOptions(teacher=f"timm:{args.arch}", model_args=model_args, **common))
         e2e = report.samples * args.views / report.seconds
-        fwd = (before + forward_only(args.arch, args.res, images, args.batch_size, args.device, {})) / 2
+        fwd = (before + forward_only(args.arch, args.res, images, args.batch_size, args.device, model_args)) / 2
         extract(str(data), cache, ExtractOptions(teacher=f"timm:{args.second_arch}", **common))
         _, teachers = cache_info(Cache.open(cache))
+        fidelity = bf16_fidelity(args.arch, args.res, str(data), args.device) if args.bf16_fidelity else {}
     lines = heading("Extraction", args.device) + [
-        f"Teacher {args.arch} (random weights) at {args.res} px, {args.views} views, batch {args.batch_size} images, "
-        f"{'default' if args.workers is None else args.workers} DataLoader worker(s), {args.n} samples of {args.size} px PNG, "
-        f"zarr shards of {args.shard_mb:g} MB.",
+        f"Teacher {args.arch} (random weights{f', depth {args.depth}' if args.depth is not None else ''}) at {args.res} px, "
+        f"{args.views} views, batch {args.batch_size} images, "
+        f"{'default' if args.workers is None else args.workers} DataLoader worker(s), {args.n} ImageNet-like JPEGs "
+        f"(`unic_cache.photos`), zarr shards of {args.shard_mb:g} MB.",
         "",
         f"**Efficiency (end-to-end / forward-only, forward timed before and after extract and averaged): "
         f"{e2e / fwd:.3f}**" + (f" ({e2e:.1f} vs {fwd:.1f} images/s)" if args.device.startswith("cuda") else
                                 " (absolute rates are not reported from a CPU)"),
         "",
+        *(f"bf16 autocast against float32 ({kind}): mean cosine {m:.5f}, 1st percentile {p:.5f}" for kind, (m, p) in fidelity.items()),
+        *([""] if fidelity else []),
         "| teacher | dim | grid | codec | bytes per sample-view | float32 bytes | ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for t in teachers:
         gh, gw = (int(v) for v in t["grid"].split("x"))
         f32 = 4 * t["dim"] * (1 + gh * gw)
-        lines.append(f"| {t['model']} | {t['dim']} | {t['grid']} | {t['codec']} | {t['bytes/sample-view']} | {f32} | {t['vs float32']} |")
+        lines.append(f"| {t['model']} | {t['dim']} | {t['grid']} | {t['codec']} | {t['bytes per sample-view']} | {f32} | "
+                     f"{t['vs float32']:.3f} |")
     publish(lines + [""], args.write)
+
 
 if __name__ == "__main__":
     main()

@@ -14,21 +14,24 @@ from .claims import clean_stale_temp_files
 from .codecs import f32_bytes
 from ..errors import UserError
 from .sources import Source, content_digest
-from .store import INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, write_plan
+from .store import ALWAYS_WRITE, INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, write_plan
 from .views import plan_views
 
 
-def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
-    """(dataset rows as (field, value), one dict per teacher) describing a cache."""
-    dataset = [
-        ("cache", cache.url), ("source", cache.attrs["source"]), ("samples", str(cache.n)),
-        ("bad samples", str(cache.attrs["bad_samples"])), ("views", str(cache.views)),
-        ("plan seed", str(cache.plan.seed)), ("input shards", str(len(cache.shards))),
-        ("created", cache.attrs["created"]), ("fingerprint", cache.attrs["fingerprint"][:16]),
-        ("format", str(cache.attrs["format_version"])),
-        ("integrity", "crc32c on every chunk, image digests" if cache.checksummed
-         else "unchecked (format 1: no checksums, no image digests)"),
-    ]
+def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
+    """(the dataset's facts, one dict per teacher) describing a cache, as plain JSON values (numbers stay numbers)."""
+    reasons: dict[str, int] = {}
+    for reason in cache.bad_reasons.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    dataset = {
+        "cache": cache.url, "source": cache.attrs["source"], "samples": cache.n, "bad samples": int(cache.attrs["bad_samples"]),
+        "bad reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])), "views": cache.views,
+        "plan seed": cache.plan.seed, "crop scale": list(cache.plan.policy.scale), "input shards": len(cache.shards),
+        "created": cache.attrs["created"], "fingerprint": cache.attrs["fingerprint"][:16],
+        "format": cache.attrs["format_version"], "pixel pipeline": cache.pixels.version,
+        "integrity": "crc32c on every chunk, image digests" if cache.checksummed
+        else "unchecked (format 1: no checksums, no image digests)",
+    }
     teachers = []
     for name in cache.teacher_names():
         store = cache.teacher(name)
@@ -39,24 +42,26 @@ def cache_info(cache: Cache) -> tuple[list[tuple[str, str]], list[dict]]:
         grid = store.stored_grid
         teachers.append({
             "teacher": name, "model": info.model_id, "weights": info.weights, "dim": info.dim,
-            "grid": f"{grid[0]}x{grid[1]}" if store.has_patch else "-", "resolution": info.resolution,
+            "grid": f"{grid[0]}x{grid[1]}" if store.has_patch else None, "resolution": info.resolution,
             "summary": info.summary_kind, "codec": " / ".join(c.spec for c in store.codec_specs().values()),
-            "bytes on disk": stored, "bytes/sample-view": round(per_view), "vs float32": f"{per_view / f32:.3f}",
-            "units done": f"{int(done.sum())}/{store.units}", "complete": store.complete,
+            "bytes on disk": stored, "bytes per sample-view": round(per_view), "vs float32": round(per_view / f32, 4),
+            "units done": int(done.sum()), "units": store.units, "complete": store.complete,
             "checksums": checksummed(store.group["summary"]),
-            "fidelity (cos)": {k: round(v, 6) for k, v in store.attrs.get("fidelity_cosine", {}).items()},
-            **{f"{kind} codec fidelity": _fidelity_text(f) for kind, f in store.codecs.items() if f.fidelity},
+            "fidelity": {kind: {**f.fidelity, **({"kept_variance": f.kept_variance, "stored_dim": f.stored_dim}
+                                                 if f.kept_variance is not None else {})}
+                         for kind, f in store.codecs.items() if f.fidelity},
         })
     return dataset, teachers
 
 
-def _fidelity_text(fitted) -> str:
-    """One codec's calibration figures: cosine to the float32 forward (mean, 1st percentile) and the
-    relative error after per-dimension standardisation."""
-    f = fitted.fidelity
-    kept = f", kept variance {fitted.kept_variance:.3f} (k={fitted.stored_dim})" if fitted.kept_variance is not None else ""
-    return (f"cos {f['cos_mean']:.5f} (p1 {f['cos_p1']:.5f}), standardised rel. error {f['std_rel_err']:.4f} "
-            f"on {f['vectors']} vectors{kept}")
+def fidelity_text(figures: dict) -> str:
+    """One codec's calibration figures in a line: cosine to the float32 forward (mean, 1st percentile) and the
+    relative error after the per-dimension standardisation the loss sees."""
+    err = figures["std_rel_err"]
+    kept = (f", kept variance {figures['kept_variance']:.3f} (k={figures['stored_dim']})"
+            if "kept_variance" in figures else "")
+    return (f"cos {figures['cos_mean']:.5f} (p1 {figures['cos_p1']:.5f}), standardised rel. error "
+            f"{'n/a (the features do not vary)' if err != err else f'{err:.4g}'} on {figures['vectors']} vectors{kept}")
 
 
 def array_values(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
@@ -79,6 +84,12 @@ class Damage:
     stats: set[str] = field(default_factory=set)  # teachers whose merged statistics must be merged again
     index: set[str] = field(default_factory=set)  # damaged index arrays (rebuilt from the dataset)
     plan: bool = False  # views/params must be rewritten from the plan
+    codec: set[str] = field(default_factory=set)  # teachers whose codec parameters are damaged (removed by repair)
+    beyond_repair: list[str] = field(default_factory=list)  # problems repair cannot fix (a changed dataset, ...)
+
+    def unrepairable(self, problem: str) -> None:
+        self.problems.append(problem)
+        self.beyond_repair.append(problem)
 
     def unit(self, store: TeacherStore, unit: int, problem: str) -> None:
         self.problems.append(problem)
@@ -122,6 +133,12 @@ def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage)
 
 
 def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage: Damage) -> None:
+    try:
+        store.codecs  # the fitted parameters (PCA basis, int8c ranges): without them no feature decodes
+    except UserError as exc:
+        damage.problems.append(f"{str(exc).split(';')[0]}: none of this teacher's features can be decoded without it")
+        damage.codec.add(store.name)
+        return  # reported once, where it is (every unit would repeat it)
     done, damaged = store.read_progress()
     for unit in damaged:
         damage.unit(store, unit, f"teacher {store.name}: progress flag of unit {unit} damaged")
@@ -160,12 +177,12 @@ def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Da
     if damage.index:
         return
     if cache.dataset_index().fingerprint() != cache.attrs["fingerprint"]:
-        damage.problems.append("index does not match the cache fingerprint (index arrays were modified)")
+        damage.unrepairable("index does not match the cache fingerprint (index arrays were modified)")
     if set(np.flatnonzero(cache.bad).tolist()) != set(cache.bad_reasons):
-        damage.problems.append("index/bad flags disagree with the recorded bad-sample reasons")
+        damage.unrepairable("index/bad flags disagree with the recorded bad-sample reasons")
     if source is not None:
         if quick_digest(source) != cache.attrs["quick_digest"]:
-            damage.problems.append(f"dataset {source.spec} is not the one this cache was made for")
+            damage.unrepairable(f"dataset {source.spec} is not the one this cache was made for")
         elif cache.digest is not None:
             _check_images(cache, source, progress, damage)
 
@@ -182,7 +199,7 @@ def _check_images(cache: Cache, source: Source, progress: bool, damage: Damage) 
         if content_digest(data) != int(cache.digest[row]):
             changed.append(str(cache.keys[row]))
     if changed:
-        damage.problems.append(f"{len(changed)} image(s) changed since the cache was made, e.g. {', '.join(changed[:3])}")
+        damage.unrepairable(f"{len(changed)} image(s) changed since the cache was made, e.g. {', '.join(changed[:3])}")
 
 
 def _check_plan(cache: Cache, damage: Damage) -> None:
@@ -238,20 +255,24 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
             raise UserError(f"index arrays {', '.join(sorted(damage.index))} are damaged; repairing them needs the "
                             "dataset: `unic-cache verify CACHE --repair --data DATA`")
         cache.check_source(source)
-        index = source.index(progress=False)
+        index = source.index(progress=False, pixels=cache.pixels)
         if index.fingerprint() != cache.attrs["fingerprint"]:
             raise UserError("the dataset's index differs from the one this cache was made from; it cannot repair the index")
         bad = np.zeros(index.n, np.uint8)
         bad[list(index.bad)] = 1
-        fresh = index_arrays(index, bad)
+        fresh = index_arrays(index, bad, cache.attrs["format_version"])
         for name in sorted(damage.index):
-            cache.group[f"index/{name}"][...] = fresh[name]
+            cache.group[f"index/{name}"].with_config(ALWAYS_WRITE)[...] = fresh[name]  # all-zero chunks kept too
             done.append(f"rebuilt index/{name} from the dataset")
         cache.forget_index()
         return done + ["run verify again: the rest of the cache could not be checked with a damaged index"]
     if damage.plan:
         write_plan(cache.group["views/params"], cache.plan, cache.image_size)
         done.append("rewrote views/params from the view plan")
+    for name in sorted(damage.codec):  # nothing of it decodes: the same extract command makes it again (new calibration)
+        del cache.group["teachers"][name]
+        done.append(f"teacher {name}: removed (its codec parameters were damaged, so none of its features could be "
+                    "decoded); the same extract command extracts it again")
     for name in sorted(set(damage.units) | damage.stats):
         store = cache.teacher(name)
         for unit in sorted(damage.units.get(name, ())):

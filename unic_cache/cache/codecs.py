@@ -149,13 +149,36 @@ class FittedCodec:
         """Stored arrays besides the values: "scale" for per-vector int8."""
         return ("scale",) if self.codec.values == "int8" else ()
 
-    def describe(self) -> dict:
-        """Everything that defines the stored values, for the teacher's attrs (parameters live in arrays)."""
+    def describe(self, kind: str = "summary") -> dict:
+        """Everything that defines the stored values of ``kind``, for the teacher's attrs (parameters live in
+        arrays), with how a foreign reader rebuilds the vectors: the arrays used, the decode formula, the
+        pooled grid's token order and the values that mean "missing"."""
         return {"spec": self.codec.spec, "values": self.codec.values, "dtype": self.codec.dtype,
                 "keepbits": self.codec.keepbits, "transforms": [list(t) for t in self.codec.transforms],
                 "dim": self.dim, "stored_dim": self.stored_dim, "params": sorted(self.params),
                 "kept_variance": self.kept_variance, "fidelity": self.fidelity, "zstd_level": ZSTD_LEVEL,
-                "scale_dtype": "float16" if self.parts else None, "int8_range": [-127, 127] if self.codec.dtype == "int8" else None}
+                "scale_dtype": "float16" if self.parts else None, "int8_range": [-127, 127] if self.codec.dtype == "int8" else None,
+                **self.reader_notes(kind)}
+
+    def reader_notes(self, kind: str) -> dict:
+        """The arrays, the decode formula, the token order and the missing-value marks of ``kind``."""
+        arrays = {"values": kind, **{part: f"{kind}_{part}" for part in self.parts},
+                  **{name: f"codec/{kind}/{name}" for name in sorted(self.params)}}
+        steps = [f"v = float32({kind})"]
+        if self.codec.values == "int8":
+            steps.append(f"v = v * float32({kind}_scale)[..., None]  (one scale per stored vector)")
+        elif self.codec.values == "int8c":
+            steps.append(f"v = v * codec/{kind}/scale + codec/{kind}/offset  (per channel)")
+        if "basis" in self.params:
+            steps.append(f"v = v @ codec/{kind}/basis.T + codec/{kind}/center  (PCA coefficients -> {self.dim} dims)")
+        pool = self.codec.pool
+        return {"arrays": arrays, "decode": "; ".join(steps),
+                "tokens": "one vector per sample-view" if kind == "summary" else
+                ("the teacher's patch tokens in row-major order of its grid (registers and CLS removed)" if pool == 1 else
+                 f"the mean of each {pool}x{pool} cell of the teacher's grid (edge cells: of the tokens they cover), "
+                 "in row-major order of the pooled grid (ceil(H/F) x ceil(W/F))"),
+                "missing": (f"{INT8_MISSING} in {kind} (never written: values are clipped to +-127)"
+                            if self.codec.dtype == "int8" else f"NaN in {kind}") + " marks a value never written"}
 
     @classmethod
     def from_attrs(cls, attrs: dict | str, dim: int, params: dict[str, np.ndarray], teacher: str) -> "FittedCodec":
@@ -218,12 +241,16 @@ def fit_codec(codec: Codec, x: np.ndarray) -> FittedCodec:
 
 def fidelity(original: np.ndarray, decoded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:
     """How well ``decoded`` (M, D) keeps ``original``: mean and 1st-percentile cosine, and the mean relative
-    error after the per-dimension standardisation (``mean``, ``std``) that the distillation loss sees."""
+    error after the per-dimension standardisation (``mean``, ``std``) that the distillation loss sees, over the
+    vectors that differ from the mean (NaN when none does: features that do not vary have no relative error)."""
     a, b = np.asarray(original, np.float64), np.asarray(decoded, np.float64)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
     za, zb = (a - mean) / std, (b - mean) / std
-    rel = np.linalg.norm(zb - za, axis=1) / np.maximum(np.linalg.norm(za, axis=1), 1e-300)
-    return {"cos_mean": float(cos.mean()), "cos_p1": float(np.percentile(cos, 1)), "std_rel_err": float(rel.mean())}
+    size = np.linalg.norm(za, axis=1)
+    varied = size > 0
+    rel = np.linalg.norm(zb - za, axis=1)[varied] / size[varied]
+    return {"cos_mean": float(cos.mean()), "cos_p1": float(np.percentile(cos, 1)),
+            "std_rel_err": float(rel.mean()) if varied.any() else float("nan")}
 
 
 def f32_bytes(dim: int, tokens: int) -> int:

@@ -15,6 +15,7 @@ class InfoOptions(Options):
 
     cache: str = option(help="Cache path or URL.", positional=True)
     json: bool = option(False, "Print JSON instead of a table.", flag="--json")
+    bad: bool = option(False, "List every bad sample (key and reason) instead.", flag="--bad")
     storage_options: dict = storage_option()
 
 

@@ -30,13 +30,16 @@ import zarr
 from . import claims
 from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
 from ..errors import UserError
+from .pixels import CURRENT, PixelPipeline, pixel_pipeline
 from .sources import DatasetIndex, Source
 from .views import P, PlanConfig, plan_views
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # 1: before checksums and image digests
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)  # 1: before checksums and image digests; 2: keys as zarr-python strings, no header spans
 KINDS = ("summary", "patch")
-INDEX_ARRAYS = ("keys", "location", "image_size", "bad", "digest")
+# the index arrays a cache of any readable format may hold (format 3 stores keys as UTF-8 bytes and offsets, which
+# every zarr v3 reader supports; formats 1-2 as zarr-python's variable-length strings, in "keys")
+INDEX_ARRAYS = ("keys_utf8", "keys_offsets", "keys", "location", "image_size", "bad", "digest")
 TOP_LEVEL = {"zarr.json", "index", "views", "teachers"}  # all that a cache holds at its top level
 ALWAYS_WRITE = {"write_empty_chunks": True}  # every written chunk exists, so a missing one is damage
 _PLAN_BLOCK = 65536  # rows planned per step, bounding memory on ImageNet-size datasets
@@ -103,9 +106,25 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         raise UserError(f"cannot read the metadata of {url} ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
-def index_arrays(index: DatasetIndex, bad: np.ndarray) -> dict[str, np.ndarray]:
-    """The arrays of ``index/`` for a dataset index (``bad``: (N,) uint8 flags), named as INDEX_ARRAYS."""
-    return dict(zip(INDEX_ARRAYS, (index.keys, index.location, index.image_size, bad, index.digest)))
+def encode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as (every key's UTF-8 bytes one after another: uint8, where each starts and the end: int64 (N + 1,))."""
+    encoded = [str(k).encode("utf-8", "surrogateescape") for k in keys]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets
+
+
+def decode_keys(utf8: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The keys ``encode_keys`` stored, as a str array."""
+    data = utf8.tobytes()
+    return np.array([data[a:b].decode("utf-8", "surrogateescape") for a, b in zip(offsets[:-1], offsets[1:])], dtype=str)
+
+
+def index_arrays(index: DatasetIndex, bad: np.ndarray, version: int = FORMAT_VERSION) -> dict[str, np.ndarray]:
+    """The arrays of ``index/`` for a dataset index (``bad``: (N,) uint8 flags) in a cache of format ``version``."""
+    keys = dict(zip(("keys_utf8", "keys_offsets"), encode_keys(index.keys))) if version >= 3 else {"keys": index.keys}
+    location = index.location if version >= 3 else index.location[:, :3]
+    return {**keys, "location": location, "image_size": index.image_size, "bad": bad, "digest": index.digest}
 
 
 def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray) -> None:
@@ -192,6 +211,7 @@ class Cache:
             raise UserError(f"{url} has cache format {attrs.get('format_version')}, this version reads "
                             f"{', '.join(map(str, READABLE_FORMATS))}")
         self.attrs = attrs
+        self.pixels: PixelPipeline = pixel_pipeline(attrs.get("pixels"))  # an unknown version is refused here
         self._index_cache: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -233,8 +253,8 @@ class Cache:
         bad = np.zeros(n, np.uint8)
         bad[list(index.bad)] = 1
         for name, values in index_arrays(index, bad).items():
-            create_checked(idx, name, values.shape, str if name == "keys" else values.dtype,
-                           chunks=(min(n, 1 << 16), *values.shape[1:]))[...] = values
+            create_checked(idx, name, values.shape, values.dtype,
+                           chunks=(max(1, min(len(values), 1 << (20 if name == "keys_utf8" else 16))), *values.shape[1:]))[...] = values
         params = create_checked(group.create_group("views"), "params", (n, plan.views, P), "float32",
                                 chunks=(min(n, 4096), plan.views, P), compressors=(zarr.codecs.ZstdCodec(level=3),))
         write_plan(params, plan, index.image_size)
@@ -242,7 +262,7 @@ class Cache:
         group.attrs.update({
             "format": "unic-cache", "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "samples": n, "bad_samples": len(index.bad), "fingerprint": index.fingerprint(),
-            "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(),
+            "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(), "pixels": CURRENT.to_dict(),
         })
         group.attrs["ready"] = True
 
@@ -265,9 +285,14 @@ class Cache:
                             f"not {source.spec}; use a new --cache path for this dataset")
 
     def check_plan(self, plan: PlanConfig) -> None:
-        if json_normal(plan.to_dict()) != self.attrs["plan"]:
-            raise UserError(f"cache {self.url} has a view plan of {self.views} views, seed {self.plan.seed}; "
-                            "run with the same --views/--seed, or use a new --cache path")
+        """Refuse another view plan than the cache's, naming what differs (views, seed, crop scale, ...)."""
+        have, want = self.attrs["plan"], json_normal(plan.to_dict())
+        if want != have:
+            flat = lambda d: {**{k: v for k, v in d.items() if k != "policy"}, **d.get("policy", {})}  # noqa: E731
+            a, b = flat(have), flat(want)
+            differ = [f"{k}: {a.get(k)} (cache) vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            raise UserError(f"cache {self.url} was planned with other views ({'; '.join(differ)}); run with the cache's "
+                            "--views/--seed/--crop-scale, or use a new --cache path")
 
     def index_array(self, name: str) -> np.ndarray:
         """A whole ``index/`` array, read once (checked: damaged or missing chunks are errors)."""
@@ -287,6 +312,9 @@ class Cache:
 
     @property
     def keys(self) -> np.ndarray:
+        """(N,) str: the sample keys in row order."""
+        if "keys" not in self._index_cache and "keys" not in self.group["index"]:  # format 3: UTF-8 bytes + offsets
+            self._index_cache["keys"] = decode_keys(self.index_array("keys_utf8"), self.index_array("keys_offsets"))
         return self.index_array("keys")
 
     @property
@@ -423,7 +451,7 @@ class Cache:
             create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)
             create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
         specs = {kind: f.codec for kind, f in fitted.items()}
-        group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe() for kind, f in fitted.items()},
+        group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
                             "unit_rows": unit_rows, "units": units, "code_version": code_version, "complete": False})
         # created last: other processes wait for it, and its one-byte chunks make each unit's flag atomic
         create_checked(group, "progress", (units,), "uint8", chunks=(1,))

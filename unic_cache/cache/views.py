@@ -2,7 +2,7 @@
 
 Parameters come from a counter-based generator keyed by (seed, row, view, draw): the plan of a row
 does not depend on workers, ranks, restarts or on how many rows are planned at once. View 0 is the
-deterministic eval view (resize + centre crop). ``models.pixels.replay`` turns (image, params,
+deterministic eval view (resize + centre crop). ``cache.pixels`` and ``models.photometric`` turn (image, params,
 resolution) into the exact pixels; this module is the plan alone (no torch).
 """
 

@@ -1,4 +1,5 @@
-"""Stage 2 data: images replayed at the student's resolution, paired with cached teacher rows.
+"""Stage 2 data: images at the student's resolution (the CPU part of the cache's pixel pipeline: decode and
+geometry; the photometric part runs on the device, per batch), paired with cached teacher rows.
 
 The order is a pure function of (seed, epoch, rank), never of the number of DataLoader workers: good
 rows are cut into blocks of ``block_rows`` consecutive rows; each epoch the blocks are permuted and
@@ -22,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError
-from ..cache.sources import decode_image, open_source
+from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..cache.views import PlanConfig, plan_views, uniforms
-from ..models.pixels import replay
+from ..models.pixels import channels_first
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,9 @@ class Selection:
 
 
 class DistillStream(Dataset):
-    """This rank's endless stream of samples {"image", "row", "view", "<teacher>/<array>": stored target}.
+    """This rank's endless stream of samples {"image", "params", "row", "view", "<teacher>/<array>": stored
+    target}: "image" is uint8 (3, R, R) with the view's geometry, "params" its view parameters (P,) for
+    ``models.photometric`` (the colour part, applied per batch on the device).
 
     An item is one window of blocks (``WindowRef``), read by a DataLoader worker as whole stacked
     arrays; ``batches`` cuts the windows, in stream order, into batches in the main process, so the
@@ -117,11 +120,11 @@ class DistillStream(Dataset):
             self._order = (epoch, self.epoch_order(epoch))
         window = self._order[1][w * self.window_blocks:(w + 1) * self.window_blocks]
         rows = np.concatenate([r for _, r in window])
-        views = np.concatenate([np.full(len(r), v) for v, r in window])
+        views_of_rows = np.concatenate([np.full(len(r), v) for v, r in window])
         if self.online:  # view numbers past the cached ones: never a view the cache holds
-            views[:] = self.cached_views + epoch
+            views_of_rows[:] = self.cached_views + epoch
             fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
-            params = plan_views(fresh, rows, cache.image_size[rows], first_view=int(views[0]))[:, 0]
+            params = plan_views(fresh, rows, cache.image_size[rows], first_view=int(views_of_rows[0]))[:, 0]
             targets = {}
         else:
             params = _gather(lambda r, v: cache.params(r)[:, v], window)
@@ -133,12 +136,14 @@ class DistillStream(Dataset):
         data = dict(zip(needed.tolist(), source.read_rows(cache.location[needed], [str(k) for k in cache.keys[needed]],
                                                           digest)))
         images = {"image": self.resolution, **{f"{t}/image": res for t, res in self.online.items()}}
-        out = {name: torch.empty(len(order), 3, res, res, dtype=torch.uint8) for name, res in images.items()}
+        crops = {name: np.empty((len(order), res, res, 3), np.uint8) for name, res in images.items()}
         for j, i in enumerate(order):
-            image = decode_image(data[int(rows[i])])
+            image = cache.pixels.decode(data[int(rows[i])])
             for name, res in images.items():
-                out[name][j] = replay(image, params[i], res)
-        out.update(row=torch.from_numpy(rows[order]), view=torch.from_numpy(views[order]))
+                crops[name][j] = cache.pixels.crop(image, params[i], res)
+        out = {name: channels_first(c) for name, c in crops.items()}
+        out.update(params=torch.from_numpy(np.ascontiguousarray(params[order], np.float32)),
+                   row=torch.from_numpy(rows[order]), view=torch.from_numpy(views_of_rows[order]))
         out.update({name: torch.from_numpy(values[order]) for name, values in targets.items()})
         return out
 
@@ -154,6 +159,7 @@ class DistillStream(Dataset):
         """Endless batches of ``batch_size`` samples; the same batches for any number of ``workers``."""
         loader = DataLoader(self, batch_size=None, sampler=_Endless(self.windows), num_workers=workers,
                             persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                            worker_init_fn=_ignore_interrupts,  # Ctrl-C is the main process's to handle
                             generator=torch.Generator().manual_seed(self.seed))  # leaves the global RNG alone
         pending: list[dict[str, torch.Tensor]] = []
         have = 0
@@ -165,6 +171,14 @@ class DistillStream(Dataset):
                 batch = {k: v[:self.batch_size] for k, v in merged.items()}
                 pending, have = [{k: v[self.batch_size:] for k, v in merged.items()}], have - self.batch_size
                 yield {k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch
+
+
+def _ignore_interrupts(worker: int) -> None:
+    """In a DataLoader worker: Ctrl-C reaches the whole process group; the main process stops the run
+    cleanly (a checkpoint first) and then ends its workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Endless(Sampler):

@@ -38,7 +38,9 @@ class DistillConfig(Options):
 
     data: str = option("", "The dataset the cache was made from (same spec as for extract).", positional=True)
     cache: str = option("", "Cache path or URL.")
-    out: str = option("runs/student", "Run folder: checkpoints, metrics.jsonl, student.safetensors.")
+    out: str = option("runs/student", "Run folder: config.json, metrics.jsonl, checkpoints/, model/ (the student as a "
+                                      "timm / Hugging Face model folder), heads.safetensors. The same command continues "
+                                      "a run there; a run with other options is refused.")
     teachers: list[str] = option(help="Comma-separated subset of the cached teachers (default: all).", factory=list,
                                  parse=comma_list)
     kinds: list[str] = option(help="Comma-separated token kinds to distil: summary, patch (default: every kind "
@@ -94,7 +96,10 @@ class DistillConfig(Options):
     workers: int = option(2, "DataLoader workers per process (the batches are the same for any number).",
                           checks=(at_least(0),))
     seed: int = option(0, "Seed of the student init, data order and teacher dropping.")
-    checkpoint_every: int = option(0, "Checkpoint every N steps (0: only at the end).", checks=(at_least(0),))
+    checkpoint_every: int | None = option(None, "Checkpoint every N steps (default: every 5% of the run, at most "
+                                                "1,000 steps apart); also on Ctrl-C or SIGTERM, and at the end.",
+                                          checks=(positive,))
+    keep_checkpoints: int = option(2, "Checkpoints kept (the newest ones).", checks=(positive,))
     log_every: int = option(20, "Bring the metrics to the host every N steps (one wait for the device per N steps; "
                                 "metrics.jsonl still gets a line per step).", checks=(positive,))
     compile: bool = option(False, "Compile the student with torch.compile (GPU: faster once warm; the first steps "
@@ -102,7 +107,8 @@ class DistillConfig(Options):
     fused_adamw: bool = option(False, "Use the fused AdamW kernel (one kernel for all parameters).")
     channels_last: bool = option(False, "Feed channels-last images (helps convolutional layers on GPU; a ViT has "
                                         "one, its patch embedding).")
-    resume: bool = option(False, "Continue from the last checkpoint in --out.")
+    resume: bool = option(False, "Insist on continuing from a checkpoint in --out (re-running a run's command "
+                                 "continues it anyway; with --resume, a run folder without a checkpoint is an error).")
     device: str = option("auto", "auto, cpu, cuda.")
     progress: bool = option(True, "Show a progress bar.")
     storage_options: dict = storage_option()
@@ -119,6 +125,9 @@ class DistillConfig(Options):
         from ..cache.store import Cache  # here: --help and value errors need no zarr
 
         cache = Cache.open(self.cache)
+        if not cache.teacher_names():
+            raise UserError(f"cache {self.cache} holds no teacher yet (an extract stopped before its first unit?); "
+                            f"extract one first: unic-cache extract DATA --cache {self.cache} --teacher NAME")
         for name in self.teachers or cache.teacher_names():
             if not cache.teacher(name).complete:
                 raise UserError(f"teacher {name} in {self.cache} is incomplete; finish it with unic-cache extract")

@@ -2,8 +2,9 @@
 
 One step: images replayed at the student's resolution -> student + LoP heads -> per-teacher loss
 against standardised cached targets -> teacher dropping -> AdamW step. Checkpoints hold everything an
-exact resume needs (weights, optimizer, schedule, RNG states; the loader position is the step).
-Runs under torchrun with DDP (gloo on CPU, nccl on GPU).
+exact resume needs (weights, optimizer, schedule, RNG states; the loader position is the step); they are
+written every ``checkpoint_every`` steps and when the run is interrupted (Ctrl-C, SIGTERM), and the same
+command continues the run from the last one (``runs``). Runs under torchrun with DDP (gloo on CPU, nccl on GPU).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,10 +22,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from .. import __version__
 from ..cache.sources import open_source
 from ..cache.store import Cache, TeacherInfo, json_normal
-from ..errors import UserError
+from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
+from ..models.photometric import photometric
 from ..models.student import Student
 from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, init_distributed, prepare_model, to_device
@@ -30,19 +35,8 @@ from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import RunningNorm, TargetNorm, running_momentum
 from .options import DistillConfig, recorded_config
-
-RUN_FILES = {"config.json", "metrics.jsonl", "metrics.jsonl.tmp", "checkpoints", "student.safetensors",
-             "heads.safetensors", "tb", "eval.json"}  # all a run folder holds (eval.json: a pipeline's scores)
-
-
-def check_run_folder(out: Path) -> None:
-    """Refuse an ``--out`` that holds anything but a run of ours: distill never overwrites a user's file."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for the run")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if out.is_dir() else []
-    if foreign:
-        raise UserError(f"--out {out} holds other files ({', '.join(foreign[:3])}); distill writes only into a new "
-                        "folder or a run folder of its own: choose another --out")
+from .runs import (check_run_folder, checkpoints, export_model, is_finished, model_card, prune_checkpoints,
+                   recipe_differences, recorded)
 
 
 def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
@@ -98,13 +92,26 @@ class Distiller:
         self.rank, self.world, self.device = init_distributed(cfg.device)
         cache = Cache.open(cfg.cache)
         cache.check_source(open_source(cfg.data))
+        self.cache = cache
         self._setup_targets(cache)
         self._setup_student()
         self._setup_optimizer(int((~cache.bad).sum()))
-        self.step, self.last = 0, {}
+        self.step, self.last, self._stop = 0, {}, False
         self.geometry = self.stream().geometry
-        if cfg.resume:
+        self._check_continues(recorded(self.out))
+        if checkpoints(self.out):
             self.load_checkpoint()
+        elif cfg.resume:
+            raise UserError(f"--resume: {self.out} has no checkpoint to continue from; drop --resume to start this run")
+
+    def _check_continues(self, have: dict | None) -> None:
+        """Refuse a run folder whose recorded options differ from these in what they compute."""
+        if have is None:
+            return
+        differ = recipe_differences(have, self.config_record())
+        if differ:
+            raise UserError(f"--out {self.out} holds a run made with other options ({'; '.join(differ[:4])}); run it "
+                            "with the same options to continue it, or give a new --out to start another run")
 
     def _setup_targets(self, cache: Cache) -> None:
         """The teachers used, their (teacher, kind) targets and standardisations, and in the online
@@ -166,9 +173,9 @@ class Distiller:
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
-        preds = self.model(to_device(batch["image"], self.device, self.cfg.channels_last))
+        preds = self.model(self.pixels(batch["image"], batch["params"], self.cfg.channels_last))
         for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
-            summary, patch = teacher(batch[f"{t}/image"].to(self.device, non_blocking=True))
+            summary, patch = teacher(self.pixels(batch[f"{t}/image"], batch["params"]))
             batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
         per_teacher = {t: 0.0 for t in self.teachers}  # over token kinds: mean (UNIC, drop_norm batch) or sum
         kinds = {t: sum(1 for u, _ in self.selection.targets if u == t) for t in self.teachers}
@@ -187,18 +194,31 @@ class Distiller:
         weights = teacher_drop_weights(losses.detach().float(), self.cfg.teacher_drop, self.drop_gen, self.cfg.drop_norm)
         return (weights * losses).sum(), losses.detach(), weights
 
+    def pixels(self, images: torch.Tensor, params: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """A batch's views on the device: the loader's uint8 crops with their photometric part applied there."""
+        return to_device(photometric(images.to(self.device, non_blocking=True), params), self.device, channels_last)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """``checkpoint_every``, or by default every 5% of the run, at most 1,000 steps apart."""
+        return self.cfg.checkpoint_every or max(1, min(1000, math.ceil(self.total / 20)))
+
     def run(self) -> dict:
-        """Train to the last step, save the final checkpoint, export; the last step's metrics."""
-        self.train()
-        self.save_checkpoint()
-        self.export()
+        """Train to the last step, save the final checkpoint, export; the last step's metrics. A finished run is
+        not trained again: its recorded metrics are returned (``finished_before`` says so)."""
+        self.finished_before = self.step >= self.total and is_finished(self.out)
+        if not self.finished_before:
+            self.train()
+            self.save_checkpoint()
+            self.export()
         return {**self.last, "step": self.step}
 
     def train(self) -> None:
-        """Steps from the current one to the last, a checkpoint every ``checkpoint_every`` steps. Each step's
+        """Steps from the current one to the last, a checkpoint every ``checkpoint_interval`` steps. Each step's
         metrics stay on the device; every ``log_every`` steps (and before a checkpoint) they are brought to
         the host at once and written, a line per step, to ``metrics.jsonl`` (and TensorBoard). A non-finite
-        loss stops with its step and rows named."""
+        loss stops with its step and rows named. Ctrl-C or SIGTERM stop the run at the next such point (every
+        process at the same step), after a checkpoint: ``RunInterrupted`` says where."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -212,17 +232,23 @@ class Distiller:
         window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, its metrics on the device, its rows)
         tick = time.perf_counter()
         try:
-            for batch in (self.loader() if self.step < self.total else ()):
-                if self.step >= self.total:
-                    break
-                window.append((self.step + 1, self.train_step(batch), batch["row"]))
-                bar.update()
-                checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total
-                if checkpoint or len(window) >= cfg.log_every or self.step >= self.total:
-                    tick = self._log(window, tick, metrics, tb, bar)
-                    window = []
-                if checkpoint:
-                    self.save_checkpoint()
+            with _stop_on_signals(self):
+                for batch in (self.loader() if self.step < self.total else ()):
+                    if self.step >= self.total:
+                        break
+                    window.append((self.step + 1, self.train_step(batch), batch["row"]))
+                    bar.update()
+                    checkpoint = self.step % self.checkpoint_interval == 0 and self.step < self.total
+                    asked = self._stop and self.world == 1  # one process stops at once; several at the next log
+                    if checkpoint or asked or len(window) >= cfg.log_every or self.step >= self.total:
+                        tick, stop = self._log(window, tick, metrics, tb, bar)
+                        window = []
+                        if stop and self.step < self.total:
+                            self.save_checkpoint()
+                            raise RunInterrupted(f"stopped at step {self.step} of {self.total}, checkpoint saved in "
+                                                 f"{self.out / 'checkpoints'}; run the same command to continue")
+                    if checkpoint:
+                        self.save_checkpoint()
         finally:
             bar.close()
             if metrics:
@@ -249,12 +275,16 @@ class Distiller:
         return torch.cat([torch.stack([loss.detach(), grad_norm.detach()]).float(), losses.mean(0).float(),
                           weights.sum(0).float()])
 
-    def _log(self, window: list[tuple[int, torch.Tensor, torch.Tensor]], tick: float, metrics, tb, bar) -> float:
+    def _log(self, window: list[tuple[int, torch.Tensor, torch.Tensor]], tick: float, metrics, tb,
+             bar) -> tuple[float, bool]:
         """Bring a window of steps' metrics to the host (averaged over processes), check them and write them;
-        returns when they arrived (a window's throughput is measured from the previous window's arrival)."""
+        returns when they arrived (a window's throughput is measured from the previous window's arrival) and
+        whether any process was asked to stop."""
         values = torch.stack([m for _, m, _ in window])
+        stop = torch.tensor([float(self._stop)], device=values.device)
         if self.world > 1:
             dist.all_reduce(values)
+            dist.all_reduce(stop)
             values /= self.world
         host = values.tolist()  # the one wait for the device in the window
         now = time.perf_counter()
@@ -275,7 +305,7 @@ class Distiller:
         if metrics:
             metrics.flush()
         bar.set_postfix(loss=f"{self.last['loss']:.4f}")
-        return now
+        return now, bool(stop.item())
 
     def stream(self) -> DistillStream:
         """This process's endless data stream, starting at the current step."""
@@ -295,7 +325,7 @@ class Distiller:
             return None
         path = self.out / "metrics.jsonl"
         kept = []
-        if self.cfg.resume and path.exists():
+        if self.step > 0 and path.exists():  # continued from a checkpoint
             for line in path.read_text().splitlines():
                 try:
                     if json.loads(line).get("step", 0) <= self.step:
@@ -317,9 +347,14 @@ class Distiller:
         return SummaryWriter(str(self.out / "tb"))
 
     def config_record(self) -> dict:
+        """What ``config.json`` records: the options, resolved (teachers, kinds, steps), the cache it reads, the
+        tool's version and when the run started (kept when a run is continued)."""
+        previous = recorded(self.out) or {}
         return {**asdict(self.cfg), "world_size": self.world, "total_steps": self.total, "teachers": self.teachers,
+                "kinds": sorted({k for _, k in self.selection.targets}),
                 "targets": {f"{t}/{k}": self.norms[f"{t}__{k}"].out_dim for t, k in self.selection.targets},
-                "lr_scaled": self.lr, "warmup_steps": self.warmup}
+                "lr_scaled": self.lr, "warmup_steps": self.warmup, "cache_fingerprint": self.cache.attrs["fingerprint"],
+                "version": __version__, "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
 
     def resume_record(self) -> dict:
         """Everything the position and meaning of a resumed run depend on, beside the weights."""
@@ -354,6 +389,7 @@ class Distiller:
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
+            prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         self._barrier()
 
     def _barrier(self) -> None:
@@ -362,10 +398,7 @@ class Distiller:
 
     def load_checkpoint(self) -> None:
         """Continue from the last checkpoint in ``out``: weights, optimizer, RNG states, step, last metrics."""
-        ckpts = sorted((self.out / "checkpoints").glob("step-????????")) if (self.out / "checkpoints").exists() else []
-        if not ckpts:
-            raise UserError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
-        ckpt = ckpts[-1]
+        ckpt = checkpoints(self.out)[-1]
         state = json.loads((ckpt / "state.json").read_text())
         if state["world_size"] != self.world:
             raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume with the same number")
@@ -387,13 +420,43 @@ class Distiller:
         self.last = state.get("last", {})
 
     def export(self) -> None:
-        """``student.safetensors`` (encoder only, timm-loadable), ``heads.safetensors`` (LoP + target norms)."""
+        """``model/``: the student encoder as a timm / Hugging Face model folder with its model card;
+        ``heads.safetensors``: the projectors and the target norms."""
         if self.rank != 0:
             return
-        save_file({k: v.contiguous() for k, v in self.student.encoder.state_dict().items()}, str(self.out / "student.safetensors"))
+        cache, crop = self.cache, self.cache.plan.policy.eval_crop_pct
+        dataset = {"samples": cache.n, "source": cache.attrs["source"], "fingerprint": cache.attrs["fingerprint"],
+                   "views": cache.views}
+        card = model_card(self.config_record(), {t: cache.teacher(t).attrs for t in self.teachers}, dataset, crop)
+        export_model(self.student.encoder, self.out / "model", self.cfg.img_size, self.cfg.model_args, crop, card)
         heads = {f"heads.{k}": v.contiguous() for k, v in self.student.heads.state_dict().items()}
         heads.update({f"norms.{k}": v.contiguous() for k, v in self.norms.state_dict().items()})
         save_file(heads, str(self.out / "heads.safetensors"))
+
+
+class _stop_on_signals:
+    """While training: the first Ctrl-C (SIGINT) or SIGTERM asks the run to stop at its next checkpointable
+    step (``Distiller._stop``); a second Ctrl-C stops at once. Only the main thread can take signals."""
+
+    def __init__(self, distiller: Distiller):
+        self.distiller, self.previous = distiller, {}
+
+    def _ask(self, signum, frame) -> None:
+        if self.distiller._stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.distiller._stop = True
+        if self.distiller.rank == 0:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping (Ctrl-C again stops at once)",
+                  flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def distill(cfg: DistillConfig) -> dict:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..models.pixels import replay_labels
+from ..cache.pixels import crop_labels
 from .labels import IGNORE
 from .probes import linear_probe
 
@@ -38,7 +38,7 @@ def view_maps(maps: dict[int, bytes], rows: np.ndarray, params: np.ndarray, reso
             raise UserError(f"row {row}: its label map is not a readable PNG") from None
         if image.mode not in ("L", "P"):
             raise UserError(f"row {row}: a label map must be a one-channel PNG of class indices, got mode {image.mode}")
-        out[i] = replay_labels(image, params[i], resolution)
+        out[i] = crop_labels(image, params[i], resolution)
     return out
 
 

@@ -19,7 +19,7 @@ from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..errors import UserError
 from ..models.pixels import PixelNorm
-from ..models.student import load_exported
+from ..distillation.runs import load_student
 from ..runtime import pick_device
 from .dense import dense_probe, pool_majority, view_maps
 from .images import EvalViews, eval_params
@@ -70,8 +70,10 @@ class Evaluator:
         available = self.cache.teacher_names()
         names = self.opts.teachers if self.opts.teachers is not None else available
         for name in names:
-            if name not in available or not self.cache.teacher(name).complete:
-                raise UserError(f"teacher {name!r} is not complete in {self.opts.cache}; extract it first")
+            if name not in available:
+                raise UserError(f"no teacher {name!r} in {self.opts.cache}; it has {', '.join(available) or 'none'}")
+            if not self.cache.teacher(name).complete:
+                raise UserError(f"teacher {name!r} is not complete in {self.opts.cache}; finish it with unic-cache extract")
         return names
 
     def teacher_features(self, name: str) -> Features:
@@ -87,14 +89,15 @@ class Evaluator:
     @torch.inference_mode()
     def student_features(self, run: str, name: str) -> Features:
         """The exported encoder's pooled embedding and patch tokens of each row's eval view."""
-        encoder, resolution = load_exported(run)
+        encoder, resolution = load_student(run)
         encoder.to(self.device)
         pixels = PixelNorm.of(encoder).to(self.device)
         views = EvalViews(self.opts.data, self.cache.keys, self.cache.location, self.cache.image_size, self.rows, resolution,
-                          self.cache.plan.policy, self.cache.digest)
+                          self.cache.plan.policy, self.cache.digest, self.cache.pixels)
         summary, tokens = [], []
-        for images in views.batches(self.opts.batch_size, self.opts.workers, f"features {name}", self.opts.progress):
-            feats = encoder.forward_features(pixels(images.to(self.device)))
+        for images in views.batches(self.opts.batch_size, self.opts.workers, f"features {name}", self.opts.progress,
+                                    self.device):
+            feats = encoder.forward_features(pixels(images))
             summary.append(encoder.forward_head(feats, pre_logits=True).float().cpu())
             if self.dense:
                 tokens.append(feats[:, encoder.num_prefix_tokens:].float().cpu())
@@ -109,12 +112,14 @@ class Evaluator:
             self._token_labels[key] = torch.from_numpy(pool_majority(maps, grid, self.labels.task(task).classes))
         return self._token_labels[key]
 
-    def scores(self, features: Features, seed: int = 0) -> dict[str, dict[str, float]]:
+    def scores(self, features: Features, model: str = "", seed: int = 0) -> dict[str, dict[str, float]]:
         """{task: {metric: score}} for one model's features (rows as in ``self.rows``); dense tasks only
-        when the model has patch tokens."""
+        when the model has patch tokens. A progress bar moves per task."""
+        from tqdm import tqdm
+
         out = {}
         x = features.summary.to(self.device)
-        for name in self.tasks:
+        for name in tqdm(self.tasks, desc=f"probe {model}".strip(), unit="task", disable=not self.opts.progress):
             task = self.labels.task(name)
             if task.dense:
                 if features.tokens is not None:
@@ -144,14 +149,12 @@ class Evaluator:
 
 def evaluate(opts: EvalOptions) -> Results:
     """Probe every selected teacher (from the cache) and student (from its run folder)."""
-    from tqdm import tqdm
-
     ev = Evaluator(opts)
     results = ev.results()
     models = [(n, "teacher", None) for n in ev.teacher_names()] + [(n, "student", r) for n, r in opts.students.items()]
     if not models:
         raise UserError("nothing to evaluate: the cache has no teachers and no --student was given")
-    for name, kind, run in tqdm(models, desc="probe", unit="model", disable=not opts.progress):
+    for name, kind, run in models:
         feats = ev.teacher_features(name) if kind == "teacher" else ev.student_features(run, name)
-        results.add(name, kind, ev.scores(feats))
+        results.add(name, kind, ev.scores(feats, name))
     return results

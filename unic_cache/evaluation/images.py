@@ -6,9 +6,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..cache.sources import decode_image, open_source
+from ..cache.pixels import CURRENT, PixelPipeline
+from ..cache.sources import open_source
 from ..cache.views import PlanConfig, ViewPolicy, plan_views
-from ..models.pixels import replay
+from ..models.photometric import photometric
+from ..models.pixels import channels_first
 
 
 def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:
@@ -20,30 +22,34 @@ class EvalViews(Dataset):
     """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
 
     def __init__(self, data: str, keys: np.ndarray, location: np.ndarray, image_size: np.ndarray,
-                 rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy(), digest: np.ndarray | None = None):
+                 rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy(), digest: np.ndarray | None = None,
+                 pixels: PixelPipeline = CURRENT):
         """``policy``: the view policy whose eval crop to use (a cache's, so that its view 0 is matched);
-        ``digest``: the indexed crc32c of each row's image bytes, checked on every read (None: unchecked)."""
+        ``digest``: the indexed crc32c of each row's image bytes, checked on every read (None: unchecked);
+        ``pixels``: the pixel pipeline (a cache's, so that its view 0 is replayed as the teachers saw it)."""
         self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
-        self.digest = digest
+        self.digest, self.pixels = digest, pixels
         self.params = eval_params(policy, rows, image_size)
         self._source = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The view's geometry, uint8 (3, R, R), and its parameters (the CPU part of the pixel pipeline)."""
         if self._source is None:  # opened lazily in each worker process
             self._source = open_source(self.data)
         row = int(self.rows[i])
         data = self._source.read(self.location[row], str(self.keys[row]), None if self.digest is None else self.digest[row])
-        return replay(decode_image(data), self.params[i], self.resolution)
+        return channels_first(np.array(self.pixels.crop(self.pixels.decode(data), self.params[i], self.resolution))), self.params[i]
 
-    def batches(self, batch_size: int = 128, workers: int = 0, desc: str = "images", progress: bool = True):
-        """Yield uint8 batches (b, 3, R, R) in row order, with a progress bar."""
+    def batches(self, batch_size: int = 128, workers: int = 0, desc: str = "images", progress: bool = True,
+                device: torch.device | str = "cpu"):
+        """Yield uint8 batches (b, 3, R, R) of the replayed views on ``device``, in row order, with a progress bar."""
         from tqdm import tqdm
 
         loader = DataLoader(self, batch_size=batch_size, num_workers=workers)
         with tqdm(total=len(self), desc=desc, unit="img", disable=not progress) as bar:
-            for images in loader:
-                yield images
+            for images, params in loader:
+                yield photometric(images.to(device), params)
                 bar.update(len(images))

@@ -1,8 +1,9 @@
 """Per-sample labels of a dataset, aligned with the cache's rows, and the dataset's one train/val/test split.
 
 Labels come from the dataset itself: a webdataset sample's ``.json`` member (one value per task, as
-the shapes world writes) or ``.cls`` member (one class index), or, for an image folder, the sample's
-parent folder (one class per folder). Which tasks exist and their kinds come from a ``tasks.json`` next
+the shapes world writes) or ``.cls`` member (one class index), a parquet row's integer and float columns
+(a ``ClassLabel`` column's classes are its names), or, for an image folder, the sample's parent folder
+(one class per folder). Which tasks exist and their kinds come from a ``tasks.json`` next
 to the shards when there is one; otherwise integer labels are classes and the rest regression targets.
 A dense task (``"dense": true`` in ``tasks.json``) has a per-pixel label map per sample: a grayscale PNG
 member ``<key>.<task>.png`` of class indices (255: ignored), as large as the sample's image.
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..cache.sources import FolderSource, Source, KEY_RE
+from ..cache.sources import KEY_RE, FolderSource, ParquetSource, Source
 
 SPLITS = ("train", "val", "test")
 IGNORE = 255  # a label-map pixel that belongs to no class
@@ -137,6 +138,26 @@ def _tar_labels(source: Source, rows: dict[str, int], dense: set[str]) -> tuple[
     return found, maps
 
 
+def _parquet_labels(source: ParquetSource, rows: dict[str, int]) -> tuple[dict[int, dict], dict[str, int]]:
+    """(row -> label dict from the integer and float columns, classes of each ``ClassLabel`` column: the number
+    of its names in the file's Hugging Face metadata)."""
+    import pyarrow as pa
+
+    found: dict[int, dict] = {}
+    classes: dict[str, int] = {}
+    for shard in range(len(source.shards)):
+        file = source.parquet(shard)
+        features = json.loads((file.schema_arrow.metadata or {}).get(b"huggingface", b"{}")).get("info", {}).get("features", {})
+        columns = [c.name for c in file.schema_arrow if pa.types.is_integer(c.type) or pa.types.is_floating(c.type)]
+        classes.update({c: len(features[c]["names"]) for c in columns if features.get(c, {}).get("_type") == "ClassLabel"})
+        table = file.read(columns=columns)
+        for i, values in enumerate(zip(*(table.column(c).to_pylist() for c in columns))):
+            row = rows.get(source.key(shard, i))
+            if row is not None:
+                found[row] = {c: v for c, v in zip(columns, values) if v is not None}
+    return found, classes
+
+
 def _declared_tasks(source: Source) -> list[Task] | None:
     """Tasks from ``tasks.json`` in the folder of the first shard, if present."""
     path = _beside_shards(source, "tasks.json")
@@ -157,16 +178,21 @@ def read_labels(source: Source, keys: np.ndarray) -> Labels:
         return Labels([Task("class", len(names))], {"class": classes}, len(keys))
     rows = {str(k): i for i, k in enumerate(keys)}
     tasks = _declared_tasks(source)
-    found, maps = _tar_labels(source, rows, {t.name for t in tasks or () if t.dense})
+    classes: dict[str, int] = {}
+    if isinstance(source, ParquetSource):
+        (found, classes), maps = _parquet_labels(source, rows), {}
+    else:
+        found, maps = _tar_labels(source, rows, {t.name for t in tasks or () if t.dense})
     if not found:
-        raise UserError(f"no labels in {source.spec}: samples need a .json (task -> value) or .cls member")
+        raise UserError(f"no labels in {source.spec}: samples need a .json (task -> value) or .cls member, or parquet "
+                        "rows an integer label column")
     if tasks is None:
         names = sorted({k for d in found.values() for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tasks = []
         for name in names:
             vals = [d[name] for d in found.values() if name in d]
             is_class = all(isinstance(v, int) and v >= 0 for v in vals)
-            tasks.append(Task(name, max(vals) + 1 if is_class else 0))
+            tasks.append(Task(name, classes.get(name, max(vals) + 1) if is_class else 0))
     values = {}
     for task in tasks:
         if task.dense:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..distillation.runs import is_finished
 from ..errors import UserError
 from ..options import Options, at_least, comma_list, existing_path, key_values, option, storage_option
 
@@ -28,9 +29,19 @@ def teacher_list(items: list[str]) -> list[str]:
 
 def _finished_runs(runs: dict[str, str]) -> str | None:
     for name, folder in runs.items():
-        if not (Path(folder) / "student.safetensors").is_file() or not (Path(folder) / "config.json").is_file():
-            return f"{name}={folder} is not a finished distill run (needs student.safetensors and config.json)"
+        if not is_finished(folder):
+            return f"{name}={folder} is not a finished distill run (no model/ folder); run its distill command again to finish it"
     return None
+
+
+def _trained_here(out: Path) -> bool:
+    """Whether ``out`` is a teacher file train-teacher wrote (its record, with the recipe, lies beside it)."""
+    import json
+
+    try:
+        return out.is_file() and "config" in json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -85,3 +96,7 @@ class TeacherTrainConfig(Options):
     def check_together(self) -> None:
         if not self.tasks:
             raise UserError("train-teacher needs at least one --task")
+        out = Path(self.out)
+        if out.exists() and not _trained_here(out):  # a file train-teacher did not write is never overwritten
+            raise UserError(f"--out {out} exists and is not a teacher this tool trained (no {out.with_suffix('.json').name} "
+                            "record of ours beside it); choose another --out")

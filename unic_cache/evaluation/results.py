@@ -34,6 +34,23 @@ def model_colours(n: int) -> np.ndarray:
     return colormaps["turbo"](np.linspace(0.05, 0.95, n))
 
 
+RESULT_FILES = (".md", ".json", ".png")  # what results (and a pipeline's record of its steps) are written as
+
+
+def check_results_folder(folder: str | Path, folders: tuple[str, ...] = (), what: str = "eval") -> None:
+    """Refuse a ``--out`` holding anything but results (``.md``, ``.json``, ``.png`` files) and the ``folders``
+    named (a pipeline's own: data, teachers, runs, ``*.zarr`` caches...): a dataset folder is never written into."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file; give a folder for the results")
+    ours = lambda p: (p.is_file() and p.suffix in RESULT_FILES) or (p.is_dir() and any(  # noqa: E731
+        p.name == f or f.startswith("*") and p.name.endswith(f[1:]) for f in folders))
+    foreign = sorted(p.name for p in folder.iterdir() if not ours(p)) if folder.is_dir() else []
+    if foreign:
+        raise UserError(f"--out {folder} holds files {what} did not write ({', '.join(foreign[:3])}); it writes only into "
+                        "a new folder or one of its own: choose another --out")
+
+
 @dataclass
 class Results:
     """``models[name] = {"kind": "teacher" | "student", "scores": {task: {metric: [score per seed]}}}``."""
@@ -163,6 +180,8 @@ class Results:
     def save(self, folder: str | Path, stem: str = "results") -> dict[str, Path]:
         """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``folder``; return their paths."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file; give a folder for the results")
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "chart": folder / f"{stem}.png"}
         paths["json"].write_text(json.dumps({"tasks": self.tasks, "dense": self.dense, "split": self.split,

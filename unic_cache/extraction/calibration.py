@@ -23,11 +23,13 @@ def calibration_views(cache: Cache, sample_views: int) -> tuple[np.ndarray, np.n
     return good[picks * len(good) // sample_views], picks % cache.views
 
 
-def calibrate(teacher: Teacher, batches, codecs: dict[str, Codec], device: torch.device) -> dict[str, FittedCodec]:
+def calibrate(teacher: Teacher, batches, codecs: dict[str, Codec], device: torch.device, bar=None) -> dict[str, FittedCodec]:
     """Fit each kind's codec on a float32 forward of the calibration ``batches`` (uint8 images (B, 3, R, R))
-    and record its fidelity there."""
+    and record its fidelity there; ``bar`` (a tqdm bar) moves by the images of each batch."""
     outputs: dict[str, list[torch.Tensor]] = {kind: [] for kind in codecs}
     for images in batches:
+        if bar is not None:
+            bar.update(len(images))
         out = dict(zip(("summary", "patch"), teacher(images.to(device))))  # float32: no autocast
         for kind in codecs:
             outputs[kind].append(out[kind].float())
@@ -39,7 +41,7 @@ def calibrate(teacher: Teacher, batches, codecs: dict[str, Codec], device: torch
         dc = DeviceCodec(f, teacher.info.grid, device)
         decoded = dc.decode(dc.encode(pooled))
         reference = x.reshape(-1, x.shape[-1]).double().cpu().numpy()
-        mean, std = reference.mean(0), reference.std(0) + 1e-6
+        mean, std = reference.mean(0), np.sqrt(reference.var(0) + 1e-6)  # the loss's standardisation (TargetNorm)
         rebuilt = unpool_tokens(decoded, teacher.info.grid, codec.pool) if x.ndim == 3 else decoded
         f.fidelity = {**fidelity(reference, rebuilt.reshape(-1, x.shape[-1]).double().cpu().numpy(), mean, std),
                       "vectors": int(len(reference))}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..cache.codecs import EXAMPLES, codec_problem
 from ..errors import UserError
+from ..models.registry import alias_model, split_alias
 from ..options import Options, at_least, key_values, option, storage_option
 
 
@@ -15,7 +16,7 @@ class ExtractOptions(Options):
 
     command = "extract"
 
-    teacher: str = option(help="Teacher alias (see `unic-cache teachers`) or timm:<model name>.")
+    teacher: str = option(help="Teacher alias (see `unic-cache teachers`), ALIAS:SIZE (deit3:base), or timm:<model name>.")
     size: str | None = option(None, "Alias size: small, base, large, ...")
     name: str | None = option(None, "Name in the cache (default: the alias, with -SIZE when given).")
     resolution: int | None = option(None, "Input resolution (default: the model's).", checks=(at_least(1),))
@@ -51,7 +52,12 @@ class ExtractOptions(Options):
     progress: bool = option(True, "Show progress bars.")
     storage_options: dict = storage_option()
 
+    def __post_init__(self) -> None:
+        self.teacher, self.size = split_alias(self.teacher, self.size)  # ALIAS:SIZE, as plan takes it
+
     def check_together(self) -> None:
+        if not self.teacher.startswith("timm:"):
+            alias_model(self.teacher, self.size)  # a typo is named here, before torch is loaded
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {low} {high}")

@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..cache.claims import clean_stale_temp_files
 from ..cache.codecs import kind_codecs
-from ..cache.sources import Source, decode_image, open_source
+from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
 from ..cache.store import Cache, Moments, TeacherStore
 from ..cache.views import PlanConfig, ViewPolicy
 from ..models.codecs import DeviceCodec
-from ..models.pixels import replay
+from ..models.photometric import photometric
+from ..models.pixels import channels_first
 from ..models.teachers import build_teacher
 from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
 from .calibration import calibrate, calibration_views
@@ -54,34 +55,37 @@ class ExtractReport:
 
 
 class ViewBatches(Dataset):
-    """Rows -> (rows, uint8 views (b, K, 3, R, R), valid (b,)); images are decoded once per row."""
+    """Rows -> (rows, uint8 views (b, K, 3, R, R) with their geometry, valid (b,), view params (b, K, P));
+    an image is decoded once for its K views (the CPU part of the cache's pixel pipeline: the photometric
+    part runs on the device, on whole batches)."""
 
     def __init__(self, source: Source, cache: Cache, resolution: int):
         self.source, self.url, self.resolution, self.views = source, cache.url, resolution, cache.views
         self.keys, self.location, self.bad, self.digest = cache.keys, cache.location, cache.bad, cache.digest
+        self.pixels = cache.pixels
         self._cache = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray]:
         if self._cache is None:  # opened lazily in each worker process
             self._cache = Cache.open(self.url)
         first, last = min(rows), max(rows)
-        params = self._cache.params(slice(first, last + 1))
+        params = self._cache.params(slice(first, last + 1))[np.asarray(rows) - first]
         r = self.resolution
-        images = torch.zeros(len(rows), self.views, 3, r, r, dtype=torch.uint8)
+        views = np.zeros((len(rows), self.views, r, r, 3), np.uint8)
         valid = torch.zeros(len(rows), dtype=torch.bool)
         good = [(i, row) for i, row in enumerate(rows) if not self.bad[row]]  # rows come in row order
         good_rows = np.array([row for _, row in good], dtype=int)
         data = self.source.read_rows(self.location[good_rows], [str(k) for k in self.keys[good_rows]],
                                      None if self.digest is None else self.digest[good_rows]) if good else []
         for (i, row), blob in zip(good, data):
-            image = decode_image(blob)
+            image = self.pixels.decode(blob)
             for v in range(self.views):
-                images[i, v] = replay(image, params[row - first, v], r)
+                views[i, v] = self.pixels.crop(image, params[i, v], r)
             valid[i] = True
-        return np.asarray(rows), images, valid
+        return np.asarray(rows), channels_first(views), valid, params
 
 
 def _as_is(batch):
@@ -156,8 +160,11 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     cache = _open_or_create_cache(source, cache_url, opts)
     k, res = cache.views, teacher.info.resolution
     rows_per_batch = max(1, opts.batch_size // k)
-    fit = lambda: calibrate(teacher, _calibration_images(source, cache, res, opts.calibration, opts.batch_size),  # noqa: E731
-                            codecs, device)
+    def fit():
+        with tqdm(total=opts.calibration, desc=f"calibrate {name}", unit="view", disable=not opts.progress or rank != 0) as bar:
+            return calibrate(teacher, _calibration_images(source, cache, res, opts.calibration, opts.batch_size, device),
+                             codecs, device, bar)
+
     store = cache.require_teacher(name, teacher.info, codecs, fit, opts.shard_mb, opts.unit_rows, __version__)
     clean_stale_temp_files(cache.url)
     done = store.done()
@@ -183,15 +190,17 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     return report
 
 
-def _calibration_images(source: Source, cache: Cache, resolution: int, sample_views: int, batch_size: int):
-    """uint8 batches (B, 3, R, R) of the calibration sample-views (``calibration_views``), replayed as the
-    teacher sees them; a row picked twice (fewer rows than sample-views) gives two of its views."""
+def _calibration_images(source: Source, cache: Cache, resolution: int, sample_views: int, batch_size: int,
+                        device: torch.device):
+    """uint8 batches (B, 3, R, R) on ``device`` of the calibration sample-views (``calibration_views``), replayed
+    as the teacher sees them; a row picked twice (fewer rows than sample-views) gives two of its views."""
     rows, views = calibration_views(cache, sample_views)
     replayed = ViewBatches(source, cache, resolution)
     for i in range(0, len(rows), batch_size):
         unique, where = np.unique(rows[i:i + batch_size], return_inverse=True)
-        _, images, _ = replayed.__getitems__(unique.tolist())
-        yield images[torch.from_numpy(where), torch.from_numpy(views[i:i + batch_size])]
+        _, images, _, params = replayed.__getitems__(unique.tolist())
+        picked = views[i:i + batch_size]
+        yield photometric(images[torch.from_numpy(where), torch.from_numpy(picked)].to(device), params[where, picked])
 
 
 def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore, pending: list[int],
@@ -214,7 +223,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
     unit, rows, buffers, moments, cos, filled = None, range(0), {}, {}, {}, 0
     copies: list[tuple[np.ndarray, np.ndarray, HostCopy]] = []  # (buffer, its rows, values) of the last batch
     try:
-        for batch_rows, images, valid in loader:
+        for batch_rows, images, valid, params in loader:
             if filled == len(rows):  # start the next unit
                 unit = next(unit_iter)
                 rows, filled = store.unit_rows(unit), 0
@@ -224,7 +233,8 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
             local = batch_rows - rows.start
             queued = []
             if valid.any():
-                x = to_device(images[valid].flatten(0, 1), device, channels_last)
+                x = photometric(images[valid].flatten(0, 1).to(device, non_blocking=True), params[valid.numpy()].reshape(-1, params.shape[-1]))
+                x = to_device(x, device, channels_last)
                 with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))
                 for kind in kinds:  # statistics and fidelity of what stage 2 rebuilds from the stored arrays

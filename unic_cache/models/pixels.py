@@ -1,8 +1,9 @@
-"""Pixels for models: ``replay`` (a planned view of an image, at any resolution), ``replay_labels`` (the
-same view of a per-pixel label map) and ``PixelNorm``.
+"""Pixels for models: ``replay`` (a planned view of one image, both parts of the pixel pipeline) and
+``PixelNorm`` (uint8 pixels to a model's normalised input).
 
-``replay`` turns (image, params, resolution) into the exact uint8 pixels a teacher saw; stage 2 and
-eval call the same function at the student's resolution.
+The stages never call ``replay`` in their hot loops: loader workers run the CPU part per image
+(``cache.pixels.PixelPipeline.crop``) and the main process runs the photometric part on whole batches on
+the device (``models.photometric.photometric``). ``replay`` chains the two for one image, on the CPU.
 """
 
 from __future__ import annotations
@@ -12,45 +13,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-
-def _geometry(image: Image.Image, params: np.ndarray, resolution: int, resample: int) -> Image.Image:
-    """The crop (params 0-3, fractions of the image), resized to ``resolution``, and the flip (param 4)."""
-    w, h = image.size
-    x0, y0, cw, ch = (float(v) for v in params[:4])
-    box = (x0 * w, y0 * h, (x0 + cw) * w, (y0 + ch) * h)
-    image = image.resize((resolution, resolution), resample, box=box)
-    return image.transpose(Image.FLIP_LEFT_RIGHT) if params[4] >= 0.5 else image
+from ..cache.pixels import CURRENT, PixelPipeline
+from .photometric import photometric
 
 
-def replay_labels(labels: Image.Image, params: np.ndarray, resolution: int) -> np.ndarray:
-    """The view ``params`` of a label map (mode L, class per pixel): uint8 (resolution, resolution), nearest
-    neighbour; the photometric parameters do not apply to labels."""
-    return np.asarray(_geometry(labels, params, resolution, Image.NEAREST))
+def replay(image: Image.Image, params: np.ndarray, resolution: int, pixels: PixelPipeline = CURRENT) -> torch.Tensor:
+    """The pixels of one view: uint8 tensor (3, resolution, resolution) from a decoded image and its params."""
+    return photometric(channels_first(np.array(pixels.crop(image, params, resolution))[None]), np.asarray(params)[None])[0]
 
 
-def replay(image: Image.Image, params: np.ndarray, resolution: int) -> torch.Tensor:
-    """The pixels of one view: uint8 tensor (3, resolution, resolution) from an RGB image and its params."""
-    from torchvision.transforms import functional as F
-
-    image = _geometry(image, params, resolution, Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    ops = (
-        lambda t: F.adjust_brightness(t, float(params[5])) if params[5] != 1 else t,
-        lambda t: F.adjust_contrast(t, float(params[6])) if params[6] != 1 else t,
-        lambda t: F.adjust_saturation(t, float(params[7])) if params[7] != 1 else t,
-        lambda t: F.adjust_hue(t, float(params[8])) if params[8] != 0 else t,
-    )
-    for op in params[9:13]:
-        x = ops[int(op)](x)
-    if params[13] >= 0.5:
-        x = F.rgb_to_grayscale(x, num_output_channels=3)
-    if params[14] > 0:
-        sigma = float(params[14]) * resolution / 224
-        kernel = 2 * max(1, round(4 * resolution / 224)) + 1  # 9 at 224 px
-        x = F.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
-    if params[15] >= 0.5:
-        x = F.solarize(x, 128)
-    return x.contiguous()
+def channels_first(views: np.ndarray) -> torch.Tensor:
+    """uint8 views (..., R, R, 3), as ``PixelPipeline.crop`` gives them, as a contiguous tensor (..., 3, R, R)."""
+    return torch.from_numpy(views).movedim(-1, -3).contiguous()
 
 
 class PixelNorm(nn.Module):

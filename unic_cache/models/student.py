@@ -18,6 +18,8 @@ Hidden widths (``lop_hidden``): ``768`` (UNIC: 768, the last block's 3072, whate
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,9 +83,12 @@ class Student(nn.Module):
             self.encoder = timm.create_model(arch, pretrained=False, num_classes=0, img_size=img_size,
                                              drop_path_rate=drop_path, **(model_args or {}))
         except (RuntimeError, TypeError) as exc:
-            raise UserError(f"cannot build student {arch!r}: {exc}") from None
-        if not hasattr(self.encoder, "forward_intermediates") or not hasattr(self.encoder, "patch_embed"):
-            raise UserError(f"student {arch!r} must be a timm ViT (with forward_intermediates)")
+            raise UserError(f"cannot build student {arch!r} ({exc}); students are timm ViTs (vit_*, deit_*, deit3_*, ...)") from None
+        intermediates = getattr(self.encoder, "forward_intermediates", None)
+        if intermediates is None or "return_prefix_tokens" not in inspect.signature(intermediates).parameters \
+                or not hasattr(self.encoder, "patch_embed") or not hasattr(self.encoder, "blocks"):
+            raise UserError(f"student {arch!r} is a {type(self.encoder).__name__}; only ViTs are supported as students "
+                            "(a timm VisionTransformer: vit_*, deit_*, deit3_*, ...)")
         self.pixels = PixelNorm.of(self.encoder)
         depth, dim = len(self.encoder.blocks), self.encoder.num_features
         self.blocks = parse_blocks(lop_blocks, depth)
@@ -126,22 +131,3 @@ class Student(nn.Module):
 def pooled(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A timm encoder's pooled embedding (the CLS token after the final norm for a ViT)."""
     return encoder.forward_head(encoder.forward_features(x), pre_logits=True)
-
-
-def load_exported(run: str) -> tuple[nn.Module, int]:
-    """(encoder, input resolution) of a finished distill run folder (``student.safetensors`` + ``config.json``)."""
-    import json
-    from pathlib import Path
-
-    import timm
-    from safetensors.torch import load_file
-
-    folder = Path(run)
-    weights, config = folder / "student.safetensors", folder / "config.json"
-    if not weights.is_file() or not config.is_file():
-        raise UserError(f"{run} is not a finished distill run (needs student.safetensors and config.json)")
-    cfg = json.loads(config.read_text())
-    encoder = timm.create_model(cfg["student"], pretrained=False, num_classes=0, img_size=cfg["img_size"],
-                                **cfg.get("model_args", {}))
-    encoder.load_state_dict(load_file(str(weights)))
-    return encoder.eval(), int(cfg["img_size"])

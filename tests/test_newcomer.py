@@ -1,0 +1,140 @@
+"""What a new user trips on, each a one-line answer: bad names and values, folders that are not the tool's,
+students it cannot train, long silent phases, Ctrl-C."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from unic_cache import Cache, DistillConfig, ExtractOptions, UserError, open_source
+from unic_cache.cache.codecs import fidelity
+from unic_cache.cache.views import PlanConfig
+from unic_cache.cli import app
+
+from .conftest import HANG_GUARD, TINY, run_cli
+from .test_integrity import BLOCK_TORCH
+
+runner = CliRunner()
+
+
+def one_line(result, message: str, code: int = 2) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == code and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_yaml_1_1_floats_and_numbers_for_text_options(tmp_path):
+    cfg = DistillConfig.from_dict({"data": "d", "cache": "c", "lr": "1e-3", "lop_hidden": 768})
+    assert cfg.lr == 0.001 and cfg.lop_hidden == "768"
+    (tmp_path / "run.yaml").write_text("lr: 1e-3\nweight_decay: 5e-2\n")
+    import yaml
+
+    assert DistillConfig.from_dict({"data": "d", "cache": "c", **yaml.safe_load((tmp_path / "run.yaml").read_text())}).weight_decay == 0.05
+    with pytest.raises(UserError, match="takes a float"):
+        DistillConfig.from_dict({"data": "d", "cache": "c", "lr": "fast"})
+
+
+def test_alias_size_and_typos_before_torch(shapes_dir, tmp_path):
+    opts = ExtractOptions(teacher="deit3:base")
+    assert (opts.teacher, opts.size, opts.default_name()) == ("deit3", "base", "deit3-base")
+    with pytest.raises(UserError, match="give the size once"):
+        ExtractOptions(teacher="deit3:base", size="small")
+    code = BLOCK_TORCH + f"""
+from unic_cache.cli import main
+sys.argv = ["unic-cache", "extract", {str(shapes_dir)!r}, "--cache", {str(tmp_path / 'c.zarr')!r}, "--teacher", "dinov3"]
+main()
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD)
+    assert result.returncode == 2 and "unknown teacher 'dinov3'" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_help_keeps_codec_spellings_and_set_examples_are_real_options():
+    extract_help = runner.invoke(app, ["extract", "--help"], terminal_width=300).stdout
+    assert "[pool-F+][pca-K|pca-0.FF+]VALUES" in extract_help
+    info_help = runner.invoke(app, ["info", "--help"], terminal_width=300).stdout
+    assert "batch_size" not in info_help and "--set json=true" in info_help
+    assert "--set img_size=224" in runner.invoke(app, ["distill", "--help"], terminal_width=300).stdout
+
+
+def test_folders_of_others_are_never_written(shapes_dir, clean_cache, tmp_path):
+    data = tmp_path / "mydata"
+    data.mkdir()
+    (data / "train-000.tar").write_bytes(b"mine")
+    one_line(runner.invoke(app, ["eval", str(shapes_dir), "--cache", str(clean_cache), "--out", str(data)]),
+             "holds files eval did not write (train-000.tar)")
+    one_line(runner.invoke(app, ["demo", "--quick", "--out", str(data), "--no-progress"]),
+             "holds files a pipeline did not write (train-000.tar)")
+    mine = tmp_path / "teacher.safetensors"
+    mine.write_bytes(b"precious")
+    one_line(runner.invoke(app, ["train-teacher", str(shapes_dir), "--out", str(mine), "--task", "shape"]),
+             "is not a teacher this tool trained")
+    assert mine.read_bytes() == b"precious" and (data / "train-000.tar").read_bytes() == b"mine"
+    assert sorted(p.name for p in data.iterdir()) == ["train-000.tar"]
+
+
+def test_eval_names_a_missing_teacher_and_what_there_is(shapes_dir, clean_cache, tmp_path):
+    one_line(runner.invoke(app, ["eval", str(shapes_dir), "--cache", str(clean_cache), "--teachers", "t9", "--out",
+                                 str(tmp_path / "e")]), f"no teacher 't9' in {clean_cache}; it has {TINY}")
+
+
+def test_distill_on_a_cache_without_teachers_is_one_line_and_writes_nothing(shapes_dir, tmp_path):
+    source = open_source(str(shapes_dir))
+    url = str(tmp_path / "empty.zarr")
+    Cache.open_or_create(url, lambda: source.index(progress=False), source, PlanConfig(views=2))
+    out = tmp_path / "run"
+    one_line(runner.invoke(app, ["distill", str(shapes_dir), "--cache", url, "--out", str(out), "--steps", "2"]),
+             "holds no teacher yet")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("student", ["swin_tiny_patch4_window7_224", "resnet18"])
+def test_students_that_are_not_vits_are_one_line(student, clean_cache, shapes_dir, tmp_path):
+    result = runner.invoke(app, ["distill", str(shapes_dir), "--cache", str(clean_cache), "--out", str(tmp_path / "r"),
+                                 "--student", student, "--steps", "1", "--no-progress"])
+    one_line(result, "students are timm ViTs" if student == "resnet18" else "only ViTs are supported as students")
+
+
+def test_a_teacher_with_constant_features_has_no_relative_error():
+    x = np.tile(np.arange(4.0), (10, 1))
+    got = fidelity(x, x + 1e-3, x.mean(0), np.sqrt(x.var(0) + 1e-6))
+    assert math.isnan(got["std_rel_err"]) and got["cos_mean"] > 0.99
+    from unic_cache.cache.audit import fidelity_text
+
+    assert "n/a (the features do not vary)" in fidelity_text({**got, "vectors": 10})
+
+
+def test_ctrl_c_in_extract_says_how_to_continue(shapes_dir, weights, tmp_path):
+    args = ["extract", str(shapes_dir), "--cache", str(tmp_path / "c.zarr"), "--teacher", f"timm:{TINY}",
+            "--resolution", "32", "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--unit-rows", "1",
+            "--workers", "0", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "unic_cache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    progress = tmp_path / "c.zarr" / "teachers" / TINY / "progress" / "c"
+    while proc.poll() is None and not (progress.exists() and any(progress.iterdir())):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 130 and "run the same command to continue" in err and "Traceback" not in err, err[-1500:]
+    again = run_cli(*args)
+    assert again.returncode == 0 and "complete" in again.stdout, again.stderr[-1500:]
+
+
+def test_a_fully_reused_pipeline_probes_nothing_again(tmp_path):
+    """Teacher and student scores are kept: a second run of a finished pipeline recomputes no probe."""
+    from unic_cache.demo import demo_config
+    from unic_cache.pipeline import run_pipeline
+
+    config = demo_config(str(tmp_path / "demo"), quick=True)
+    run_pipeline(config, progress=False)
+    again = run_pipeline(demo_config(str(tmp_path / "demo"), quick=True), progress=False)
+    assert [s for s in again.steps if s[2] == "ran"] == []
+    assert {s[0] for s in again.steps} == {"data", "train-teacher", "extract", "distill", "eval"}
+    card = (tmp_path / "demo" / "runs" / "student" / "seed-0" / "model" / "README.md").read_text()
+    assert "## Evaluation" in card and "| shape-texture | teacher |" in card
+    assert json.loads(Path(tmp_path / "demo" / "eval-teachers" / "shape-texture.json").read_text())["scores"]
