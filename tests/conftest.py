@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -141,3 +142,31 @@ def config(world, out, **kw):
     base = dict(data=str(root / "data"), cache=cache, out=str(out), student=STUDENT, img_size=32,
                 model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02)
     return DistillConfig(**{**base, **kw})
+
+
+@contextlib.contextmanager
+def moto_s3():
+    """A moto S3 server on 127.0.0.1, started and stopped here, with the AWS environment variables pointing this
+    process and its children at it; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached for an earlier server must not be reused
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -4,8 +4,8 @@ names, index exactly as webdataset sees them; tensorstore opens every array of a
 
 import io
 import json
-import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,8 +17,9 @@ from PIL import Image
 from unic_cache import Cache, UserError, extract, open_source
 from unic_cache.cache.audit import cache_info
 
-from .conftest import opts
+from .conftest import HANG_GUARD, opts
 
+ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["plain000", "café002", "日本語のキー" * 7, "deep/" + "d" * 120 + "/" + "x" * 140 + "/item", "ok/last"]
 
 
@@ -28,67 +29,23 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _members() -> list[tuple[str, bytes]]:
-    out = []
-    for i, key in enumerate(KEYS):
-        out += [(f"{key}.png", _png(i)), (f"{key}.cls", str(i).encode())]
-    return out
-
-
-def _tarfile(path: Path, fmt: int) -> None:
-    with tarfile.open(path, "w", format=fmt) as tar:
-        for name, data in _members():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def _libarchive(path: Path, fmt: str) -> None:
-    libarchive = pytest.importorskip("libarchive")
-    with libarchive.file_writer(str(path), fmt) as archive:
-        for name, data in _members():
-            archive.add_file_from_memory(name, len(data), data)
-
-
-def _gnu_tar(path: Path, fmt: str) -> None:
-    if shutil.which("tar") is None or b"GNU tar" not in subprocess.run(["tar", "--version"], capture_output=True).stdout:
-        pytest.skip("GNU tar is not installed")
-    root = path.parent / f"files-{fmt}"
-    for name, data in _members():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    names = [name for name, _ in _members()]
-    subprocess.run(["tar", f"--format={fmt}", "-cf", str(path), "-C", str(root), "--no-recursion", *names], check=True)
-
-
-WRITERS = {"tarfile-pax": lambda p: _tarfile(p, tarfile.PAX_FORMAT), "tarfile-gnu": lambda p: _tarfile(p, tarfile.GNU_FORMAT),
-           "libarchive-pax": lambda p: _libarchive(p, "pax"), "libarchive-gnutar": lambda p: _libarchive(p, "gnutar"),
-           "libarchive-pax-restricted": lambda p: _libarchive(p, "pax_restricted"),
-           "gnu-tar-posix": lambda p: _gnu_tar(p, "posix"), "gnu-tar-gnu": lambda p: _gnu_tar(p, "gnu")}
-
-
-@pytest.mark.parametrize("writer", sorted(WRITERS))
-def test_awkward_names_index_as_webdataset_sees_them_and_read_back(writer, tmp_path):
-    shard = tmp_path / "data" / "shard-000.tar"
-    shard.parent.mkdir()
-    WRITERS[writer](shard)
-    seen = [(s["__key__"], s["png"]) for s in wds.WebDataset(str(shard), shardshuffle=False)]
-    source = open_source(str(shard.parent))
-    index = source.index(progress=False)
-    assert [str(k) for k in index.keys] == [k for k, _ in seen] == KEYS
-    assert source.read_rows(index.location, [str(k) for k in index.keys], index.digest) == [png for _, png in seen]
-
-
-def test_ustar_limits_are_refused_by_the_writer_not_misread(tmp_path):
-    """A plain ustar tar cannot hold the long names at all (the writer refuses): nothing to misread."""
-    with pytest.raises(ValueError):
-        _tarfile(tmp_path / "x.tar", tarfile.USTAR_FORMAT)
+def test_awkward_names_from_every_writer_read_as_webdataset_and_tensorstore_see_them():
+    """pipelines/bench/interop_check.py: tarfile (pax, GNU), libarchive (pax, pax_restricted, gnutar), GNU tar
+    (posix, gnu) and parquet (datasets, pyarrow) shards with non-ASCII, 100+ byte and 255+ character names."""
+    result = subprocess.run([sys.executable, str(ROOT / "pipelines" / "bench" / "interop_check.py")], capture_output=True,
+                            text=True, timeout=HANG_GUARD, cwd=ROOT / "pipelines" / "bench")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| writer")]
+    assert len(rows) == 9 and all(r.endswith("| ok |") or "not run" in r for r in rows), result.stdout
+    assert sum(r.endswith("| ok |") for r in rows) >= 5  # tarfile's, parquet's and whichever other writers are here
 
 
 def test_a_cache_from_awkward_shards_distils_and_verifies(weights, tmp_path):
     shard = tmp_path / "data" / "shard-000.tar"
     shard.parent.mkdir()
-    _tarfile(shard, tarfile.PAX_FORMAT)  # what webdataset's TarWriter writes
+    with wds.TarWriter(str(shard), mtime=0.0) as sink:  # pax, as webdataset writes
+        for i, key in enumerate(KEYS):
+            sink.write({"__key__": key, "png": _png(i), "cls": b"0"})
     url = tmp_path / "c.zarr"
     assert extract(str(shard.parent), str(url), opts(weights, unit_rows=2)).complete
     from unic_cache.cache.audit import verify_cache

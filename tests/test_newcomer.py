@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,16 +124,35 @@ def test_ctrl_c_in_extract_says_how_to_continue(shapes_dir, weights, tmp_path):
     assert again.returncode == 0 and "complete" in again.stdout, again.stderr[-1500:]
 
 
-def test_a_fully_reused_pipeline_probes_nothing_again(tmp_path):
-    """Teacher and student scores are kept: a second run of a finished pipeline recomputes no probe."""
+def test_an_interrupted_demo_continues_and_a_finished_one_probes_nothing_again(tmp_path):
+    """Ctrl-C during the demo's distillation, then the same command: the student equals one distilled without a
+    stop; a third run reuses everything (no step, no probe runs again) and the model card has the scores."""
+    from safetensors.torch import load_file
+
+    from unic_cache import distill
     from unic_cache.demo import demo_config
     from unic_cache.pipeline import run_pipeline
 
-    config = demo_config(str(tmp_path / "demo"), quick=True)
-    run_pipeline(config, progress=False)
-    again = run_pipeline(demo_config(str(tmp_path / "demo"), quick=True), progress=False)
-    assert [s for s in again.steps if s[2] == "ran"] == []
-    assert {s[0] for s in again.steps} == {"data", "train-teacher", "extract", "distill", "eval"}
-    card = (tmp_path / "demo" / "runs" / "student" / "seed-0" / "model" / "README.md").read_text()
+    demo = tmp_path / "demo"
+    command = [sys.executable, "-m", "unic_cache", "demo", "--quick", "--out", str(demo), "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = demo / "runs" / "student" / "seed-0"
+    while proc.poll() is None and not list((run / "checkpoints").glob("step-*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 130 and "run the same command to continue" in err, err[-1500:]
+    assert not (run / "model").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert again.returncode == 0, again.stderr[-1500:]
+    record = json.loads((run / "config.json").read_text())
+    straight = {k: v for k, v in record.items() if k in DistillConfig.__dataclass_fields__}
+    distill(DistillConfig(**{**straight, "out": str(tmp_path / "straight"), "betas": tuple(straight["betas"])}))
+    a, b = (load_file(str(folder / "model" / "model.safetensors")) for folder in (run, tmp_path / "straight"))
+    assert all((a[k] == b[k]).all() for k in a)
+    reused = run_pipeline(demo_config(str(demo), quick=True), progress=False)
+    assert [s for s in reused.steps if s[2] == "ran"] == []
+    assert {s[0] for s in reused.steps} == {"data", "train-teacher", "extract", "distill", "eval"}
+    card = (run / "model" / "README.md").read_text()
     assert "## Evaluation" in card and "| shape-texture | teacher |" in card
-    assert json.loads(Path(tmp_path / "demo" / "eval-teachers" / "shape-texture.json").read_text())["scores"]
+    assert json.loads((demo / "eval-teachers" / "shape-texture.json").read_text())["scores"]

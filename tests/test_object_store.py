@@ -15,9 +15,9 @@ from unic_cache import Cache, UserError, extract
 from unic_cache.cache.audit import array_values, verify_cache
 from unic_cache.cache.claims import CLAIM_DIR
 
-from .conftest import HANG_GUARD, TINY, VIEWS, opts
+from .conftest import HANG_GUARD, TINY, VIEWS, moto_s3, opts
 
-moto_server = pytest.importorskip("moto.server", reason="the dev extra (moto[server]) runs the object-store tests")
+pytest.importorskip("moto.server", reason="the dev extra (moto[server]) runs the object-store tests")
 
 
 @pytest.fixture(scope="module")
@@ -26,26 +26,12 @@ def s3(shapes_dir):
     environment variables point every process (this one and its children) at it."""
     import s3fs
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("shapes")
-    for shard in sorted(shapes_dir.glob("*.tar")):
-        fs.put(str(shard), f"shapes/data/{shard.name}")
-    try:
+    with moto_s3():
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("shapes")
+        for shard in sorted(shapes_dir.glob("*.tar")):
+            fs.put(str(shard), f"shapes/data/{shard.name}")
         yield fs
-    finally:
-        server.stop()
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def same_values(local, remote_url: str) -> None:

@@ -204,7 +204,7 @@ def test_shipped_pipelines_are_valid(name):
     if name in ("views", "views-world1"):  # one view against the benchmark of its world, at the benchmark's recipe
         base = load_config(folder / ("shapes.yaml" if name == "views" else "shapes-world1.yaml"))
         assert config["distill"] == {**base["distill"], **PINNED}  # the recipe of its RESULTS.md runs
-        assert config["arms"] == {"views-1": {"views": 1}}
+        assert config["arms"] == {"views-1": {"views": 1}, "all-views": {}}
         assert config["seeds"] == base["seeds"] and config["teachers"] == base["teachers"]
     # the pipelines whose RESULTS.md runs predate UNIC's defaults pin what those runs had; the benchmark and the
     # ablations run UNIC's defaults, with the earlier recipe as an arm

@@ -16,7 +16,7 @@ QUICK = [  # a smoke test of every step in well under a minute; its numbers mean
     "cache.views=2",
     "teachers.shape-texture.train.epochs=1",
     "teachers.colour-geometry.train.epochs=1",
-    "distill.epochs=1",
+    "distill.epochs=4",
     "distill.workers=0",
 ]
 

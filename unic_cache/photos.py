@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
+from .shapes import write_shards
 
 COLOUR = ("coffee", "astronaut", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
 GRAY = ("camera", "moon", "coins", "clock")
@@ -67,23 +68,14 @@ def encode(image: Image.Image, kind: str, quality: int) -> tuple[str, bytes]:
 def make_photos(out: str | Path, n: int = 256, seed: int = 0, shard_size: int = 64) -> list[Path]:
     """Write ``n`` samples as webdataset shards ``out/photos-000000.tar`` ...; return the shard paths.
     Sample ``i`` comes from its own generator keyed by (seed, i), so the bytes are identical for a seed."""
-    import webdataset as wds
-
     if n <= 0 or shard_size <= 0:
         raise UserError("the photo corpus needs n > 0 and shard_size > 0")
     sources = _sources()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for first in range(0, n, shard_size):
-        path = out / f"photos-{first // shard_size:06d}.tar"
-        tmp = path.with_suffix(".tar.tmp")
-        with wds.TarWriter(str(tmp), mtime=0.0) as sink:
-            for i in range(first, min(n, first + shard_size)):
-                rng = np.random.default_rng([seed, i])
-                image, kind, cls = draw_photo(rng, sources)
-                ext, data = encode(image, kind, int(rng.integers(75, 96)))
-                sink.write({"__key__": f"photo{i:08d}", ext: data, "cls": str(cls).encode()})
-        tmp.replace(path)  # a crash never leaves a half-written shard under its final name
-        paths.append(path)
-    return paths
+
+    def sample(i: int) -> dict:
+        rng = np.random.default_rng([seed, i])
+        image, kind, cls = draw_photo(rng, sources)
+        ext, data = encode(image, kind, int(rng.integers(75, 96)))
+        return {"__key__": f"photo{i:08d}", ext: data, "cls": str(cls).encode()}
+
+    return write_shards(Path(out), "photos", n, shard_size, sample)

@@ -143,6 +143,24 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def write_shards(out: Path, prefix: str, n: int, shard_size: int, sample) -> list[Path]:
+    """Write samples ``sample(0) .. sample(n - 1)`` (webdataset dicts) as shards ``out/<prefix>-000000.tar`` ...
+    of ``shard_size`` samples; a crash never leaves a half-written shard under its final name."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for first in range(0, n, shard_size):
+        path = out / f"{prefix}-{first // shard_size:06d}.tar"
+        tmp = path.with_suffix(".tar.tmp")
+        with wds.TarWriter(str(tmp), mtime=0.0) as sink:
+            for i in range(first, min(n, first + shard_size)):
+                sink.write(sample(i))
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
 def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, shard_size: int = 500,
                 split_seed: int = 0) -> list[Path]:
     """Write ``n`` samples as webdataset shards ``out/shapes-000000.tar`` ...; return the shard paths.
@@ -151,25 +169,18 @@ def make_shapes(out: str | Path, n: int = 2000, size: int = 64, seed: int = 0, s
     equals the smaller world, and the bytes are identical for a seed. ``tasks.json`` and ``split.json``
     (the world's one train/val/test split, hashed from ``split_seed``) are written beside the shards.
     """
-    import webdataset as wds
-
     from .errors import UserError
 
     if n <= 0 or size < 16 or shard_size <= 0:
         raise UserError("make-shapes needs --n > 0, --size >= 16 and --shard-size > 0")
+
+    def sample(i: int) -> dict:
+        image, labels, maps = draw_sample(np.random.default_rng([seed, i]), size)
+        return {"__key__": f"sample{i:08d}", "png": _png(image), "json": json.dumps(labels).encode(),
+                **{f"{task}.png": _png(m) for task, m in maps.items()}}
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for first in range(0, n, shard_size):
-        path = out / f"shapes-{first // shard_size:06d}.tar"
-        tmp = path.with_suffix(".tar.tmp")
-        with wds.TarWriter(str(tmp), mtime=0.0) as sink:
-            for i in range(first, min(n, first + shard_size)):
-                image, labels, maps = draw_sample(np.random.default_rng([seed, i]), size)
-                sink.write({"__key__": f"sample{i:08d}", "png": _png(image), "json": json.dumps(labels).encode(),
-                            **{f"{task}.png": _png(m) for task, m in maps.items()}})
-        tmp.replace(path)  # a crash never leaves a half-written shard under its final name
-        paths.append(path)
+    paths = write_shards(out, "shapes", n, shard_size, sample)
     (out / "tasks.json").write_text(json.dumps([t.__dict__ for t in TASKS], indent=1))
     write_split(out, SplitRule(split_seed))
     return paths

@@ -1,4 +1,4 @@
-"""Fault injection: random SIGKILLs of extract and distill, then a resume, and concurrent plain extracts
+"""Fault injection: random SIGKILLs of extract and distill, then the same command again, and concurrent plain extracts
 racing to create one new cache; every outcome is compared bit for bit with an uninterrupted single run.
 
     python pipelines/bench/faults_bench.py --kills 10 --races 20 --write
@@ -34,6 +34,7 @@ from report import heading, publish, start_s3
 from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
 from unic_cache.cache.claims import CLAIM_DIR
+from unic_cache.distillation.runs import student_weights
 
 ARCH = "vit_tiny_patch16_224"
 
@@ -48,7 +49,7 @@ def identical_caches(a: str, b: str) -> bool:
 
 
 def identical_students(a: Path, b: Path) -> bool:
-    x, y = load_file(str(a / "student.safetensors")), load_file(str(b / "student.safetensors"))
+    x, y = (load_file(str(student_weights(run))) for run in (a, b))
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
@@ -121,13 +122,11 @@ def main() -> None:
     killed = same = 0
     for i in range(args.kills):
         out = root / f"killed-run-{i}"
-        first = cli(*run, "--out", str(out))
-        k, code = kill_then_finish(first, cli(*run, "--out", str(out), "--resume"), rng.uniform(0.0, 0.9 * t_distill))
-        if k and code != 0:  # killed before its first checkpoint: a fresh start is the resume
-            code = subprocess.run(first, capture_output=True).returncode
+        again = cli(*run, "--out", str(out))  # the same command continues a killed run
+        k, code = kill_then_finish(again, again, rng.uniform(0.0, 0.9 * t_distill))
         killed += k
         same += k and code == 0 and identical_students(root / "reference-run", out)
-    rows.append(("distill, SIGKILL at a random time then --resume", f"{killed} killed / {same} bit-identical", ""))
+    rows.append(("distill, SIGKILL at a random time then the same command", f"{killed} killed / {same} bit-identical", ""))
 
     outcome = {"bit-identical": 0, "refused in one line": 0, "broken": 0}
     left = 0

@@ -60,10 +60,10 @@ def main() -> None:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # killed once the half-way checkpoint is in place
         proc.wait()
-        if (resumed / "student.safetensors").exists():
+        if (resumed / "model").exists():
             sys.exit("the run finished before it could be killed: give more --steps")
         subprocess.run(distill_args(data, cache, resumed, args), check=True, capture_output=True)  # the same command
-        a, b = (load_file(str(run / "student.safetensors")) for run in (straight, resumed))
+        a, b = (load_file(str(run / "model" / "model.safetensors")) for run in (straight, resumed))
         worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     verdict = ("identical: every tensor of the resumed student equals the uninterrupted one's" if same else
