@@ -153,6 +153,7 @@ def test_torchrun_two_processes(world, tmp_path):
            "--workers", "0", "--no-progress", "--checkpoint-every", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done:") == 1  # rank 0 alone reports
     lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert json.loads((out / "config.json").read_text())["world_size"] == 2

@@ -103,7 +103,7 @@ def check(case: str, kind: str, write, tmp: Path) -> str:
     shard = folder / ("shard-000.tar" if kind == "tar" else "train-00000-of-00001.parquet")
     try:
         write(shard)
-    except (ImportError, FileNotFoundError, subprocess.CalledProcessError) as exc:
+    except (ImportError, OSError, subprocess.CalledProcessError) as exc:  # a writer this machine lacks
         return f"| {case} | not run ({type(exc).__name__}: {str(exc)[:60]}) | | |"
     source = open_source(str(folder))
     index = source.index(progress=False)
