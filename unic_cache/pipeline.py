@@ -278,9 +278,9 @@ class Pipeline:
         for arm, folders in runs.items():
             for folder in folders:
                 model = f"{arm}/{folder.name}"
-                fresh = (folder / "eval.json").exists() and (folder / "eval.json").stat().st_mtime >= student_weights(folder).stat().st_mtime
-                scores = self._kept(folder / "eval.json", key, lambda: ev.scores(ev.student_features(str(folder), model), model),
-                                    model, fresh)
+                saved = folder / "eval.json"
+                fresh = saved.exists() and saved.stat().st_mtime >= student_weights(folder).stat().st_mtime
+                scores = self._kept(saved, key, lambda: ev.scores(ev.student_features(str(folder), model), model), model, fresh)
                 results.add(arm, "student", scores)
                 card = ev.results()
                 for name, teacher_scores in teachers.items():

@@ -232,7 +232,7 @@ class Distiller:
         window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, its metrics on the device, its rows)
         tick = time.perf_counter()
         try:
-            with _stop_on_signals(self):
+            with _StopOnSignals(self):
                 for batch in (self.loader() if self.step < self.total else ()):
                     if self.step >= self.total:
                         break
@@ -405,8 +405,8 @@ class Distiller:
         have, want = recorded_config(state.get("resume", {})), self.resume_record()
         diff = [f"{k}: {have.get(k)} vs {want[k]}" for k in want if k in have and have[k] != want[k]]
         if diff:
-            raise UserError(f"--resume: {ckpt} was written with other settings ({'; '.join(diff)}); "
-                            "resume with the same options, or start a new --out")
+            raise UserError(f"checkpoint {ckpt} was written with other settings ({'; '.join(diff)}); continue it with "
+                            "the same options, or give a new --out to start another run")
         self.student.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
         if self.running:
             self.norms.load_state_dict(load_file(str(ckpt / "norms.safetensors"), device=str(self.device)))
@@ -434,7 +434,7 @@ class Distiller:
         save_file(heads, str(self.out / "heads.safetensors"))
 
 
-class _stop_on_signals:
+class _StopOnSignals:
     """While training: the first Ctrl-C (SIGINT) or SIGTERM asks the run to stop at its next checkpointable
     step (``Distiller._stop``); a second Ctrl-C stops at once. Only the main thread can take signals."""
 
