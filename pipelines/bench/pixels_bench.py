@@ -14,7 +14,8 @@ Per view, one thread (one core):
 - reduced-scale decoding (PIL's ``draft``, DCT scaling): the share of images whose every view keeps at least
   twice the target resolution at half scale (``draft_applicable_frac``: when a per-image scale would apply)
   and the decode time at half scale (``draft_half_decode_ms``);
-- with ``--device cuda``: ``device_ms_per_view`` of the photometric part on that device (batches of 256);
+- with ``--device cuda``: ``device_ms_per_view`` of the photometric part on that device (batches of 256), and
+  GPU JPEG decoding (nvJPEG, batched): ms per image and its pixels' distance from PIL's decode;
 - with ``--workers N``: ``cpu_views_per_s`` of the CPU part (decode once per image, K crops) in N processes.
 
     python pipelines/bench/pixels_bench.py --json              # a JSON line
@@ -95,6 +96,27 @@ def device_ms(x: torch.Tensor, params: np.ndarray, device: str, batch: int = 256
     return (time.perf_counter() - start) * 1000 / len(x)
 
 
+def gpu_decode(blobs: list[bytes], device: str) -> dict:
+    """nvJPEG through ``torchvision.io.decode_jpeg(..., device=...)``, batched, on the corpus's JPEGs: ms per
+    image (after a warm-up, synchronised) and how far its pixels are from PIL's (a new decoder would be a new
+    pixel pipeline, so this decides whether one is worth adding)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpegs = [b for b in blobs if b[:2] == b"\xff\xd8" and CURRENT.decode(b).mode == "RGB"]
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    decode_jpeg(data[:8], mode=ImageReadMode.RGB, device=device)
+    sync()
+    start = time.perf_counter()
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    sync()
+    ms = (time.perf_counter() - start) * 1000 / len(jpegs)
+    diff = [(img.cpu().permute(1, 2, 0).int() - torch.from_numpy(np.array(CURRENT.decode(b))).int()).abs()
+            for img, b in zip(images, jpegs)]
+    return {"gpu_decode_ms": round(ms, 4), "gpu_decode_max_level_diff": int(max(int(d.max()) for d in diff)),
+            "gpu_decode_mean_level_diff": round(float(np.mean([float(d.float().mean()) for d in diff])), 4)}
+
+
 def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: int = 64, device: str = "cpu",
             workers: int = 0) -> dict:
     torch.set_num_threads(1)
@@ -149,7 +171,8 @@ def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: i
             "views_per_s_16_cores": round(16 * 1000 / cpu_view), "stage2_samples_per_s_16_cores": round(16 * 1000 / cpu_sample),
             "old_views_per_s_16_cores": round(16 * 1000 / old_ms),
             "draft_applicable_frac": round(float(np.mean(draft_ok)), 3), "draft_half_decode_ms": round(timed(draft_decode, 3) / n, 3),
-            **({"device": device, "device_ms_per_view": round(device_ms(x, flat, device), 4)} if device != "cpu" else {}),
+            **({"device": device, "device_ms_per_view": round(device_ms(x, flat, device), 4), **gpu_decode(blobs, device)}
+               if device != "cpu" else {}),
             **({"workers": workers, "cpu_views_per_s": round(parallel_views_per_s(blobs, params, res, workers))}
                if workers else {})}
 
@@ -192,8 +215,9 @@ def main() -> None:
         f"{100 * r['frac_within_1']:.4f}% within one level, {100 * r['frac_identical']:.4f}% identical. "
         f"Reduced-scale decoding: {100 * r['draft_applicable_frac']:.0f}% of images keep twice the resolution in every "
         f"view at half scale; a half-scale decode takes {r['draft_half_decode_ms']:.2f} ms.",
-        *([f"On {r['device']}: the photometric part takes {r['device_ms_per_view']:.4f} ms per view (batches of 256)."]
-          if "device" in r else []),
+        *([f"On {r['device']}: the photometric part takes {r['device_ms_per_view']:.4f} ms per view (batches of 256); "
+           f"nvJPEG decodes an image in {r['gpu_decode_ms']:.4f} ms (batched), its pixels {r['gpu_decode_mean_level_diff']:.3f} "
+           f"levels from PIL's on average (at most {r['gpu_decode_max_level_diff']})."] if "device" in r else []),
         *([f"The CPU part in {r['workers']} processes: {r['cpu_views_per_s']:,} views/s."] if "workers" in r else []),
         "",
     ]
