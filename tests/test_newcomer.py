@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from unic_cache import Cache, DistillConfig, ExtractOptions, UserError, open_source
+from unic_cache import Cache, DistillConfig, ExtractOptions, UserError, make_shapes, open_source
 from unic_cache.cache.codecs import fidelity
 from unic_cache.cache.views import PlanConfig
 from unic_cache.cli import app
@@ -108,10 +108,12 @@ def test_a_teacher_with_constant_features_has_no_relative_error():
     assert "n/a (the features do not vary)" in fidelity_text({**got, "vectors": 10})
 
 
-def test_ctrl_c_in_extract_says_how_to_continue(shapes_dir, weights, tmp_path):
-    args = ["extract", str(shapes_dir), "--cache", str(tmp_path / "c.zarr"), "--teacher", f"timm:{TINY}",
+def test_ctrl_c_in_extract_says_how_to_continue(weights, tmp_path):
+    # 200 rows of 8 views, one unit each: seconds of work left when the signal comes, however loaded the machine
+    make_shapes(tmp_path / "data", n=200, size=32, seed=0, shard_size=50)
+    args = ["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c.zarr"), "--teacher", f"timm:{TINY}",
             "--resolution", "32", "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--unit-rows", "1",
-            "--workers", "0", "--no-progress"]
+            "--views", "8", "--workers", "0", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "unic_cache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     progress = tmp_path / "c.zarr" / "teachers" / TINY / "progress" / "c"
