@@ -109,7 +109,7 @@ def test_a_teacher_with_constant_features_has_no_relative_error():
 
 
 def test_ctrl_c_in_extract_says_how_to_continue(weights, tmp_path):
-    # 200 rows of 8 views, one unit each: seconds of work left when the signal comes, however loaded the machine
+    # 200 rows of 8 views, one unit each: seconds of work are left when the signal comes, even on a loaded machine
     make_shapes(tmp_path / "data", n=200, size=32, seed=0, shard_size=50)
     args = ["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c.zarr"), "--teacher", f"timm:{TINY}",
             "--resolution", "32", "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--unit-rows", "1",
