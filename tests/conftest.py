@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,13 @@ from unic_cache import make_shapes
 HANG_GUARD = 1800  # seconds: only a hung subprocess ever meets it; no assertion depends on wall-clock time
 TINY = "vit_tiny_patch16_224"  # 192 wide, patch 16
 SMALL8 = "vit_small_patch8_224"  # 384 wide, patch 8: a second teacher with other width, patch and grid
+
+
+def popen_for_ctrl_c(command: list[str]) -> subprocess.Popen:
+    """Start ``command`` taking Ctrl-C (SIGINT) as a terminal's foreground job does, even when the tests run as
+    a background job of a shell, whose children start with SIGINT ignored and keep it so."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.fixture(scope="session")

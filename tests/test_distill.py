@@ -15,7 +15,7 @@ from unic_cache.models import teachers as teachers_module
 from unic_cache.distillation.recipe import Distiller, distill
 from unic_cache.distillation.loader import DistillStream, Selection
 
-from .conftest import HANG_GUARD, SMALL8, STUDENT, TINY, VIEWS_DISTILL as VIEWS, config
+from .conftest import HANG_GUARD, SMALL8, STUDENT, TINY, VIEWS_DISTILL as VIEWS, config, popen_for_ctrl_c
 
 def test_distill_never_builds_a_teacher_and_the_loss_decreases(world, tmp_path, monkeypatch):
     teacher_ids = {TINY, SMALL8}
@@ -242,6 +242,31 @@ def _distill_cli(world, out, *extra: str) -> list[str]:
             "--workers", "2", "--log-every", "1", "--no-progress", *extra]
 
 
+def test_a_signal_the_process_was_started_ignoring_stays_ignored_while_training():
+    """A job a shell puts in the background starts with SIGINT ignored: distill keeps it so (as extract does)
+    and still takes SIGTERM; a run in the foreground takes both. Handlers are restored afterwards."""
+    import signal
+    import types
+
+    from unic_cache.distillation.recipe import _StopOnSignals
+
+    run = types.SimpleNamespace(_stop=False, rank=0)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with _StopOnSignals(run) as guard:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == guard._ask
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with _StopOnSignals(run) as guard:
+            assert signal.getsignal(signal.SIGINT) == guard._ask == signal.getsignal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_exactly(world, tmp_path):
     import signal
     import time
@@ -249,7 +274,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_exactly(world,
     straight = subprocess.run(_distill_cli(world, tmp_path / "straight"), capture_output=True, text=True, timeout=HANG_GUARD)
     assert straight.returncode == 0, straight.stderr[-2000:]
     command = _distill_cli(world, tmp_path / "run")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_for_ctrl_c(command)
     metrics = tmp_path / "run" / "metrics.jsonl"
     while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
         time.sleep(0.02)

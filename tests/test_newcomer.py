@@ -17,7 +17,7 @@ from unic_cache.cache.codecs import fidelity
 from unic_cache.cache.views import PlanConfig
 from unic_cache.cli import app
 
-from .conftest import HANG_GUARD, TINY, run_cli
+from .conftest import HANG_GUARD, TINY, popen_for_ctrl_c, run_cli
 from .test_integrity import BLOCK_TORCH
 
 runner = CliRunner()
@@ -114,8 +114,7 @@ def test_ctrl_c_in_extract_says_how_to_continue(weights, tmp_path):
     args = ["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c.zarr"), "--teacher", f"timm:{TINY}",
             "--resolution", "32", "--weights", str(weights[TINY]), "--model-arg", "depth=2", "--unit-rows", "1",
             "--views", "8", "--workers", "0", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "unic_cache", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = popen_for_ctrl_c([sys.executable, "-m", "unic_cache", *args])
     progress = tmp_path / "c.zarr" / "teachers" / TINY / "progress" / "c"
     while proc.poll() is None and not (progress.exists() and any(progress.iterdir())):
         time.sleep(0.01)
@@ -137,7 +136,7 @@ def test_an_interrupted_demo_continues_and_a_finished_one_probes_nothing_again(t
 
     demo = tmp_path / "demo"
     command = [sys.executable, "-m", "unic_cache", "demo", "--quick", "--out", str(demo), "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_for_ctrl_c(command)
     run = demo / "runs" / "student" / "seed-0"
     while proc.poll() is None and not list((run / "checkpoints").glob("step-*")):
         time.sleep(0.01)

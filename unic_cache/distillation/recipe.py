@@ -436,7 +436,9 @@ class Distiller:
 
 class _StopOnSignals:
     """While training: the first Ctrl-C (SIGINT) or SIGTERM asks the run to stop at its next checkpointable
-    step (``Distiller._stop``); a second Ctrl-C stops at once. Only the main thread can take signals."""
+    step (``Distiller._stop``); a second Ctrl-C stops at once. Only the main thread can take signals; a signal
+    the process was started ignoring (a job a shell put in the background ignores Ctrl-C) stays ignored, as
+    in extract."""
 
     def __init__(self, distiller: Distiller):
         self.distiller, self.previous = distiller, {}
@@ -451,7 +453,8 @@ class _StopOnSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {sig: signal.signal(sig, self._ask) for sig in (signal.SIGINT, signal.SIGTERM)
+                             if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:
