@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from unic_cache import load_config
-from unic_cache.cache.sources import KEY_RE, open_source
+from unic_cache.cache.sources import member_key, open_source
 from unic_cache.evaluation.labels import read_split
 from unic_cache.pipeline import Pipeline
 
@@ -32,7 +32,7 @@ def copy_train_rows(data: Path, out: Path) -> tuple[int, int]:
     out.mkdir(parents=True)
     for shard in sorted(data.glob("*.tar")):
         with tarfile.open(shard) as src, tarfile.open(out / shard.name, "w") as dst:
-            keyed = [(m, match[1]) for m in src.getmembers() if m.isfile() and (match := KEY_RE.match(m.name))]
+            keyed = [(m, split[0]) for m in src.getmembers() if m.isfile() and (split := member_key(m.name))]
             keys = sorted({key for _, key in keyed})  # the key rule the index reads shards with
             train = {k for k, part in zip(keys, rule.rows(keys)) if part == 0}
             kept, total = kept + len(train), total + len(keys)

@@ -19,7 +19,8 @@ def test_gpu_check_dry_run():
     assert result.stdout.rstrip().endswith("gpu_check dry run: every step ran")
     pixels = json.loads(result.stdout.splitlines()[0])  # pixels_bench --json
     for field in ("decode_ms", "cpu_ms_per_view", "device_ms_per_view_cpu", "old_ms_per_view", "max_level_diff",
-                  "frac_within_1", "views_per_s_16_cores", "cpu_views_per_s"):
+                  "frac_within_1", "views_per_s_16_cores", "cpu_views_per_s",
+                  "device_ms_per_view", "gpu_decode_ms", "gpu_decode_max_level_diff"):  # the --device branch ran
         assert field in pixels, field
     assert pixels["frac_within_1"] >= 0.999
     for section in ("### Extraction", "bf16 autocast against float32", "### Distillation data path", "online step time",

@@ -171,6 +171,9 @@ def test_a_codec_this_version_does_not_know_is_named(clean_cache, tmp_path):
     described = dict(group.attrs["codecs"])
     described["patch"] = {**described["patch"], "spec": "zfp-12", "values": "zfp"}
     group.attrs["codecs"] = described
+    from unic_cache import Cache
+
+    Cache.open(str(url), mode="a").seal_teacher(TINY)  # as the version that wrote it would have sealed it
     out = subprocess.run([sys.executable, "-m", "unic_cache", "info", str(url)], capture_output=True, text=True,
                          timeout=HANG_GUARD)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1

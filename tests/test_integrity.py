@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from unic_cache import Cache, UserError, build_teacher, extract
 from unic_cache.cache.audit import find_damage, verify_cache
+from unic_cache.cache.seal import SEAL
 from unic_cache.cache.claims import CLAIM_DIR, clean_stale_temp_files
 
 from .conftest import HANG_GUARD, TINY
@@ -47,8 +48,8 @@ def extract_args(data, cache, weights, *extra) -> list[str]:
 
 
 def chunk_files(root: Path) -> list[Path]:
-    """Every stored chunk or shard of every array (metadata files excluded)."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+    """Every stored chunk or shard of every array (metadata files and their seals excluded)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("zarr.json", SEAL))
 
 
 def same_arrays(a: Path, b: Path) -> None:

@@ -34,7 +34,8 @@ def samples(tmp_path_factory) -> dict:
     run = tmp / "run"
     run.mkdir()
     (run / "student.safetensors").write_bytes(b"")
-    (run / "config.json").write_text("{}")
+    (run / "heads.safetensors").write_bytes(b"")
+    (run / "config.json").write_text('{"format": "unic-cache distill run"}')
     (tmp / "init.safetensors").write_bytes(b"")
     return {"codec": "int8", "patch_codec": "pca-8+int8", "loss": "gauss", "norm": "phis", "drop_norm": "sample", "teacher_drop": 0.25, "warmup": 0.25,
             "drop_path": 0.25, "crop_scale": (0.3, 0.9), "betas": (0.8, 0.9), "data": str(tmp),

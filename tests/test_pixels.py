@@ -97,7 +97,11 @@ def test_a_cache_records_its_pipeline_and_an_unknown_one_is_refused(clean_cache,
     assert json.loads((clean_cache / "zarr.json").read_text())["attributes"]["pixels"]["version"] == CURRENT.version
     future = tmp_path / "future.zarr"
     shutil.copytree(clean_cache, future)
-    zarr.open_group(str(future), mode="a").attrs["pixels"] = {"version": 9}
+    group = zarr.open_group(str(future), mode="a")
+    group.attrs["pixels"] = {"version": 9}
+    from unic_cache.cache.store import seal_root
+
+    seal_root(group)  # as the version that wrote it would have sealed it
     from .conftest import run_cli
 
     result = run_cli("info", str(future))

@@ -18,7 +18,7 @@ from .errors import RunInterrupted, UserError
 if TYPE_CHECKING:
     from .pipeline import PipelineRun
 
-app = typer.Typer(
+_app = typer.Typer(
     help="Cache teacher features once (extract), then distil students from the cache alone.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: "[pool-F+]" is a codec spelling, not markup
@@ -60,20 +60,19 @@ def user_errors(fn):
     return wrapper
 
 
-@app.command("teachers")
+@_app.command("teachers")
 @user_errors
 def teachers_cmd(
     resolution: Annotated[Optional[int], typer.Option(help="Show grids at this resolution (default: 224, as extract).")] = None,
 ) -> None:
     """List teacher aliases with their timm ids, dims and token grids (builds no weights). Aliases run at 224 px
     (UNIC's set-up), not the hub model's native size, unless extract is given --resolution."""
-    from .models.registry import FAMILIES
-    from .models.teachers import teacher_shape
+    from .models.registry import ALIAS_RESOLUTION, FAMILIES, alias_shape
 
     typer.echo(f"{'alias':<11} {'size':<7} {'timm id':<42} {'dim':>5} {'grid':>6} {'res':>4}  about")
     for family in FAMILIES.values():
         for size, model_id in family.sizes.items():
-            info = teacher_shape(family.alias, size, resolution)
+            info = alias_shape(family.alias, size, resolution or ALIAS_RESOLUTION)
             grid = "x".join(str(g) for g in info.grid)
             mark = "*" if size == family.default else " "
             typer.echo(f"{family.alias:<11} {size + mark:<7} {model_id:<42} {info.dim:>5} {grid:>6} {info.resolution:>4}  {family.about}")
@@ -168,7 +167,16 @@ def options_command(app: typer.Typer, name: str, cls: type, run: Callable[..., N
 
 
 def _extract(opts, data: str, cache: str) -> None:
-    opts.check()  # before torch is imported
+    from .cache.sources import open_source
+    from .cache.store import check_cache_target
+
+    opts.check()  # before torch is imported: options, weight files, the cache path and the dataset it was made for
+    source = open_source(data)
+    check_cache_target(cache, source)
+    finished = opts.complete_in(cache, source)
+    if finished is not None:
+        typer.echo(f"{finished.name}: already complete in {cache} ({finished.units} units); nothing to do")
+        return
     from .extraction.runner import extract
 
     r = extract(data, cache, opts)
@@ -179,7 +187,12 @@ def _extract(opts, data: str, cache: str) -> None:
 
 
 def _distill(opts) -> None:
-    opts.check()  # before torch is imported: a wrong cache or teacher is named at once
+    from pathlib import Path
+
+    from .distillation.runs import check_run_folder
+
+    check_run_folder(Path(opts.out))  # before torch is imported: a user's folder, a wrong cache or teacher is named at once
+    opts.check()
     from .distillation.recipe import Distiller
 
     distiller = Distiller(opts)
@@ -219,9 +232,10 @@ def _make_shapes(opts) -> None:
 
 
 def _demo(opts) -> None:
-    from .demo import run_demo
+    from .demo import demo_config, demo_summary, run_demo
 
     _report(run_demo(opts.out, opts.quick, opts.progress))
+    typer.echo(demo_summary(demo_config(opts.out, opts.quick)))
 
 
 def _info(opts) -> None:
@@ -261,9 +275,19 @@ def _info(opts) -> None:
     typer.echo("-+-".join("-" * w for w in widths))
     for row in cells:
         typer.echo(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
+    typer.echo("\nprovenance:")
+    for t in teachers:
+        args = ", ".join(f"{k}={v}" for k, v in t["model args"].items())
+        sha = f" (sha256 {t['weights sha256'][:16]})" if t["weights sha256"] else ""
+        weights = t["weights"].rsplit("/", 1)[-1]  # the file's name; its path: info --json
+        typer.echo(f"  {t['teacher']}: timm {t['model']}{f' ({args})' if args else ''}, weights {weights}{sha}, "
+                   f"{t['resolution']} px, {t['summary']} summary")
+    for t in teachers:
+        for warning in t["warnings"]:
+            typer.echo(f"warning: teacher {t['teacher']}: {warning}", err=True)
     lines = [f"  {t['teacher']} {kind}: {fidelity_text(f)}" for t in teachers for kind, f in t["fidelity"].items()]
     if lines:
-        typer.echo("\ncodec fidelity (calibration, against the teacher's float32 forward):")
+        typer.echo("\ncodec fidelity (calibration sample-views, against the teacher's float32 forward):")
         typer.echo("\n".join(lines))
 
 
@@ -275,76 +299,95 @@ def _plan(opts) -> None:
 
 
 def _verify(opts) -> None:
-    from .cache.audit import find_damage, repair_cache
+    from .cache.audit import verify
     from .cache.sources import open_source
-    from .cache.store import Cache
 
     opts.check()
-
-    opened = Cache.open(opts.cache, mode="a" if opts.repair else "r")
-    source = open_source(opts.data) if opts.data else None
-    damage = find_damage(opened, source, opts.progress)
-    for p in damage.problems:
-        typer.echo(p if p.startswith("note:") else f"problem: {p}", err=True)
-    problems = [p for p in damage.problems if not p.startswith("note:")]
-    if opts.repair and problems:
-        for action in repair_cache(opened, damage, source):
-            typer.echo(f"repaired: {action}")
-        for problem in damage.beyond_repair:
-            typer.echo(f"not repaired: {problem}", err=True)
-        typer.echo(f"now run the same `unic-cache extract ... --cache {opts.cache}` command(s) to rewrite what was unflagged")
-        if damage.beyond_repair:
-            raise typer.Exit(1)
-        return
-    if problems:
+    verdict = verify(opts.cache, open_source(opts.data) if opts.data else None, opts.repair, opts.progress)
+    for line in verdict.notes:
+        typer.echo(line, err=True)
+    for line in verdict.problems:
+        typer.echo(f"problem: {line}", err=True)
+    for line in verdict.repaired:
+        typer.echo(f"repaired: {line}")
+    for line in verdict.not_repaired:
+        typer.echo(f"not repaired: {line}", err=True)
+    if verdict.error:
+        raise UserError(verdict.error)
+    if verdict.problems and not opts.repair:
+        typer.echo(f"run `unic-cache verify {opts.cache} --repair` to repair what can be", err=True)
+    if not verdict.ok:
         raise typer.Exit(1)
+    if verdict.pending:
+        for line in verdict.pending:
+            typer.echo(f"to do: {line}")
+        typer.echo(f"now run the same `unic-cache extract ... --cache {opts.cache}` command(s) to rewrite what is to do")
+        return
     typer.echo(f"ok: {opts.cache} verified")
 
 
-def _register_option_commands() -> None:
-    from .cache.options import InfoOptions, VerifyOptions
-    from .demo import DemoOptions
-    from .distillation.options import DistillConfig
-    from .evaluation.options import EvalOptions, TeacherTrainConfig
-    from .extraction.options import ExtractOptions
-    from .plan import PlanOptions
-    from .shapes import ShapesOptions
-
+def _extract_args() -> list:
     keyword = inspect.Parameter.KEYWORD_ONLY
-    options_command(app, "extract", ExtractOptions, _extract,
-                    "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", [
+    return [
         inspect.Parameter("data", keyword, annotation=Annotated[str, typer.Argument(
             metavar="DATA", help="Input: webdataset .tar or Hugging Face .parquet shards (path, data-{000..009}.tar, glob, fsspec URL, "
                  "folder of shards) or an image folder.")]),
         inspect.Parameter("cache", keyword, annotation=Annotated[str, typer.Option(
-            "--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])])
-    options_command(app, "distill", DistillConfig, _distill,
-                    "Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP.")
-    options_command(app, "eval", EvalOptions, _eval,
-                    "Probe students and cached teachers per task: kNN, linear probe and k-means NMI (classes), "
-                    "ridge R² (targets).", [
-        inspect.Parameter("out", keyword, default="eval", annotation=Annotated[str, typer.Option(
-            help="Folder for results.json, results.md and results.png.")])])
-    options_command(app, "train-teacher", TeacherTrainConfig, _train_teacher,
-                    "Train a small specialised teacher on some tasks (never on eval's test rows); prints the "
-                    "extract command.")
-    options_command(app, "make-shapes", ShapesOptions, _make_shapes, "Write a procedural multi-task image world "
-                    "(shapes, colours, textures, counts, sizes, positions).")
-    options_command(app, "demo", DemoOptions, _demo, "Offline end to end: a shapes world, specialised teachers, one "
-                    "cache, a distilled student, the evaluation.")
-    options_command(app, "info", InfoOptions, _info, "Summarise a cache: samples, bad samples, views, integrity, and "
-                    "per teacher dims, grid, codec, bytes, completeness.")
-    options_command(app, "plan", PlanOptions, _plan, "Bytes per teacher and in total for a dataset, teachers, views "
-                    "and codecs, and the read bandwidth stage 2 needs; nothing is extracted.")
-    options_command(app, "verify", VerifyOptions, _verify, "Decode every chunk of every array (checksums), check "
-                    "progress, statistics, view plan, index and fingerprint; with --data, every image's digest. "
-                    "Exit 1 on any problem (after --repair: 0 once repaired).")
+            "--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])]
 
 
-_register_option_commands()
+def _eval_args() -> list:
+    return [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default="eval", annotation=Annotated[str, typer.Option(
+        help="Folder for results.json, results.md and results.png.")])]
 
 
-@app.command("run")
+# name -> (module and options class, what runs it, help, extra parameters): registered on first use, so that a
+# command imports only its own options (``unic-cache teachers`` and ``plan`` need neither numpy's array code nor torch)
+OPTION_COMMANDS: dict[str, tuple[str, str, Callable, str, Callable[[], list] | None]] = {
+    "extract": ("extraction.options", "ExtractOptions", _extract,
+                "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", _extract_args),
+    "distill": ("distillation.options", "DistillConfig", _distill,
+                "Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP.", None),
+    "eval": ("evaluation.options", "EvalOptions", _eval, "Probe students and cached teachers per task: kNN, linear probe "
+             "and k-means NMI (classes), ridge R² (targets).", _eval_args),
+    "train-teacher": ("evaluation.options", "TeacherTrainConfig", _train_teacher, "Train a small specialised teacher on "
+                      "some tasks (never on eval's test rows); prints the extract command.", None),
+    "make-shapes": ("shapes", "ShapesOptions", _make_shapes, "Write a procedural multi-task image world (shapes, "
+                    "colours, textures, counts, sizes, positions).", None),
+    "demo": ("demo", "DemoOptions", _demo, "Offline end to end: a shapes world, specialised teachers, one cache, a "
+             "distilled student, the evaluation.", None),
+    "info": ("cache.options", "InfoOptions", _info, "Summarise a cache: samples, bad samples, views, integrity, and per "
+             "teacher dims, grid, codec, bytes, completeness.", None),
+    "plan": ("plan", "PlanOptions", _plan, "Bytes per teacher and in total for a dataset, teachers, views and codecs, and "
+             "the read bandwidth stage 2 needs; nothing is extracted.", None),
+    "verify": ("cache.options", "VerifyOptions", _verify, "Decode every chunk of every array (checksums), check "
+               "progress, statistics, view plan, index and fingerprint; with --data, every image's digest. Exit 1 on "
+               "any problem (after --repair: 0 once repaired).", None),
+}
+_registered: set[str] = set()
+
+
+def register(names=None) -> typer.Typer:
+    """Register the option commands ``names`` (all when None) on the app, once each, in their listed order; the app."""
+    import importlib
+
+    for name in OPTION_COMMANDS if names is None else names:
+        if name in _registered:
+            continue
+        module, cls, run, doc, extra = OPTION_COMMANDS[name]
+        options_command(_app, name, getattr(importlib.import_module(f".{module}", __package__), cls), run, doc,
+                        extra() if extra else None)
+        _registered.add(name)
+    return _app
+
+
+def __getattr__(name: str):
+    if name == "app":  # the whole CLI, for CliRunner and other callers in Python
+        return register()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@_app.command("run")
 @user_errors
 def run_cmd(
     pipeline: Annotated[str, typer.Argument(help="A pipeline YAML (see pipelines/): data, teachers, cache, distill arms, seeds, eval.")],
@@ -370,4 +413,12 @@ def _report(run: "PipelineRun") -> None:
 
 
 def main() -> None:
-    app()
+    """The ``unic-cache`` command: only the command named is registered (every one for ``--help``)."""
+    import sys
+
+    name = next((a for a in sys.argv[1:2] if not a.startswith("-")), None)
+    if name in ("teachers", "run"):
+        register([])
+    else:
+        register([name] if name in OPTION_COMMANDS else None)
+    _app()

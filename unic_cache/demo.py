@@ -29,6 +29,19 @@ def demo_config(out: str, quick: bool = False) -> dict:
     return load_config(str(path), [f"out={out}", *(QUICK if quick else [])])
 
 
+def demo_summary(config: dict) -> str:
+    """One paragraph saying what the demo ran, read from its config (so that it stays true)."""
+    data, cache, distill = config["data"]["shapes"], config["cache"], config["distill"]
+    args = distill.get("model_args", {})
+    hidden = ("projectors sized to the student (--lop-hidden student; UNIC's 768/3072 are sized for ViT-B)"
+              if distill.get("lop_hidden") == "student" else "UNIC's projectors")
+    return (f"demo: {data['n']:,} shapes images at {data['size']} px; {len(config['teachers'])} teachers trained on disjoint "
+            f"tasks; one cache of {cache['views']} views per image; a {args.get('depth', '?')}-block, "
+            f"{args.get('embed_dim', '?')}-wide student distilled from the cache alone for {distill['epochs']} epochs with "
+            f"UNIC's loss and teacher dropping (p = {distill.get('teacher_drop', 0.5)}) and {hidden}; every model probed "
+            "on every task (RESULTS.md, 'The demo', says what it scored)")
+
+
 def run_demo(out: str = "demo", quick: bool = False, progress: bool = True) -> PipelineRun:
     """Run the demo end to end into ``out``; re-running reuses every finished step."""
     from .pipeline import run_pipeline

@@ -13,9 +13,17 @@ def check_options(cls: type, values: dict, command: str) -> None:
     """Refuse keys that are not fields of the options dataclass ``cls`` of ``unic-cache <command>``."""
     from dataclasses import fields
 
-    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    import difflib
+
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise UserError(f"unknown {command} option(s) {', '.join(unknown)}; see `unic-cache {command} --help`")
+        hints = []
+        for key in unknown:  # --set batch-size=4 means batch_size; --set lrr=1e-3 probably lr
+            close = [key.replace("-", "_")] if key.replace("-", "_") in names else difflib.get_close_matches(key, names, 1)
+            hints += [f"{key} -> {close[0]}"] if close else []
+        mean = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise UserError(f"unknown {command} option(s) {', '.join(unknown)}{mean}; see `unic-cache {command} --help`")
 
 
 def yaml_value(text: str, what: str):

@@ -192,5 +192,6 @@ def _coerce(value: Any, kind: Any, name: str, command: str) -> Any:
     if base is str and isinstance(value, int) and not isinstance(value, bool):  # --set lop_hidden=768
         return str(value)
     if base in (bool, int, float, str) and (not isinstance(value, base) or base is int and isinstance(value, bool)):
-        raise UserError(f"{command} option {name} takes a {base.__name__}, got {value!r}")
+        kind = {"bool": "a bool (true or false)", "int": "an int", "float": "a float", "str": "a string"}[base.__name__]
+        raise UserError(f"{command} option {name} takes {kind}, got {value!r}")
     return value

@@ -49,7 +49,8 @@ from .distillation.recipe import distill
 from .distillation.runs import add_scores_to_card, is_finished, recipe_differences, recorded, student_weights
 from .errors import UserError, check_options
 from .cache.sources import open_source
-from .evaluation.evaluate import EVAL_FORMAT, Evaluator
+from .cache.views import PlanConfig, ViewPolicy
+from .evaluation.evaluate import EVAL_FORMAT, Evaluator, score_card
 from .evaluation.labels import read_split
 from .evaluation.options import EvalOptions, TeacherTrainConfig
 from .evaluation.results import Results, check_results_folder
@@ -182,8 +183,8 @@ class Pipeline:
         self.run = PipelineRun(self.out)
         cache = config.get("cache", {}) or {}
         self.cache_url = cache.get("path") or str(self.out / "cache.zarr")
-        self.views, self.view_seed = int(cache.get("views", 8)), int(cache.get("seed", 0))
-        self.crop_scale = tuple(cache.get("crop_scale", ExtractOptions.crop_scale))
+        self.views, self.view_seed = int(cache.get("views", PlanConfig.views)), int(cache.get("seed", PlanConfig.seed))
+        self.crop_scale = tuple(cache.get("crop_scale", ViewPolicy.scale))
         self.unit_rows = cache.get("unit_rows")
 
     def data(self) -> str:
@@ -282,11 +283,7 @@ class Pipeline:
                 fresh = saved.exists() and saved.stat().st_mtime >= student_weights(folder).stat().st_mtime
                 scores = self._kept(saved, key, lambda: ev.scores(ev.student_features(str(folder), model), model), model, fresh)
                 results.add(arm, "student", scores)
-                card = ev.results()
-                for name, teacher_scores in teachers.items():
-                    card.add(name, "teacher", teacher_scores)
-                card.add(model, "student", scores)
-                add_scores_to_card(folder, "\n".join(card.table("test") + ["", "Validation split:", ""] + card.table("val")))
+                add_scores_to_card(folder, score_card(ev, teachers, model, scores))
         return results
 
     def _kept(self, path: Path, key: dict, compute, what: str, fresh: bool = True) -> dict:

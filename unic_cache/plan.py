@@ -1,5 +1,6 @@
 """``unic-cache plan``: the bytes a cache will take and the read bandwidth stage 2 will need, before any
-extraction (teachers are built on the meta device: no weights, no data read unless DATA is given)."""
+extraction (aliases are sized from the registry, other timm models built on the meta device: no weights, no data
+read unless DATA is given)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ class PlanOptions(Options):
 
 def plan(opts: PlanOptions) -> list[TeacherSize]:
     """One ``TeacherSize`` per teacher of ``opts``."""
-    from .models.registry import split_alias
-    from .models.teachers import teacher_shape
+    from .models.registry import alias_shape, default_resolution, split_alias
 
     opts.check()
     samples = opts.samples
@@ -57,7 +57,12 @@ def plan(opts: PlanOptions) -> list[TeacherSize]:
     sizes = []
     for spec in opts.teachers:
         teacher, size = split_alias(spec, None)
-        info = teacher_shape(teacher, size, opts.resolution, opts.model_args)
+        if teacher.startswith("timm:") or opts.model_args:  # any timm model: built on the meta device
+            from .models.teachers import teacher_shape
+
+            info = teacher_shape(teacher, size, opts.resolution, opts.model_args)
+        else:  # an alias: known without torch
+            info = alias_shape(teacher, size, default_resolution(teacher, opts.resolution))
         sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.views))
     return sizes
 

@@ -1,8 +1,18 @@
-"""Fault injection: random SIGKILLs of extract and distill, then the same command again, and concurrent plain extracts
-racing to create one new cache; every outcome is compared bit for bit with an uninterrupted single run.
+"""Fault injection: random SIGKILLs of extract and distill, then the same command again, concurrent plain extracts
+racing to create one new cache, and random damage done to a finished cache and run folder as an adversary would;
+every outcome is compared bit for bit with an uninterrupted single run.
 
     python pipelines/bench/faults_bench.py --kills 10 --races 20 --write
     python pipelines/bench/faults_bench.py --kills 5 --races 20 --s3 --write   # caches on a loopback S3 server
+    python pipelines/bench/faults_bench.py --kills 0 --races 0 --damage 240 --write   # damage classes only
+
+``--damage N``: N trials, each one fault of a class drawn at random (an edited attribute or array metadata, an
+unparsable or deleted ``zarr.json``, a flipped byte, a truncated, deleted or swapped chunk or shard, a damaged
+seal, a run folder left as a kill during each of its files leaves it, a user's file where the tool writes), then
+what a user does: ``verify``; if it finds something, ``verify --repair`` and the same extract; each outcome is
+caught-and-repaired bit-identical, refused in one line (or "not repaired", exit 1), harmless (nothing the data
+means changed), or silent (verify said ok, or repair said done, and the data differ): the target is 0 silent,
+0 tracebacks and no user file touched.
 
 With ``--s3`` every cache (the killed extracts' and the racing ones) lives on a moto S3 server started on
 127.0.0.1 by this script (the dev extra); the uninterrupted reference stays on local disk.
@@ -14,6 +24,7 @@ or broken), plus the temp files and claims left behind.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import signal
@@ -81,11 +92,274 @@ def kill_then_finish(cmd: list[str], resume: list[str], at: float) -> tuple[bool
     return killed, done.returncode
 
 
+def documents(root: Path) -> dict[str, object]:
+    """Every ``zarr.json`` under a cache, parsed (volatile attributes dropped), by path: what the data means."""
+    from unic_cache.cache.seal import VOLATILE
+
+    out = {}
+    for path in sorted(root.rglob("zarr.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            doc = "unreadable"
+        if isinstance(doc, dict) and isinstance(doc.get("attributes"), dict):
+            doc["attributes"] = {k: v for k, v in doc["attributes"].items() if k not in VOLATILE}
+        out[str(path.relative_to(root))] = doc
+    return out
+
+
+def same_cache(reference: Path, cache: Path) -> bool:
+    """Arrays value for value and metadata document for document."""
+    return identical_caches(str(reference), str(cache)) and documents(reference) == documents(cache)
+
+
+def _mutate(value, rng: random.Random):
+    """A plausible edit of one JSON leaf."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + rng.choice((1, -1, 7))
+    if isinstance(value, float):
+        return value * rng.choice((0.5, 2.0)) + 0.01
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return value[:-1] if value and rng.random() < 0.5 else value + [value[-1] if value else 0]
+    return 0
+
+
+def _leaves(doc, path=()):
+    if isinstance(doc, dict) and doc:
+        for k, v in doc.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(doc, list) and doc and all(isinstance(v, (dict, list)) for v in doc):
+        for i, v in enumerate(doc):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path
+
+
+def edit_attribute(cache: Path, rng: random.Random) -> str:
+    files = sorted(cache.rglob("zarr.json"))
+    path = rng.choice(files)
+    doc = json.loads(path.read_text())
+    leaf = rng.choice(list(_leaves(doc)))
+    node = doc
+    for key in leaf[:-1]:
+        node = node[key]
+    node[leaf[-1]] = _mutate(node[leaf[-1]], rng)
+    path.write_text(json.dumps(doc, indent=2))
+    return f"{path.relative_to(cache)}:{'.'.join(map(str, leaf))}"
+
+
+def chunk_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*") if p.is_file() and p.name not in ("zarr.json", "seal.json"))
+
+
+def damage_chunk(cache: Path, rng: random.Random, how: str) -> str:
+    files = chunk_files(cache)
+    path = rng.choice(files)
+    data = path.read_bytes()
+    if how == "flip":
+        i = rng.randrange(len(data))
+        path.write_bytes(data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1:])
+    elif how == "truncate":
+        path.write_bytes(data[:rng.randrange(len(data))])
+    elif how == "delete":
+        path.unlink()
+    else:  # swap with another chunk or shard of the same array
+        array = str(path.relative_to(cache)).split("/c/")[0]
+        others = [f for f in files if f != path and str(f.relative_to(cache)).split("/c/")[0] == array]
+        if not others:
+            return damage_chunk(cache, rng, "flip")
+        other = rng.choice(others)
+        other_data = other.read_bytes()
+        other.write_bytes(data)
+        path.write_bytes(other_data)
+        return f"swap {path.relative_to(cache)} <-> {other.relative_to(cache)}"
+    return f"{how} {path.relative_to(cache)}"
+
+
+def damage_metadata_file(cache: Path, rng: random.Random, how: str) -> str:
+    pool = sorted(cache.rglob("seal.json" if how.startswith("seal") else "zarr.json"))
+    path = rng.choice(pool)
+    if how.endswith("delete"):
+        path.unlink()
+    else:  # unparsable (cut) or, for a seal, one byte flipped
+        data = path.read_bytes()
+        i = rng.randrange(len(data))
+        path.write_bytes(data[:i] + bytes([data[i] ^ 1]) + data[i + 1:] if how == "seal flip" else data[:i])
+    return f"{how} {path.relative_to(cache)}"
+
+
+CACHE_FAULTS = ("attribute edit", "zarr.json unparsable", "zarr.json delete", "chunk flip", "chunk truncate",
+                "chunk delete", "chunk swap", "seal flip", "seal delete")
+RUN_FAULTS = ("kill while writing config.json", "kill while writing heads", "kill while writing the model",
+              "kill while writing a checkpoint", "kill while rewriting metrics")
+USER_FAULTS = ("user file in --out", "user file in the model folder", "user config.json in --out", "user file as --cache")
+
+
+def _invoke(args: list[str]):
+    """(exit code, stdout, stderr, traceback?) of one CLI call, in this process."""
+    from typer.testing import CliRunner
+
+    from unic_cache.cli import app
+
+    result = CliRunner().invoke(app, args)
+    crashed = (result.exception is not None and not isinstance(result.exception, SystemExit)) or "Traceback" in result.output
+    return result.exit_code, result.stdout, result.stderr, crashed
+
+
+def one_line(code: int, err: str) -> bool:
+    """A refusal as the CLI makes it: exit 2, one ``error:`` line, last."""
+    lines = err.strip().splitlines()
+    return code == 2 and bool(lines) and lines[-1].startswith("error: ") and sum(l.startswith("error: ") for l in lines) == 1
+
+
+def cache_trial(fault: str, reference: Path, cache: Path, extract_args: list[str], data: Path,
+                rng: random.Random) -> tuple[str, str]:
+    """(outcome, what was done) of one fault on a copy of the reference cache."""
+    shutil.copytree(reference, cache)
+    if fault == "attribute edit":
+        what = edit_attribute(cache, rng)
+    elif fault.startswith("chunk"):
+        what = damage_chunk(cache, rng, fault.split()[1])
+    else:
+        what = damage_metadata_file(cache, rng, fault)
+    code, _, err, crashed = _invoke(["verify", str(cache), "--no-progress"])
+    if crashed:
+        return "traceback", what
+    if code == 2:
+        return ("refused in one line" if one_line(code, err) else "traceback"), what
+    if code == 0:
+        return ("harmless" if same_cache(reference, cache) else "silent"), what
+    code, _, err, crashed = _invoke(["verify", str(cache), "--repair", "--no-progress"])
+    if code == 2 and "needs the dataset" in err:  # as the message says: give it the data
+        code, _, err, crashed = _invoke(["verify", str(cache), "--repair", "--data", str(data), "--no-progress"])
+    if crashed:
+        return "traceback", what
+    if code != 0:
+        said = code == 1 and "not repaired:" in err or one_line(code, err)
+        return ("refused (not repaired, said)" if said else "traceback"), what
+    code, _, err, crashed = _invoke([*extract_args, "--cache", str(cache)])
+    if crashed or code != 0:
+        return ("traceback" if crashed or not one_line(code, err) else "silent"), what  # repair said done
+    return ("repaired bit-identical" if same_cache(reference, cache) else "silent"), what
+
+
+def run_trial(fault: str, reference_run: Path, out: Path, distill_args: list[str]) -> tuple[str, str]:
+    """A run folder as a kill during one of its files leaves it, then the same command: finished bit-identical?"""
+    shutil.copytree(reference_run, out)
+    if fault.endswith("config.json"):
+        (out / "config.json.tmp").write_text((out / "config.json").read_text()[:40])
+    elif fault.endswith("heads"):
+        (out / "heads.safetensors").rename(out / "heads.safetensors.tmp")
+        shutil.rmtree(out / "model")  # written after the heads
+    elif fault.endswith("model"):
+        (out / "model").rename(out / "model.tmp")
+        (out / "model.tmp" / "model.safetensors").write_bytes(b"cut")
+    elif fault.endswith("checkpoint"):
+        last = sorted((out / "checkpoints").iterdir())[-1]
+        shutil.rmtree(out / "model")
+        (out / "heads.safetensors").unlink()
+        last.rename(last.with_name(last.name + ".tmp"))
+    else:
+        (out / "metrics.jsonl.tmp").write_text("{\"step\": 1")
+    code, _, err, crashed = _invoke([*distill_args, "--out", str(out)])
+    if crashed:
+        return "traceback", fault
+    if code != 0:
+        return ("refused in one line" if one_line(code, err) else "traceback"), fault
+    return ("finished bit-identical" if identical_students(reference_run, out) else "silent"), fault
+
+
+def user_trial(fault: str, root: Path, i: int, reference_run: Path, extract_args: list[str],
+               distill_args: list[str]) -> tuple[str, str]:
+    """A user's file where the tool would write: refused in one line and untouched?"""
+    place = root / f"user-{i}"
+    if fault == "user file as --cache":
+        target = place / "mine"
+        target.mkdir(parents=True)
+        (target / "notes.txt").write_text("mine")
+        args = [*extract_args, "--cache", str(target)]
+    else:
+        if fault == "user file in the model folder":
+            shutil.copytree(reference_run, place)
+            target = place / "model" / "w.bin"
+        else:
+            place.mkdir(parents=True)
+            target = place / ("config.json" if "config" in fault else "metrics.jsonl")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text('{"hidden_size": 768}' if "config" in fault else "mine")
+        args = [*distill_args, "--out", str(place)]
+    files = {p: p.read_bytes() for p in place.rglob("*") if p.is_file()}
+    code, _, err, crashed = _invoke(args)
+    untouched = files == {p: p.read_bytes() for p in place.rglob("*") if p.is_file()}
+    if not untouched:
+        return "user file touched", fault
+    if crashed:
+        return "traceback", fault
+    return ("refused in one line" if one_line(code, err) else "silent"), fault
+
+
+def damage_rows(root: Path, trials: int, rng: random.Random) -> list[str]:
+    """The --damage trials on a finished cache (tiny teacher, 2 views, units of 8 rows, PCA-coded patch tokens)."""
+    from collections import Counter, defaultdict
+
+    torch.manual_seed(1)
+    weights = root / "damage-teacher.safetensors"
+    save_file(timm.create_model(ARCH, num_classes=0, img_size=32, depth=2).state_dict(), str(weights))
+    extract_args = ["extract", str(root / "data"), "--teacher", f"timm:{ARCH}", "--resolution", "32", "--weights",
+                    str(weights), "--model-arg", "depth=2", "--views", "2", "--batch-size", "8", "--workers", "0",
+                    "--unit-rows", "8", "--patch-codec", "pca-8+int8", "--no-progress"]
+    reference = root / "damage-reference.zarr"
+    assert _invoke([*extract_args, "--cache", str(reference)])[0] == 0
+    distill_args = ["distill", str(root / "data"), "--cache", str(reference), "--student", ARCH, "--img-size", "32",
+                    "--model-arg", "depth=2", "--steps", "6", "--batch-size", "8", "--workers", "0",
+                    "--checkpoint-every", "2", "--no-progress"]
+    reference_run = root / "damage-reference-run"
+    assert _invoke([*distill_args, "--out", str(reference_run)])[0] == 0
+    faults = [*CACHE_FAULTS, *RUN_FAULTS, *USER_FAULTS]
+    weights_of = [4] * len(CACHE_FAULTS) + [1] * len(RUN_FAULTS) + [1] * len(USER_FAULTS)  # cache faults drawn more
+    counts: dict[str, Counter] = defaultdict(Counter)
+    bad: list[str] = []
+    for i in range(trials):
+        fault = rng.choices(faults, weights_of)[0]
+        if fault in CACHE_FAULTS:
+            outcome, what = cache_trial(fault, reference, root / f"damaged-{i}.zarr", extract_args, root / "data", rng)
+            shutil.rmtree(root / f"damaged-{i}.zarr", ignore_errors=True)
+        elif fault in RUN_FAULTS:
+            outcome, what = run_trial(fault, reference_run, root / f"run-{i}", distill_args)
+            shutil.rmtree(root / f"run-{i}", ignore_errors=True)
+        else:
+            outcome, what = user_trial(fault, root, i, reference_run, extract_args, distill_args)
+            shutil.rmtree(root / f"user-{i}", ignore_errors=True)
+        counts[fault][outcome] += 1
+        if outcome in ("silent", "traceback", "user file touched"):
+            bad.append(f"{fault}: {what} -> {outcome}")
+        print(f"[{i + 1}/{trials}] {fault}: {what} -> {outcome}", flush=True)
+    outcomes = ["repaired bit-identical", "finished bit-identical", "refused in one line", "refused (not repaired, said)",
+                "harmless", "silent", "traceback", "user file touched"]
+    total = Counter()
+    for c in counts.values():
+        total.update(c)
+    rows = [f"| {fault} | {sum(counts[fault].values())} | " + " | ".join(str(counts[fault][o]) for o in outcomes) + " |"
+            for fault in faults if counts[fault]]
+    return [f"{trials} trials, one fault each, drawn at random (cache faults 4x as often as the others); a cache fault is "
+            "followed by `verify`, and when it finds something by `verify --repair` and the same extract; a run-folder "
+            "fault by the same distill command; a user's file by the command that would write there. *harmless*: verify "
+            "said ok and every array and metadata document is the reference's (the edit touched nothing the data means).",
+            "", "| fault | trials | " + " | ".join(outcomes) + " |", "|---|---|" + "---|" * len(outcomes), *rows,
+            "| **all** | " + f"{trials} | " + " | ".join(f"**{total[o]}**" for o in outcomes) + " |", "",
+            *(["Silent, traceback or touched:", "", *[f"- {b}" for b in bad], ""] if bad else [])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10, help="killed runs of extract, and as many of distill")
     ap.add_argument("--races", type=int, default=20, help="trials of 2-4 concurrent extracts on a new cache")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--damage", type=int, default=0, help="random damage trials on a finished cache and run folder")
     ap.add_argument("--s3", action="store_true", help="caches on a moto S3 server on 127.0.0.1")
     ap.add_argument("--write", action="store_true", help="append the result to BENCHMARKS.md")
     args = ap.parse_args()
@@ -100,6 +374,12 @@ def main() -> None:
     base = ["extract", str(root / "data"), "--teacher", f"timm:{ARCH}", "--resolution", "32", "--weights", str(weights),
             "--model-arg", "depth=2", "--views", "3", "--batch-size", "6", "--workers", "0", "--unit-rows", "2",
             "--no-progress"]
+    if args.damage:
+        lines = heading("Fault injection: damage done to a finished cache and run folder") + damage_rows(root, args.damage, rng)
+        publish(lines, args.write)
+        if not (args.kills or args.races):
+            shutil.rmtree(root)
+            return
     reference = root / "reference.zarr"
     t_extract = timed(cli(*base, "--cache", str(reference)))
     run = ["distill", str(root / "data"), "--cache", str(reference), "--student", ARCH, "--img-size", "32",

@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${1:-}" = "--cpu-dry-run" ]; then
   write=""
   tiny=(--res 32)
-  "$py" pixels_bench.py --n 8 --views 2 --res 32 --workers 2 --json
+  "$py" pixels_bench.py --n 8 --views 2 --res 32 --device cpu --workers 2 --json   # the device run's branches, on the CPU
   "$py" extract_bench.py --n 8 --arch vit_tiny_patch16_224 --depth 1 "${tiny[@]}" --views 2 --batch-size 8 --workers 1 \
     --second-arch vit_small_patch16_224 --bf16-fidelity
   "$py" distill_bench.py --n 8 --student vit_tiny_patch16_224 --model-arg depth=2 --img-size 32 "${tiny[@]}" --depth 1 --batch-size 4 \

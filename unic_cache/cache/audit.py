@@ -1,5 +1,6 @@
-"""Looking at a cache: ``cache_info`` (a summary table), ``find_damage`` / ``verify_cache`` (decode and
-check every chunk of every array) and ``repair_cache`` (make damaged parts be extracted again)."""
+"""Looking at a cache: ``cache_info`` (a summary table), ``metadata_damage`` / ``restore_metadata`` (metadata
+against its seal), ``find_damage`` / ``verify_cache`` (decode and check every chunk of every array) and
+``repair_cache`` (restore what can be restored bit-identically; make damaged units be extracted again)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import zarr
 from tqdm import tqdm
 from zarr.core.sync import sync
 
+from . import seal
 from .claims import clean_stale_temp_files
 from .codecs import f32_bytes
 from ..errors import UserError
 from .sources import Source, content_digest
-from .store import ALWAYS_WRITE, INDEX_ARRAYS, Cache, TeacherStore, index_arrays, checksummed, quick_digest, write_plan
+from .store import (ALWAYS_WRITE, INDEX_ARRAYS, PARTIALS, Cache, TeacherStore, checksummed, index_arrays, quick_digest,
+                    read_checked, store_path, write_plan)
 from .views import plan_views
 
 
@@ -41,7 +44,8 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
         f32 = f32_bytes(info.dim, info.tokens if store.has_patch else 0)
         grid = store.stored_grid
         teachers.append({
-            "teacher": name, "model": info.model_id, "weights": info.weights, "dim": info.dim,
+            "teacher": name, "model": info.model_id, "model args": info.model_args, "weights": info.weights,
+            "weights sha256": info.weights_sha256, "dim": info.dim,
             "grid": f"{grid[0]}x{grid[1]}" if store.has_patch else None, "resolution": info.resolution,
             "summary": info.summary_kind, "codec": " / ".join(c.spec for c in store.codec_specs().values()),
             "bytes on disk": stored, "bytes per sample-view": round(per_view), "vs float32": round(per_view / f32, 4),
@@ -50,8 +54,25 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
             "fidelity": {kind: {**f.fidelity, **({"kept_variance": f.kept_variance, "stored_dim": f.stored_dim}
                                                  if f.kept_variance is not None else {})}
                          for kind, f in store.codecs.items() if f.fidelity},
+            "warnings": _teacher_warnings(store),
         })
     return dataset, teachers
+
+
+def _teacher_warnings(store: TeacherStore) -> list[str]:
+    """What a user should know before distilling from a teacher: features that do not vary carry nothing."""
+    if not store.complete:
+        return []
+    out = []
+    for kind in store.kinds:
+        try:
+            stats = store.stats(kind)
+        except UserError:
+            continue  # verify reports it
+        if float(stats["var"].max()) <= 1e-10 * max(1.0, float((stats["mean"] ** 2).max())):
+            out.append(f"its {kind} is the same vector for every sample-view (variance {float(stats['var'].max()):.2g}): "
+                       "it teaches nothing (untrained weights, or too few blocks?)")
+    return out
 
 
 def fidelity_text(figures: dict) -> str:
@@ -61,14 +82,15 @@ def fidelity_text(figures: dict) -> str:
     kept = (f", kept variance {figures['kept_variance']:.3f} (k={figures['stored_dim']})"
             if "kept_variance" in figures else "")
     return (f"cos {figures['cos_mean']:.5f} (p1 {figures['cos_p1']:.5f}), standardised rel. error "
-            f"{'n/a (the features do not vary)' if err != err else f'{err:.4g}'} on {figures['vectors']} vectors{kept}")
+            f"{'n/a (the features do not vary)' if err != err else f'{err:.4g}'} on {figures['vectors']} "
+            f"{'held-out vectors (not fitted on)' if figures.get('held_out') else 'vectors the codec was fitted on'}{kept}")
 
 
 def array_values(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:
     """Every array below ``group`` by path, read whole: to compare caches value for value."""
     out = {}
     for name, member in group.members():
-        if isinstance(member, zarr.Array):
+        if isinstance(member, zarr.Array):  # (a seal is a file beside the arrays, not an array)
             out[prefix + name] = member[...]
         else:
             out.update(array_values(member, f"{prefix}{name}/"))
@@ -83,7 +105,8 @@ class Damage:
     units: dict[str, set[int]] = field(default_factory=dict)  # teacher -> damaged units (extract them again)
     stats: set[str] = field(default_factory=set)  # teachers whose merged statistics must be merged again
     index: set[str] = field(default_factory=set)  # damaged index arrays (rebuilt from the dataset)
-    plan: bool = False  # views/params must be rewritten from the plan
+    plan: list[slice] = field(default_factory=list)  # damaged row blocks of views/params, rewritten from the (sealed) plan
+    pending: list[str] = field(default_factory=list)  # work the next extract does (units not extracted yet), not damage
     codec: set[str] = field(default_factory=set)  # teachers whose codec parameters are damaged (removed by repair)
     beyond_repair: list[str] = field(default_factory=list)  # problems repair cannot fix (a changed dataset, ...)
 
@@ -102,34 +125,57 @@ def _shard_missing(array: zarr.Array, unit: int) -> bool:
     return not sync(array.store_path.store.exists(f"{array.store_path.path}/{key}"))
 
 
+def _remove_unit_shards(store: TeacherStore, unit: int) -> None:
+    """Delete the stored shard of ``unit`` of every feature array (our own data, damaged: extract writes it anew)."""
+    for kind in store.kinds:
+        for name in store.arrays(kind):
+            array = store.group[name]
+            key = array.metadata.encode_chunk_key((unit,) + (0,) * (array.ndim - 1))
+            sync(array.store_path.store.delete(f"{array.store_path.path}/{key}"))
+
+
 def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage) -> None:
     rows = store.unit_rows(unit)
     good = ~bad[rows.start:rows.stop]
     k = store.cache.views
+    stored: dict[str, np.ndarray] = {}
     for kind in store.kinds:
         where = f"teacher {store.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
         if _shard_missing(store.group[kind], unit):
             damage.unit(store, unit, f"{where}: shard missing (deleted?) for a done unit")
             continue
         try:
-            x = store.read(kind, slice(rows.start, rows.stop), slice(None))
+            parts = {a: store.read_stored(a, slice(rows.start, rows.stop), slice(None)) for a in store.arrays(kind)}
         except UserError as exc:
             damage.unit(store, unit, str(exc).split(";")[0])
             continue
+        stored.update(parts)
+        x = store.codecs[kind].decode(*(v.astype(np.float32) for v in parts.values()))
         flat = x.reshape(len(rows), k, -1)
         if (np.abs(flat[good]).max(axis=-1, initial=0) == 0).any():
             damage.unit(store, unit, f"{where}: all-zero features for a decodable sample (missing data for a done unit)")
         if np.abs(flat[~good]).max(initial=0) != 0:
             damage.unit(store, unit, f"{where}: features stored for a bad sample")
         try:
-            moments, _ = store.unit_moments(kind, unit)
+            moments, cos = store.unit_moments(kind, unit)
         except UserError as exc:
             damage.unit(store, unit, str(exc).split(";")[0])
             continue
+        stored.update({f"stats/partial/{kind}_{n}": v for n, v in zip(PARTIALS, (moments.count, cos, moments.mean, moments.m2))})
         expected = good.sum() * k * int(np.prod(store.stored_shape(kind)))
         if moments.count != expected or not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
             damage.unit(store, unit, f"{where}: partial statistics wrong (count {moments.count:.0f}, expected {expected}, "
                                      "or non-finite)")
+    if store.digest_arrays and set(stored) == set(store.digest_arrays):
+        where = f"teacher {store.name} rows {rows.start}-{rows.stop - 1} (unit {unit})"
+        try:
+            recorded = read_checked(store.group["digest"], unit, f"{where} digest")
+        except UserError as exc:
+            damage.unit(store, unit, str(exc).split(";")[0])
+            return
+        if not np.array_equal(recorded, store.unit_digest(stored)):
+            damage.unit(store, unit, f"{where}: stored features differ from what was written (digest mismatch: units "
+                                     "swapped or rows moved?)")
 
 
 def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage: Damage) -> None:
@@ -143,7 +189,11 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
     for unit in damaged:
         damage.unit(store, unit, f"teacher {store.name}: progress flag of unit {unit} damaged")
     if not done.all():
-        damage.problems.append(f"teacher {store.name}: {int((~done).sum())}/{store.units} units not extracted; run extract again")
+        damage.pending.append(f"teacher {store.name}: {int((~done).sum())}/{store.units} units not extracted; run extract again")
+        if store.complete:  # a lost progress flag: the teacher must not pass for finished
+            damage.problems.append(f"teacher {store.name} is marked complete but {int((~done).sum())} unit(s) are not done "
+                                   "(a progress flag lost?)")
+            damage.stats.add(store.name)
     for unit in tqdm(np.flatnonzero(done), desc=f"verify {store.name}", unit="unit", disable=not progress):
         _check_unit(store, int(unit), bad, damage)
     if store.complete:
@@ -156,12 +206,19 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
                 continue
             if store.name in damage.units:
                 continue  # the partials are damaged: the comparison below would say nothing new
-            folded, _ = store.fold(kind)
-            if not np.array_equal(folded.mean, stats["mean"]) or folded.count != stats["count"][0]:
+            folded, cos = store.fold(kind)
+            fidelity = (store.attrs.get("fidelity_cosine") or {}).get(kind, cos / max(folded.count, 1.0))
+            if (not np.array_equal(folded.mean, stats["mean"]) or folded.count != stats["count"][0]
+                    or not np.array_equal(folded.m2 / max(folded.count, 1.0), stats["cov"])
+                    or not np.array_equal(np.diag(stats["cov"]), stats["var"])):
                 damage.problems.append(f"teacher {store.name} {kind} statistics do not match the per-unit partials")
                 damage.stats.add(store.name)
+            elif fidelity != cos / max(folded.count, 1.0):
+                damage.problems.append(f"teacher {store.name} {kind}: recorded fidelity {fidelity} is not the one its "
+                                       "partial statistics give")
+                damage.stats.add(store.name)
     elif done.all():
-        damage.problems.append(f"teacher {store.name}: all units done but statistics not finalised; run extract again")
+        damage.pending.append(f"teacher {store.name}: all units done but statistics not finalised; run extract again")
 
 
 def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Damage) -> None:
@@ -182,7 +239,8 @@ def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Da
         damage.unrepairable("index/bad flags disagree with the recorded bad-sample reasons")
     if source is not None:
         if quick_digest(source) != cache.attrs["quick_digest"]:
-            damage.unrepairable(f"dataset {source.spec} is not the one this cache was made for")
+            damage.unrepairable(f"dataset {source.spec} is not the one this cache was made for: "
+                                f"{cache.dataset_difference(source)} (restore those files, or extract into a new --cache)")
         elif cache.digest is not None:
             _check_images(cache, source, progress, damage)
 
@@ -197,29 +255,40 @@ def _check_images(cache: Cache, source: Source, progress: bool, damage: Damage) 
             changed.append(f"{cache.keys[row]} ({str(exc)[:80]})")
             continue
         if content_digest(data) != int(cache.digest[row]):
-            changed.append(str(cache.keys[row]))
+            shard = cache.shards[int(cache.location[row][0])]["name"]
+            changed.append(f"{cache.keys[row]} (row {row}, in {shard})")
     if changed:
-        damage.unrepairable(f"{len(changed)} image(s) changed since the cache was made, e.g. {', '.join(changed[:3])}")
+        damage.unrepairable(f"{len(changed)} image(s) changed since the cache was made, e.g. {', '.join(changed[:3])}: "
+                            "restore them, or extract into a new --cache (the features of those rows are not theirs)")
 
 
 def _check_plan(cache: Cache, damage: Damage) -> None:
+    """``views/params`` against the plan. Damaged blocks (checksum, missing chunk) are rewritten by repair from the
+    plan, but only when the plan can be trusted: it is sealed, or every intact block matches it. Intact blocks
+    that differ from an unsealed plan mean the plan's attributes were edited: beyond repair, nothing rewritten."""
     params = cache.group["views/params"]
     if params.shape[:2] != (cache.n, cache.views):
-        damage.problems.append("views/params has the wrong shape")
+        damage.unrepairable("views/params has the wrong shape")
         return
     step = params.chunks[0] * 16
+    damaged, differ = [], []
     for a in range(0, cache.n, step):
         rows = slice(a, min(cache.n, a + step))
         try:
             stored = cache.params(rows)
         except UserError as exc:
             damage.problems.append(str(exc).split(";")[0])
-            damage.plan = True
+            damaged.append(rows)
             continue
-        if not np.array_equal(stored, plan_views(cache.plan, np.arange(rows.start, rows.stop), cache.image_size[rows]),
-                              equal_nan=False):
-            damage.problems.append(f"views/params rows {rows.start}-{rows.stop - 1} differ from the view plan (missing or altered)")
-            damage.plan = True
+        if not np.array_equal(stored, plan_views(cache.plan, np.arange(rows.start, rows.stop), cache.image_size[rows])):
+            differ.append(rows)
+    if differ and not cache.sealed:
+        damage.unrepairable(f"views/params rows {differ[0].start}-{differ[-1].stop - 1} are intact (checksummed) but differ "
+                            "from the view plan in the root attributes: the plan was edited? (rows not rewritten)")
+        return
+    if differ:  # a sealed plan is the truth; intact params that differ could only have been written with a forged crc
+        damage.problems.append(f"views/params rows {differ[0].start}-{differ[-1].stop - 1} differ from the sealed view plan")
+    damage.plan = damaged + differ
 
 
 def find_damage(cache: Cache, source: Source | None = None, progress: bool = True) -> Damage:
@@ -241,8 +310,11 @@ def find_damage(cache: Cache, source: Source | None = None, progress: bool = Tru
 
 
 def verify_cache(cache: Cache, source: Source | None = None, progress: bool = True) -> list[str]:
-    """Every problem found in a cache (empty when it is sound; a format-1 cache says it is unchecked)."""
-    return [p for p in find_damage(cache, source, progress).problems if not p.startswith("note:")]
+    """Every problem found in a cache (empty when it is sound; a format-1 cache says it is unchecked), metadata
+    that differs from its seal included."""
+    changed, broken = metadata_damage(cache.url)
+    damage = find_damage(cache, source, progress)
+    return changed + broken + [p for p in damage.problems + damage.pending if not p.startswith("note:")]
 
 
 def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> list[str]:
@@ -253,7 +325,7 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
     if damage.index:
         if source is None:
             raise UserError(f"index arrays {', '.join(sorted(damage.index))} are damaged; repairing them needs the "
-                            "dataset: `unic-cache verify CACHE --repair --data DATA`")
+                            f"dataset: `unic-cache verify {cache.url} --repair --data DATA`")
         cache.check_source(source)
         index = source.index(progress=False, pixels=cache.pixels)
         if index.fingerprint() != cache.attrs["fingerprint"]:
@@ -265,10 +337,10 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
             cache.group[f"index/{name}"].with_config(ALWAYS_WRITE)[...] = fresh[name]  # all-zero chunks kept too
             done.append(f"rebuilt index/{name} from the dataset")
         cache.forget_index()
-        return done + ["run verify again: the rest of the cache could not be checked with a damaged index"]
-    if damage.plan:
-        write_plan(cache.group["views/params"], cache.plan, cache.image_size)
-        done.append("rewrote views/params from the view plan")
+        return done
+    for rows in damage.plan:
+        write_plan(cache.group["views/params"], cache.plan, cache.image_size, rows)
+        done.append(f"rewrote views/params rows {rows.start}-{rows.stop - 1} from the view plan")
     for name in sorted(damage.codec):  # nothing of it decodes: the same extract command makes it again (new calibration)
         del cache.group["teachers"][name]
         done.append(f"teacher {name}: removed (its codec parameters were damaged, so none of its features could be "
@@ -277,6 +349,7 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
         store = cache.teacher(name)
         for unit in sorted(damage.units.get(name, ())):
             store.group["progress"][unit] = 0
+            _remove_unit_shards(store, unit)  # a damaged shard is never read again (a rewrite would merge into it)
         store.group.attrs["complete"] = False
         n = len(damage.units.get(name, ()))
         done.append(f"teacher {name}: {n} unit(s) to extract again, statistics to merge again")
@@ -284,3 +357,96 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
     if removed:
         done.append(f"removed {removed} temp file(s) of interrupted writes")
     return done
+
+
+def _sealed_places(url: str) -> list[str]:
+    """Where a cache's seals are: the root's, then each teacher's (listed from the store: no metadata is parsed)."""
+    root = store_path(url)
+
+    async def children(prefix: str) -> list[str]:
+        return [name async for name in root.store.list_dir(prefix)]
+
+    prefix = "/".join(p for p in (root.path, "teachers") if p)
+    names = sorted(n.strip("/") for n in sync(children(prefix)) if n.strip("/") != "zarr.json")
+    return [seal.ROOT_SEAL_AT, *(f"teachers/{n}" for n in names)]
+
+
+def metadata_damage(url: str) -> tuple[list[str], list[str]]:
+    """(metadata that differs from its seal, seals that are themselves damaged): read before any metadata is
+    parsed, so a damaged ``zarr.json`` is found rather than failed on."""
+    root, changed, broken = store_path(url), [], []
+    for at in _sealed_places(url):
+        try:
+            changed += seal.differences(root, at)
+        except UserError as exc:
+            broken.append(str(exc).split(";")[0])
+    return changed, broken
+
+
+def restore_metadata(url: str) -> list[str]:
+    """Rewrite every sealed ``zarr.json`` that differs from its seal; what was restored."""
+    root = store_path(url, mode="a")
+    done = []
+    for at in _sealed_places(url):
+        try:
+            done += seal.restore(root, at)
+        except UserError:
+            continue  # a damaged seal restores nothing (reported by metadata_damage)
+    return done
+
+
+@dataclass
+class Verdict:
+    """What ``verify`` found and, with repair, did: every line a user reads, and whether the cache is sound."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    not_repaired: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # what the same extract command does next
+    error: str | None = None  # a repair that needs more from the user (the dataset)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.problems if not self.repaired else self.not_repaired)
+
+
+def verify(url: str, source: Source | None = None, repair: bool = False, progress: bool = True) -> Verdict:
+    """Check a cache (metadata against its seals, then every array); with ``repair``, restore what can be restored
+    bit-identically (metadata from its seal, the view plan, the index from the dataset), make damaged units be
+    extracted again, then check again: whatever is still wrong is listed as not repaired."""
+    verdict = Verdict()
+    changed, broken = metadata_damage(url)
+    verdict.problems += changed + broken
+    if changed and not repair:
+        return verdict  # the arrays are read through this metadata: check them once it is restored
+    if changed:
+        verdict.repaired += restore_metadata(url)
+    damage = find_damage(Cache.open(url, mode="a" if repair else "r"), source, progress)
+    verdict.notes += [p for p in damage.problems if p.startswith("note:")]
+    verdict.problems += [p for p in damage.problems if not p.startswith("note:")]
+    if not repair:  # an unfinished teacher is not a sound cache
+        verdict.problems += damage.pending
+        return verdict
+    verdict.pending = damage.pending
+    if not verdict.problems:
+        return verdict
+    if damage.index and source is None:  # a usage error, said after the problems it is about
+        verdict.error = (f"index arrays {', '.join(sorted(damage.index))} are damaged; repairing them needs the dataset: "
+                         f"`unic-cache verify {url} --repair --data DATA`")
+        return verdict
+    cache = Cache.open(url, mode="a")
+    verdict.repaired += repair_cache(cache, damage, source)
+    if damage.index:  # the rest could not be checked through a damaged index: check (and repair) it now
+        rest = verify(url, source, repair, progress)
+        verdict.problems += rest.problems
+        verdict.repaired += rest.repaired
+        verdict.not_repaired = rest.not_repaired if rest.repaired else rest.problems
+        verdict.pending, verdict.error = rest.pending, rest.error
+        return verdict
+    after = find_damage(Cache.open(url), None, progress=False)
+    changed, broken = metadata_damage(url)
+    verdict.not_repaired = changed + broken + damage.beyond_repair + [
+        p for p in after.problems if not p.startswith("note:") and p not in damage.beyond_repair]
+    verdict.pending = after.pending
+    return verdict

@@ -227,8 +227,11 @@ def fit_codec(codec: Codec, x: np.ndarray) -> FittedCodec:
         total = max(eigval.sum(), 1e-300)
         if codec.pca < 1:
             stored = int(min(dim, np.searchsorted(np.cumsum(eigval) / total, codec.pca) + 1))
+        elif codec.pca > dim:
+            raise UserError(f"{codec.spec} keeps {codec.pca} components, but these features are {dim} wide; use "
+                            f"pca-K with K <= {dim}, or pca-0.FF to keep a fraction of the variance")
         else:
-            stored = int(min(dim, codec.pca))
+            stored = int(codec.pca)
         kept = float(eigval[:stored].sum() / total)
         params.update(center=center.astype(np.float32), basis=np.ascontiguousarray(eigvec[:, :stored]).astype(np.float32))
         x = xc @ eigvec[:, :stored]

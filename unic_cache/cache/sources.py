@@ -33,7 +33,18 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", 
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _COMPRESSED = ("{} is a compressed tar shard; samples are read by byte range, so shards must be plain .tar: "
                "decompress them first (e.g. gunzip)")
-KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset rule: key = path up to the first dot of the basename
+# webdataset's rules (tariterators): a member matching META_RE is skipped (``__key__``, ``__pycache__/x.jpg``); the key
+# is the name up to the first dot that follows a run of non-dots (``sub/._y.jpg`` is key ``sub/``, extension ``_y.jpg``)
+KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+META_RE = re.compile(r"__[^/]*__($|/)")
+
+
+def member_key(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a tar member's name as webdataset reads it, or None for a member it skips."""
+    if META_RE.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+        return None
+    m = KEY_RE.match(name)
+    return (m.group(1), m.group(2)) if m else None
 
 
 class Row(NamedTuple):
@@ -77,8 +88,8 @@ class DatasetIndex:
     def fingerprint(self) -> str:
         """Digest of shard names, sizes, sample counts and every key: what a cache is bound to."""
         h = hashlib.sha256(json.dumps([[s["name"], s["nbytes"], s["count"]] for s in self.shards]).encode())
-        for key in self.keys:
-            h.update(key.encode() + b"\0")
+        for key in self.keys:  # a tar name that is not UTF-8 is a key with surrogates (as webdataset's): its bytes
+            h.update(key.encode("utf-8", "surrogateescape") + b"\0")
         return h.hexdigest()
 
 
@@ -194,18 +205,25 @@ class TarSource(Source):
         rows: list[Row] = []
         seen: dict[str, int] = {}
         plain: set[str] = set()  # keys whose image came from a plain image extension
+        extensions: set[str] = set()  # of the current sample: a name twice in one sample is refused, as webdataset does
         name = self.shards[shard].name
         with self.fs.open(self.shards[shard].url, "rb") as f:
             try:
                 previous = None
                 for info in tarfile.open(fileobj=f, mode="r:"):
-                    m = KEY_RE.match(info.name) if info.isfile() else None
-                    if m is None:
+                    split = member_key(info.name) if info.isfile() else None
+                    if split is None:
                         continue
-                    key, ext = m.group(1), m.group(2).lower()
+                    key, ext = split[0], split[1].lower()
                     if key != previous and key in seen:  # webdataset: a sample is a run of members with one key
                         raise UserError(f"key {key!r} is used by two samples in {name} (members apart); keys must be "
                                         "unique: re-pack the shard with one sample per key")
+                    if key != previous:
+                        extensions = set()
+                    if ext in extensions:
+                        raise UserError(f"member {info.name!r} appears twice in a row in {name} (webdataset refuses it as "
+                                        "a duplicate file name); re-pack the shard with one member per name")
+                    extensions.add(ext)
                     previous = key
                     if key not in seen:
                         seen[key] = len(rows)

@@ -12,30 +12,47 @@ chunk never reads as plausible data; ``read_checked`` turns both into one-line e
 array and rows. A cache is created only where nothing exists or where our own unfinished creation is
 (``claims``), and creation, teacher addition and the statistics merge are done by one process.
 Format-1 caches (no checksums, no image digests) still open; ``checksummed`` says which is which.
+
+Format 4 seals the metadata (``seal``): the root's documents in ``index/seal.json`` (written last by creation,
+so its presence means the cache was made), each teacher's in ``teachers/<name>/seal.json`` (written last when
+the teacher is added, and again with its merged statistics). A cache or teacher whose metadata differs from
+its seal is refused on open; ``verify --repair`` restores it. Formats 1-3 open as before, unsealed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import fsspec
 import numpy as np
 import zarr
+from zarr.core.sync import sync
+from zarr.storage import StorePath
+from zarr.storage._common import make_store_path
 
-from . import claims
+from . import claims, seal
 from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
 from ..errors import UserError
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
-from .sources import DatasetIndex, Source
+from .sources import DatasetIndex, Source, content_digest
 from .views import P, PlanConfig, plan_views
 
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)  # 1: before checksums and image digests; 2: keys as zarr-python strings, no header spans
+# a cache holds two kinds of files that are not zarr nodes: claims (CLAIM_DIR) and seals; listing a group says so
+warnings.filterwarnings("ignore", message=rf"Object at (.*/)?({re.escape(seal.SEAL)}|{re.escape(claims.CLAIM_DIR)}) is not "
+                        "recognized as a component of a Zarr hierarchy")
+
+FORMAT_VERSION = 4
+# 1: before checksums and image digests; 2: keys as zarr-python strings, no header spans; 3: metadata not sealed
+READABLE_FORMATS = (1, 2, 3, 4)
 KINDS = ("summary", "patch")
 # the index arrays a cache of any readable format may hold (format 3 stores keys as UTF-8 bytes and offsets, which
 # every zarr v3 reader supports; formats 1-2 as zarr-python's variable-length strings, in "keys")
@@ -65,6 +82,7 @@ def checksummed(array: zarr.Array) -> bool:
     return "crc32c" in json.dumps(array.metadata.to_dict()["codecs"])
 
 
+PARTIALS = ("count", "cos", "mean", "m2")  # a unit's partial statistics of a kind: stats/partial/<kind>_<name>
 SUMMARY_CHUNK_ROWS = 64  # rows per summary chunk: one loader block (DistillStream's block_rows)
 
 
@@ -86,21 +104,49 @@ def read_checked(array: zarr.Array, selection, what: str):
     """``array[selection]``, with a damaged chunk as a one-line error naming ``what`` (array and rows)."""
     try:
         return array[selection]
-    except ValueError as exc:
-        if "checksum" not in str(exc):
-            raise
-        raise UserError(f"{what}: damaged data (crc32c mismatch); run `unic-cache verify --repair` and re-run extract") from None
-    except Exception as exc:  # a chunk that does not decode at all (truncated, garbled header)
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(f"{what}: damaged data ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-                        "run `unic-cache verify --repair` and re-run extract") from None
+    except UserError:
+        raise
+    except Exception as exc:  # a crc32c mismatch, or a chunk that does not decode at all (truncated, garbled header)
+        text = str(exc).splitlines()[0][:120] if str(exc) else ""
+        reason = "crc32c mismatch" if "checksum" in str(exc) else f"{type(exc).__name__}: {text}"
+        raise UserError(f"{what}: damaged data ({reason}); run `unic-cache verify --repair` and re-run extract") from None
+
+
+def store_path(url: str, mode: str = "r") -> StorePath:
+    """The store at ``url`` (local path or fsspec URL), opened without reading any of its metadata."""
+    return sync(make_store_path(local_path(url), mode=mode))
+
+
+def read_whole(array: zarr.Array, what: str) -> np.ndarray:
+    """A whole small array, read checked; a missing chunk of a checksummed array (every written chunk is stored)
+    is an error, never its fill value."""
+    values = read_checked(array, ..., what)
+    if checksummed(array) and array.nchunks_initialized != array.nchunks:
+        raise UserError(f"{what}: {array.nchunks - array.nchunks_initialized} chunk(s) missing (deleted?); "
+                        "run `unic-cache verify --repair`")
+    return values
+
+
+def _looks_like_data(url: str) -> bool:
+    """Whether a local folder holds a dataset (shards or images) rather than a cache."""
+    from pathlib import Path
+
+    from .sources import IMAGE_EXTS
+
+    folder = Path(local_path(url))
+    if not folder.is_dir() or (folder / "zarr.json").exists():
+        return False
+    suffixes = {".tar", ".parquet", *(f".{e}" for e in IMAGE_EXTS)}
+    return any(p.suffix.lower() in suffixes for p in itertools.islice(folder.rglob("*"), 1000))
 
 
 def _open_group(url: str, mode: str) -> zarr.Group:
     try:
         return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
     except FileNotFoundError:
+        if _looks_like_data(url):
+            raise UserError(f"{url} is a dataset, not a cache; make a cache from it in a new folder: `unic-cache extract "
+                            f"{url} --cache NEW.zarr --teacher NAME`") from None
         raise UserError(f"no cache at {url}; create it with `unic-cache extract DATA --cache {url} --teacher NAME`") from None
     except (ValueError, TypeError) as exc:  # zarr.json that does not parse: damaged metadata
         raise UserError(f"cannot read the metadata of {url} ({type(exc).__name__}: {str(exc)[:100]})") from None
@@ -127,12 +173,17 @@ def index_arrays(index: DatasetIndex, bad: np.ndarray, version: int = FORMAT_VER
     return {**keys, "location": location, "image_size": index.image_size, "bad": bad, "digest": index.digest}
 
 
-def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray) -> None:
-    """Fill ``views/params`` from the plan, a block of rows at a time (bounded memory)."""
-    n = params.shape[0]
-    for a in range(0, n, _PLAN_BLOCK):
-        b = min(n, a + _PLAN_BLOCK)
+def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray, rows: slice | None = None) -> None:
+    """Fill ``views/params`` (or its ``rows``) from the plan, a block of rows at a time (bounded memory)."""
+    start, stop = (rows.start, rows.stop) if rows is not None else (0, params.shape[0])
+    for a in range(start, stop, _PLAN_BLOCK):
+        b = min(stop, a + _PLAN_BLOCK)
         params[a:b] = plan_views(plan, np.arange(a, b), image_size[a:b])
+
+
+def seal_root(group: zarr.Group) -> None:
+    """Seal the root's metadata as it is now: root attrs, ``index/*`` and ``views/*`` (teachers have their own)."""
+    seal.write_seal(group.store_path, seal.ROOT_SEAL_AT, [p for p in seal.member_paths(group, "") if not p.startswith("teachers/")])
 
 
 def _remove_unfinished(url: str) -> None:
@@ -213,21 +264,38 @@ class Cache:
         self.attrs = attrs
         self.pixels: PixelPipeline = pixel_pipeline(attrs.get("pixels"))  # an unknown version is refused here
         self._index_cache: dict[str, np.ndarray] = {}
+        self._sealed_teachers: set[str] = set()  # teachers whose metadata matched their seal
 
     @classmethod
     def exists(cls, url: str) -> bool:
+        """Whether a made cache is at ``url``: its root seal (format 4) or its ``ready`` flag (formats 1-3), so that a
+        damaged root ``zarr.json`` of a made cache is never taken for an unfinished creation."""
         try:
+            if seal.has_seal(store_path(url), seal.ROOT_SEAL_AT):
+                return True
             return _open_group(url, mode="r").attrs.get("ready", False)
-        except (UserError, zarr.errors.GroupNotFoundError):
+        except (UserError, zarr.errors.GroupNotFoundError, FileNotFoundError):
             return False
 
     @classmethod
     def open(cls, url: str, mode: str = "r") -> "Cache":
+        """Open a made cache; metadata that differs from its seal is refused in one line (``verify --repair``)."""
+        try:
+            root = store_path(url, mode)
+        except FileNotFoundError:
+            root = None
+        sealed = root is not None and seal.has_seal(root, seal.ROOT_SEAL_AT)
+        if sealed:
+            seal.check(root, seal.ROOT_SEAL_AT, url)
         group = _open_group(url, mode)
-        if not group.attrs.get("ready", False):
+        if not sealed and not group.attrs.get("ready", False):
             raise UserError(f"{url} is not a complete cache (its creation was interrupted); "
                             "run the same extract command again to finish creating it")
-        return cls(group, url)
+        cache = cls(group, url)
+        if cache.format >= 4 and not sealed:
+            raise UserError(f"cache {url}: index/{seal.SEAL} is missing, so its metadata cannot be checked; extract into "
+                            "a new --cache")
+        return cache
 
     @classmethod
     def open_or_create(cls, url: str, make_index, source: Source, plan: PlanConfig) -> "Cache":
@@ -239,14 +307,24 @@ class Cache:
         """
         if not cls.exists(url):
             claims.check_writable_target(url, TOP_LEVEL)
-            claims.once(url, "create", lambda: cls.exists(url), lambda: cls._create(url, make_index(), source, plan),
-                        lambda: _remove_unfinished(url), "creating this cache")
+            fs, root = fsspec.core.url_to_fs(url)
+            new = not fs.exists(root)
+            try:
+                claims.once(url, "create", lambda: cls.exists(url), lambda: cls._create(url, make_index(), source, plan),
+                            lambda: _remove_unfinished(url), "creating this cache")
+            except UserError:  # the dataset cannot be indexed (empty, not a tar, ...): leave nothing behind
+                if new and not cls.exists(url):
+                    _remove_unfinished(url)
+                    with contextlib.suppress(OSError):
+                        fs.rmdir(root)
+                raise
         return cls.open(url, mode="a")
 
     @classmethod
     def _create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig) -> None:
-        """Write the index and the view plan; ``ready`` is set last, so a crash leaves no half-cache in use."""
-        group = zarr.open_group(local_path(url), mode="a", zarr_format=3)  # empty: cleanup ran
+        """Write the index and the view plan; the seal is written last, so a crash leaves no half-cache in use."""
+        # our marker first: a creation that fails is taken over by the next run (``claims.check_writable_target``)
+        group = zarr.open_group(local_path(url), mode="a", zarr_format=3, attributes={"format": "unic-cache"})
         n = index.n
         idx = group.create_group("index", attributes={"shards": index.shards,
                                                       "bad_reasons": {str(r): m for r, m in index.bad.items()}})
@@ -264,7 +342,8 @@ class Cache:
             "samples": n, "bad_samples": len(index.bad), "fingerprint": index.fingerprint(),
             "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(), "pixels": CURRENT.to_dict(),
         })
-        group.attrs["ready"] = True
+        seal_root(group)
+        group.attrs["ready"] = True  # for readers of formats 1-3; a format-4 cache is made once its seal exists
 
     # --- the dataset and plan this cache is bound to
     @property
@@ -279,10 +358,44 @@ class Cache:
     def views(self) -> int:
         return self.plan.views
 
+    @property
+    def format(self) -> int:
+        return int(self.attrs["format_version"])
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the cache's metadata is sealed (format 4), so that its plan and layout were checked on open."""
+        return seal.has_seal(self.group.store_path, seal.ROOT_SEAL_AT)
+
     def check_source(self, source: Source) -> None:
+        """Refuse a dataset other than the cache's, naming what differs (shards added, removed or resized; files
+        of an image folder) and what the user can do."""
         if quick_digest(source) != self.attrs["quick_digest"]:
-            raise UserError(f"cache {self.url} was made for another dataset ({self.attrs['source']}), "
-                            f"not {source.spec}; use a new --cache path for this dataset")
+            raise UserError(f"cache {self.url} was made for another dataset ({self.attrs['source']}); {source.spec} differs "
+                            f"from it: {self.dataset_difference(source)}; restore those files, or use a new --cache for "
+                            "this dataset")
+
+    def dataset_difference(self, source: Source) -> str:
+        """What differs between the dataset this cache was made from and ``source``, as a short phrase."""
+        have = {s["name"]: int(s["nbytes"]) for s in self.shards}
+        now = {s.name: int(s.nbytes) for s in source.shards}
+        parts = []
+        if set(have) - set(now):
+            parts.append(f"shard(s) missing: {', '.join(sorted(set(have) - set(now))[:3])}")
+        if set(now) - set(have):
+            parts.append(f"new shard(s): {', '.join(sorted(set(now) - set(have))[:3])}")
+        resized = sorted(n for n in set(have) & set(now) if have[n] != now[n])
+        files = getattr(source, "files", None)
+        if files is not None and resized:  # an image folder: name the files, and the rows they are
+            row_of = {str(k): i for i, k in enumerate(self.keys)}
+            sizes = self.location[:, 2]
+            changed = [(rel, row_of.get(rel)) for members in files.values() for rel, n in members
+                       if rel not in row_of or int(sizes[row_of[rel]]) != n]
+            parts += [f"{rel} ({'new' if row is None else f'row {row}, changed size'})" for rel, row in changed[:3]]
+            parts += [f"and {len(changed) - 3} more file(s)"] if len(changed) > 3 else []
+        else:
+            parts += [f"shard {n}: {have[n]} bytes when the cache was made, {now[n]} now" for n in resized[:3]]
+        return "; ".join(parts) or "the shard order differs"
 
     def check_plan(self, plan: PlanConfig) -> None:
         """Refuse another view plan than the cache's, naming what differs (views, seed, crop scale, ...)."""
@@ -297,12 +410,7 @@ class Cache:
     def index_array(self, name: str) -> np.ndarray:
         """A whole ``index/`` array, read once (checked: damaged or missing chunks are errors)."""
         if name not in self._index_cache:
-            array = self.group[f"index/{name}"]
-            values = read_checked(array, slice(None), f"index/{name}")
-            if self.attrs["format_version"] >= 2 and array.nchunks_initialized != array.nchunks:
-                raise UserError(f"index/{name}: {array.nchunks - array.nchunks_initialized} chunk(s) missing; "
-                                "run `unic-cache verify --repair --data DATA`")
-            self._index_cache[name] = values
+            self._index_cache[name] = read_whole(self.group[f"index/{name}"], f"index/{name}")
         return self._index_cache[name]
 
     def forget_index(self) -> None:
@@ -355,7 +463,12 @@ class Cache:
         return self.group["views/params"]  # opened once: on an object store every metadata read is a request
 
     def params(self, rows: slice) -> np.ndarray:
-        return read_checked(self._params, rows, f"views/params rows {rows.start}-{rows.stop - 1}")
+        """The stored view parameters of ``rows``; a missing chunk (NaN) is an error, never pixels cut from NaN."""
+        what = f"views/params rows {rows.start}-{rows.stop - 1}"
+        values = read_checked(self._params, rows, what)
+        if not np.isfinite(values).all():
+            raise UserError(f"{what}: missing values (a missing chunk); run `unic-cache verify --repair`")
+        return values
 
     # --- teachers
     def teacher_names(self) -> list[str]:
@@ -375,14 +488,25 @@ class Cache:
         return group if isinstance(group, zarr.Group) else None
 
     def teacher(self, name: str) -> "TeacherStore":
+        """The teacher ``name``; its metadata is checked against its seal (once per open cache)."""
+        at = f"teachers/{name}"
+        if name not in self._sealed_teachers and seal.has_seal(self.group.store_path, at):
+            seal.check(self.group.store_path, at, self.url)
+            self._sealed_teachers.add(name)
         group = self._teacher_group(name)
         if group is None:
             raise UserError(f"cache {self.url} has no teacher {name!r}; it has: {', '.join(self.teacher_names()) or 'none'}")
+        if self.format >= 4 and name not in self._sealed_teachers and "progress" in group:
+            raise UserError(f"cache {self.url}: teachers/{name}/{seal.SEAL} is missing, so the teacher's metadata cannot be "
+                            f"checked; extract it again under a new --name")
         return TeacherStore(group, self)
 
     def _teacher_ready(self, name: str) -> bool:
-        """True once a teacher's arrays exist (``progress`` is created last); read directly from the store,
-        never from a (possibly cached) listing: a stale "not there" would let a second process recreate it."""
+        """True once a teacher's arrays exist: its seal is written last (``progress`` in caches of formats 1-3);
+        read directly from the store, never from a (possibly cached) listing: a stale "not there" would let a
+        second process recreate it."""
+        if self.format >= 4:
+            return seal.has_seal(self.group.store_path, f"teachers/{name}")
         group = self._teacher_group(name)
         if group is None:
             return False
@@ -434,9 +558,11 @@ class Cache:
         units = -(-n // unit_rows)
         group = self.group["teachers"].create_group(name, overwrite=True)
         zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+        vector_arrays = []
         for kind, f in fitted.items():
             rows = summary_rows if kind == "summary" else chunk_rows
             vectors = (n, k, *shapes[kind])
+            vector_arrays += [kind, *(f"{kind}_{part}" for part in f.parts)]
             create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
                            shards=(unit_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
             for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
@@ -445,6 +571,7 @@ class Cache:
             for param, value in f.params.items():
                 create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
         stats = group.create_group("stats/partial")
+        vector_arrays += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
         for kind in fitted:
             create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
             create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
@@ -452,9 +579,26 @@ class Cache:
             create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
         specs = {kind: f.codec for kind, f in fitted.items()}
         group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
-                            "unit_rows": unit_rows, "units": units, "code_version": code_version, "complete": False})
-        # created last: other processes wait for it, and its one-byte chunks make each unit's flag atomic
+                            "unit_rows": unit_rows, "units": units, "code_version": code_version, "complete": False,
+                            "digest_arrays": vector_arrays})
+        create_checked(group, "digest", (units, len(vector_arrays)), "uint32", chunks=(1, len(vector_arrays)))
+        # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
         create_checked(group, "progress", (units,), "uint8", chunks=(1,))
+        self.seal_teacher(name)
+
+    def seal_teacher(self, name: str) -> None:
+        """Seal the metadata of teacher ``name`` as it is now (at creation, and again with its merged statistics)."""
+        seal.write_seal(self.group.store_path, f"teachers/{name}",
+                        seal.member_paths(self.group[f"teachers/{name}"], f"teachers/{name}"))
+
+
+def check_cache_target(url: str, source: Source) -> None:
+    """What extract checks before any model is loaded: a made cache at ``url`` is this dataset's, and anything
+    else there is our own unfinished creation or nothing."""
+    if Cache.exists(url):
+        Cache.open(url).check_source(source)
+    else:
+        claims.check_writable_target(url, TOP_LEVEL)
 
 
 def codec_record(codecs: dict[str, Codec]) -> dict:
@@ -491,7 +635,7 @@ class TeacherStore:
         for kind in self.kinds:
             params = {}
             if f"codec/{kind}" in self.group:
-                params = {name: read_checked(array, ..., f"teacher {self.name} codec parameter {kind}/{name}")
+                params = {name: read_whole(array, f"teacher {self.name} codec parameter {kind}/{name}")
                           for name, array in self.group[f"codec/{kind}"].arrays()}
             out[kind] = FittedCodec.from_attrs(described[kind], self.info.dim, params, self.name)
         return out
@@ -571,8 +715,20 @@ class TeacherStore:
             raise UserError(f"{what}: {problem}; run `unic-cache verify --repair` and re-run extract")
         return x
 
+    def _check_selection(self, kind: str, rows: slice, view) -> None:
+        """Arguments out of range are a usage error naming the valid range (never 'damaged data')."""
+        n, k = self.cache.n, self.cache.views
+        if kind not in self.kinds:
+            raise UserError(f"teacher {self.name} stores {', '.join(self.kinds)}, not {kind!r}")
+        if not (isinstance(rows.start, int) and isinstance(rows.stop, int) and 0 <= rows.start < rows.stop <= n):
+            raise UserError(f"rows {rows.start}:{rows.stop} out of range: teacher {self.name} has rows 0 to {n - 1}")
+        views = range(k)[view] if isinstance(view, slice) else [view]
+        if not isinstance(view, (int, np.integer, slice)) or (not isinstance(view, slice) and not 0 <= view < k) or not views:
+            raise UserError(f"view {view} out of range: the cache has views 0 to {k - 1}")
+
     def read(self, kind: str, rows: slice, view) -> np.ndarray:
         """``kind`` features of ``rows`` at ``view`` rebuilt by the codec as float32 (..., dim), read checked."""
+        self._check_selection(kind, rows, view)
         parts = [self.read_stored(a, rows, view).astype(np.float32) for a in self.arrays(kind)]
         return self.codecs[kind].decode(*parts).astype(np.float32, copy=False)
 
@@ -582,26 +738,40 @@ class TeacherStore:
             self._arrays[name] = self.group[name]
         return self._arrays[name]
 
+    @property
+    def digest_arrays(self) -> list[str]:
+        """The arrays whose values of a unit its digest covers, in order: the stored features, then the unit's partial
+        statistics (none: a teacher made before format 4)."""
+        return list(self.attrs.get("digest_arrays", []))
+
+    def unit_digest(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """(len(digest_arrays),) uint32: crc32c of each array's values of one unit as stored (dtype, C order); two
+        intact units (or their statistics) swapped, or a unit's rows shifted, read with a checksum that passes but
+        not with this digest."""
+        return np.array([content_digest(np.ascontiguousarray(arrays[name], self.feature_array(name).dtype).tobytes())
+                         for name in self.digest_arrays], np.uint32)
+
     def write_unit(self, unit: int, features: dict[str, np.ndarray], moments: dict[str, Moments],
                    cos_sums: dict[str, float]) -> None:
-        """Write a whole unit (every stored array, then partial stats, then its progress flag)."""
+        """Write a whole unit (every stored array, then partial stats and its digest, then its progress flag)."""
         rows = self.unit_rows(unit)
         for name, values in features.items():
             self.feature_array(name)[rows.start:rows.stop] = values
-        partial = self.group["stats/partial"]
+        partial, written = self.group["stats/partial"], dict(features)
         for kind in self.kinds:
             m = moments[kind]
-            partial[f"{kind}_mean"][unit] = m.mean
-            partial[f"{kind}_m2"][unit] = m.m2
-            partial[f"{kind}_cos"][unit] = cos_sums[kind]
-            partial[f"{kind}_count"][unit] = m.count
+            for name, value in zip(PARTIALS, (m.count, cos_sums[kind], m.mean, m.m2)):
+                partial[f"{kind}_{name}"][unit] = value
+                written[f"stats/partial/{kind}_{name}"] = value
+        if self.digest_arrays:
+            self.group["digest"][unit] = self.unit_digest(written)
         self.group["progress"][unit] = 1
 
     def unit_moments(self, kind: str, unit: int) -> tuple[Moments, float]:
         """The partial statistics of one unit and its summed codec cosine (checked reads)."""
         partial = self.group["stats/partial"]
         what = f"teacher {self.name} partial {kind} statistics of unit {unit}"
-        count, cos, mean, m2 = (read_checked(partial[f"{kind}_{n}"], unit, what) for n in ("count", "cos", "mean", "m2"))
+        count, cos, mean, m2 = (read_checked(partial[f"{kind}_{n}"], unit, what) for n in PARTIALS)
         return Moments(float(count), mean, m2), float(cos)
 
     def fold(self, kind: str) -> tuple[Moments, float]:
@@ -632,13 +802,15 @@ class TeacherStore:
                 create_checked(stats, name, value.shape, "float64", overwrite=True,
                                compressors=(zarr.codecs.ZstdCodec(level=3),))[...] = value
             fidelity[kind] = cos / max(m.count, 1.0)
+        if seal.has_seal(self.cache.group.store_path, f"teachers/{self.name}"):  # the statistics' arrays join the seal
+            self.cache.seal_teacher(self.name)
         self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
 
     def stats(self, kind: str) -> dict[str, np.ndarray]:
         """Exact float64 statistics of a complete teacher: count, mean, var, cov (population)."""
         if not self.complete:
             raise UserError(f"teacher {self.name} in {self.cache.url} is not complete; run extract again to finish it")
-        out = {name: read_checked(self.group[f"stats/{kind}/{name}"], ..., f"teacher {self.name} {kind} statistics ({name})")
+        out = {name: read_whole(self.group[f"stats/{kind}/{name}"], f"teacher {self.name} {kind} statistics ({name})")
                for name in ("count", "mean", "var", "cov")}
         if not all(np.isfinite(v).all() for v in out.values()):
             raise UserError(f"teacher {self.name} {kind} statistics hold NaN/Inf; run `unic-cache verify --repair` "

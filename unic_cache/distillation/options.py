@@ -99,7 +99,10 @@ class DistillConfig(Options):
     checkpoint_every: int | None = option(None, "Checkpoint every N steps (default: every 5% of the run, at most "
                                                 "1,000 steps apart); also on Ctrl-C or SIGTERM, and at the end.",
                                           checks=(positive,))
-    keep_checkpoints: int = option(2, "Checkpoints kept (the newest ones).", checks=(positive,))
+    keep_checkpoints: int = option(2, "Checkpoints kept (the newest ones): the one before the last is there if the last "
+                                      "is damaged or removed; distill says how big each is when it starts (1 halves "
+                                      "the disk: the older one goes only once the new one is complete).",
+                                   checks=(positive,))
     log_every: int = option(20, "Bring the metrics to the host every N steps (one wait for the device per N steps; "
                                 "metrics.jsonl still gets a line per step).", checks=(positive,))
     compile: bool = option(False, "Compile the student with torch.compile (GPU: faster once warm; the first steps "
@@ -124,7 +127,10 @@ class DistillConfig(Options):
             raise UserError(f"--norm-stats running applies to --norm standard (UNIC's rule), not --norm {self.norm}")
         from ..cache.store import Cache  # here: --help and value errors need no zarr
 
+        from ..cache.sources import open_source
+
         cache = Cache.open(self.cache)
+        cache.check_source(open_source(self.data))
         if not cache.teacher_names():
             raise UserError(f"cache {self.cache} holds no teacher yet (an extract stopped before its first unit?); "
                             f"extract one first: unic-cache extract DATA --cache {self.cache} --teacher NAME")

@@ -9,10 +9,12 @@ command continues the run from the last one (``runs``). Runs under torchrun with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .. import __version__
 from ..cache.sources import open_source
@@ -35,8 +37,8 @@ from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import RunningNorm, TargetNorm, running_momentum
 from .options import DistillConfig, recorded_config
-from .runs import (check_run_folder, checkpoints, export_model, is_finished, model_card, prune_checkpoints,
-                   recipe_differences, recorded)
+from .runs import (RUN_FORMAT, RunLock, check_run_folder, checkpoints, export_model, is_finished, model_card,
+                   prune_checkpoints, recipe_differences, recorded, save_tensors, tmp_name, write_atomic)
 
 
 def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
@@ -96,9 +98,10 @@ class Distiller:
         self._setup_targets(cache)
         self._setup_student()
         self._setup_optimizer(int((~cache.bad).sum()))
-        self.step, self.last, self._stop = 0, {}, False
+        self.step, self.last, self._stop, self.lock = 0, {}, False, None
         self.geometry = self.stream().geometry
         self._check_continues(recorded(self.out))
+        self._seen_checkpoints = checkpoints(self.out)
         if checkpoints(self.out):
             self.load_checkpoint()
         elif cfg.resume:
@@ -208,10 +211,25 @@ class Distiller:
         not trained again: its recorded metrics are returned (``finished_before`` says so)."""
         self.finished_before = self.step >= self.total and is_finished(self.out)
         if not self.finished_before:
-            self.train()
-            self.save_checkpoint()
-            self.export()
+            try:
+                self.train()
+                self.save_checkpoint()
+                self.export()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
         return {**self.last, "step": self.step}
+
+    def _hold_run_folder(self) -> None:
+        """Rank 0 takes the run folder's lock before writing anything; a command that started while another one
+        wrote checkpoints here is refused rather than trained over them."""
+        if self.rank != 0 or self.lock is not None:
+            return
+        self.lock = RunLock(self.out)
+        if checkpoints(self.out) != self._seen_checkpoints:
+            self.lock.release()
+            raise UserError(f"--out {self.out} was written by another distill while this one started; run the same "
+                            "command again to continue from its last checkpoint")
 
     def train(self) -> None:
         """Steps from the current one to the last, a checkpoint every ``checkpoint_interval`` steps. Each step's
@@ -222,9 +240,11 @@ class Distiller:
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:
-            (self.out / "config.json").write_text(json.dumps(self.config_record(), indent=1))
+        self._hold_run_folder()
+        if self.rank == 0:  # written first (atomically): the marker that makes the folder ours
+            write_atomic(self.out / "config.json", json.dumps(self.config_record(), indent=1))
+        if self.rank == 0 and self.step < self.total and cfg.progress:  # beside the progress bar: a note for people
+            print(self.checkpoint_plan(), file=sys.stderr, flush=True)
         metrics = self._metrics_file()
         tb = self._tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
@@ -232,7 +252,7 @@ class Distiller:
         window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, its metrics on the device, its rows)
         tick = time.perf_counter()
         try:
-            with _StopOnSignals(self):
+            with _StopOnSignals(self), _kept_on_a_second_ctrl_c(self):
                 for batch in (self.loader() if self.step < self.total else ()):
                     if self.step >= self.total:
                         break
@@ -253,6 +273,19 @@ class Distiller:
             bar.close()
             if metrics:
                 metrics.close()
+
+    def checkpoint_plan(self) -> str:
+        """One line: how big a checkpoint is, how often one is written and how many are kept."""
+        from ..cache.sizing import human
+
+        def size(params) -> int:
+            return sum(p.numel() * p.element_size() for p in params)
+
+        encoder, heads = size(self.student.encoder.parameters()), size(self.student.heads.parameters())
+        moments = 2 * size(self.trainable)  # AdamW's two moments per trained parameter
+        return (f"checkpoints: {human(encoder + heads + moments)} each (encoder {human(encoder)}, projector heads "
+                f"{human(heads)}, optimizer {human(moments)}), every {self.checkpoint_interval} steps, the last "
+                f"{self.cfg.keep_checkpoints} kept (--keep-checkpoints)")
 
     def metric_names(self) -> list[str]:
         """What ``train_step`` returns, in order."""
@@ -332,9 +365,7 @@ class Distiller:
                         kept.append(line + "\n")
                 except ValueError:  # a line cut by a kill
                     continue
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        write_atomic(path, "".join(kept))
         return open(path, "a")
 
     def _tensorboard(self):
@@ -350,7 +381,7 @@ class Distiller:
         """What ``config.json`` records: the options, resolved (teachers, kinds, steps), the cache it reads, the
         tool's version and when the run started (kept when a run is continued)."""
         previous = recorded(self.out) or {}
-        return {**asdict(self.cfg), "world_size": self.world, "total_steps": self.total, "teachers": self.teachers,
+        return {"format": RUN_FORMAT, **asdict(self.cfg), "world_size": self.world, "total_steps": self.total, "teachers": self.teachers,
                 "kinds": sorted({k for _, k in self.selection.targets}),
                 "targets": {f"{t}/{k}": self.norms[f"{t}__{k}"].out_dim for t, k in self.selection.targets},
                 "lr_scaled": self.lr, "warmup_steps": self.warmup, "cache_fingerprint": self.cache.attrs["fingerprint"],
@@ -369,22 +400,22 @@ class Distiller:
     def save_checkpoint(self) -> None:
         """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
         final = self.out / "checkpoints" / f"step-{self.step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = tmp_name(final)
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in self.student.state_dict().items()}, str(tmp / "model.safetensors"))
+            save_tensors(self.student.state_dict(), tmp / "model.safetensors")
             tensors, groups = _optimizer_tensors(self.opt)
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            save_tensors(tensors, tmp / "optimizer.safetensors")
             if self.running:  # the running target statistics move with the steps
-                save_file({k: v.contiguous() for k, v in self.norms.state_dict().items()}, str(tmp / "norms.safetensors"))
+                save_tensors(self.norms.state_dict(), tmp / "norms.safetensors")
             (tmp / "state.json").write_text(json.dumps({"step": self.step, "param_groups": groups, "world_size": self.world,
                                                         "resume": self.resume_record(), "last": self.last}))
         self._barrier()
         rng = {"torch": torch.get_rng_state(), "drop": self.drop_gen.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_file(rng, str(tmp / f"rng-{self.rank}.safetensors"))
+        save_tensors(rng, tmp / f"rng-{self.rank}.safetensors")
         self._barrier()
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
@@ -418,20 +449,35 @@ class Distiller:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])
         self.last = state.get("last", {})
+        if self.rank == 0 and self.step < self.total and self.cfg.progress:
+            print(f"continuing {self.out} from step {self.step} of {self.total} ({ckpt.name})", file=sys.stderr, flush=True)
 
     def export(self) -> None:
-        """``model/``: the student encoder as a timm / Hugging Face model folder with its model card;
-        ``heads.safetensors``: the projectors and the target norms."""
+        """``heads.safetensors`` (the projectors and the target norms), then ``model/``: the student encoder as a
+        timm / Hugging Face model folder with its model card; each renamed into place, the model last (a run
+        is finished once it is there)."""
         if self.rank != 0:
             return
         cache, crop = self.cache, self.cache.plan.policy.eval_crop_pct
+        heads = {f"heads.{k}": v.contiguous() for k, v in self.student.heads.state_dict().items()}
+        heads.update({f"norms.{k}": v.contiguous() for k, v in self.norms.state_dict().items()})
+        save_tensors(heads, self.out / "heads.safetensors")
         dataset = {"samples": cache.n, "source": cache.attrs["source"], "fingerprint": cache.attrs["fingerprint"],
                    "views": cache.views}
         card = model_card(self.config_record(), {t: cache.teacher(t).attrs for t in self.teachers}, dataset, crop)
         export_model(self.student.encoder, self.out / "model", self.cfg.img_size, self.cfg.model_args, crop, card)
-        heads = {f"heads.{k}": v.contiguous() for k, v in self.student.heads.state_dict().items()}
-        heads.update({f"norms.{k}": v.contiguous() for k, v in self.norms.state_dict().items()})
-        save_file(heads, str(self.out / "heads.safetensors"))
+
+
+@contextlib.contextmanager
+def _kept_on_a_second_ctrl_c(distiller: Distiller):
+    """A second Ctrl-C stops at once: say which checkpoint the run continues from."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = checkpoints(distiller.out)
+        where = (f"the last checkpoint kept is {kept[-1].name}" if kept else "no checkpoint was written yet")
+        raise RunInterrupted(f"stopped at once at step {distiller.step} of {distiller.total}; {where}; run the same "
+                             "command to continue from it") from None
 
 
 class _StopOnSignals:

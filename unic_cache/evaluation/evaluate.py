@@ -19,7 +19,7 @@ from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..errors import UserError
 from ..models.pixels import PixelNorm
-from ..distillation.runs import load_student
+from ..distillation.runs import add_scores_to_card, load_student
 from ..runtime import pick_device
 from .dense import dense_probe, pool_majority, view_maps
 from .images import EvalViews, eval_params
@@ -143,8 +143,9 @@ class Evaluator:
         return out
 
     def results(self) -> Results:
+        rows = {part: int((self.split == i).sum()) for i, part in enumerate(("train", "val", "test"))}
         return Results({t: self.labels.task(t).classes for t in self.tasks}, dense=self.dense,
-                       split=self.split_rule.to_dict())
+                       split={**self.split_rule.to_dict(), "rows": rows})
 
 
 def evaluate(opts: EvalOptions) -> Results:
@@ -154,7 +155,22 @@ def evaluate(opts: EvalOptions) -> Results:
     models = [(n, "teacher", None) for n in ev.teacher_names()] + [(n, "student", r) for n, r in opts.students.items()]
     if not models:
         raise UserError("nothing to evaluate: the cache has no teachers and no --student was given")
-    for name, kind, run in models:
+    teachers: dict[str, dict] = {}
+    for name, kind, run in models:  # teachers first: a student's model card shows them beside it
         feats = ev.teacher_features(name) if kind == "teacher" else ev.student_features(run, name)
-        results.add(name, kind, ev.scores(feats, name))
+        scores = ev.scores(feats, name)
+        results.add(name, kind, scores)
+        if kind == "teacher":
+            teachers[name] = scores
+        else:
+            add_scores_to_card(run, score_card(ev, teachers, name, scores))
     return results
+
+
+def score_card(ev: Evaluator, teachers: dict[str, dict], name: str, scores: dict) -> str:
+    """The evaluation section of a student's model card: the teachers' scores and the student's, test then val."""
+    card = ev.results()
+    for teacher, teacher_scores in teachers.items():
+        card.add(teacher, "teacher", teacher_scores)
+    card.add(name, "student", scores)
+    return "\n".join(card.table("test") + ["", "Validation split:", ""] + card.table("val"))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..cache.sources import KEY_RE, FolderSource, ParquetSource, Source
+from ..cache.sources import member_key, FolderSource, ParquetSource, Source
 
 SPLITS = ("train", "val", "test")
 IGNORE = 255  # a label-map pixel that belongs to no class
@@ -76,7 +76,7 @@ class SplitRule:
     fractions: tuple[float, float] = (0.6, 0.2)  # train, val; test is the rest
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
-        u = np.array([int.from_bytes(hashlib.blake2b(f"{self.seed}:{k}".encode(), digest_size=8).digest(), "little") / 2.0**64
+        u = np.array([int.from_bytes(hashlib.blake2b(f"{self.seed}:{k}".encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little") / 2.0**64
                       for k in keys])
         train, val = self.fractions
         return np.where(u < train, 0, np.where(u < train + val, 1, 2)).astype(np.int8)
@@ -119,12 +119,12 @@ def _tar_labels(source: Source, rows: dict[str, int], dense: set[str]) -> tuple[
     for shard in source.shards:
         with source.fs.open(shard.url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for info in tar:
-                m = KEY_RE.match(info.name) if info.isfile() else None
-                if m is None or m.group(1) not in rows:
+                split = member_key(info.name) if info.isfile() else None
+                if split is None or split[0] not in rows:
                     continue
-                ext = m.group(2).lower()
+                ext = split[1].lower()
                 if ext.endswith(".png") and ext[:-4] in dense:
-                    maps[ext[:-4]][rows[m.group(1)]] = tar.extractfile(info).read()
+                    maps[ext[:-4]][rows[split[0]]] = tar.extractfile(info).read()
                     continue
                 if ext not in ("json", "cls"):
                     continue
@@ -134,7 +134,7 @@ def _tar_labels(source: Source, rows: dict[str, int], dense: set[str]) -> tuple[
                 except (ValueError, UnicodeDecodeError):
                     raise UserError(f"unreadable label member {info.name} in {shard.name}") from None
                 if isinstance(value, dict):
-                    found.setdefault(rows[m.group(1)], {}).update(value)
+                    found.setdefault(rows[split[0]], {}).update(value)
     return found, maps
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..distillation.runs import is_finished
+from ..distillation.runs import unfinished_reason
 from ..errors import UserError
 from ..options import Options, at_least, comma_list, existing_path, key_values, option, storage_option
 
@@ -29,8 +29,8 @@ def teacher_list(items: list[str]) -> list[str]:
 
 def _finished_runs(runs: dict[str, str]) -> str | None:
     for name, folder in runs.items():
-        if not is_finished(folder):
-            return f"{name}={folder} is not a finished distill run (no model/ folder); run its distill command again to finish it"
+        if unfinished_reason(Path(folder)):
+            return f"{name}={unfinished_reason(Path(folder))}"
     return None
 
 

@@ -125,21 +125,25 @@ class Results:
         tasks = list(self.tasks)
         lines = self.table("test")
         seeds = max(len(self.values(m, t)) for m in self.models for t in tasks)
-        split = (f" (split seed {self.split['seed']}, train/val fractions {self.split['fractions']})"
+        rows = (self.split or {}).get("rows", {})
+        counts = f"; rows: train {rows['train']}, val {rows['val']}, test {rows['test']}" if rows else ""
+        split = (f" (split seed {self.split['seed']}, train/val fractions {self.split['fractions']}{counts})"
                  if self.split else "")
         lines.append("")
         dense = ("; dense: mIoU (%) of a linear probe per patch token at the model's token grid, labels pooled to it by "
                  "majority" if self.dense else "; no dense task (the dataset has no label maps, or none was selected)")
         lines.append("Classification: linear-probe accuracy (%); regression: ridge R² (x100)" + dense
                      + f"; test split{split}" + (f"; mean ± std over {seeds} seeds." if seeds > 1 else "."))
-        lines += ["", "Validation split (the scores choices are made on):", "", *self.table("val")]
+        val_rows = f" ({rows['val']} rows)" if rows else ""
+        lines += ["", f"Validation split{val_rows}, the scores choices are made on:", "", *self.table("val")]
         extra = [(t, metric) for t in tasks if self.tasks[t] and t not in self.dense for metric in ("knn", "nmi")]
         if extra:
             lines += ["", "| model | " + " | ".join(f"{t} {metric}" for t, metric in extra) + " |",
                       "|" + "---|" * (len(extra) + 1)]
             for m in self.models:
                 lines.append(f"| {m} | " + " | ".join(self._cell(self.values(m, t, metric)) for t, metric in extra) + " |")
-            lines += ["", "kNN: k=20, cosine, temperature-weighted vote; NMI: k-means (k = classes) on L2-normalised features."]
+            lines += ["", "kNN: k=20, cosine, temperature-weighted vote, neighbours from the train and val splits, scored on "
+                      "the test split; NMI: k-means (k = classes) on L2-normalised features of the test split."]
         for s, c in self.claims().items():
             worst = min(c["gap_to_best_teacher"], key=c["gap_to_best_teacher"].get)
             lines += ["", f"**{s}**: within {TOLERANCE:g} points of the best teacher on every task: "
@@ -149,7 +153,9 @@ class Results:
         return "\n".join(lines) + "\n"
 
     def chart(self, path: str | Path) -> None:
-        """Grouped bars: each model's headline score minus the best teacher's, per task and on the average."""
+        """Grouped bars of absolute headline scores on the test split, per task and on the average: teachers
+        (hatched) beside students, the best teacher of each column marked, every bar labelled with its value,
+        so that it reads without the table."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -159,20 +165,29 @@ class Results:
         models = list(self.models)
         colours = model_colours(len(models))
         width = 0.8 / max(1, len(models))
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) + 2), 4.2))
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(1, len(models)) / 3 + 2), 4.8))
+        per_model = {m: [self.values(m, t) for t in self.tasks] + [self.average(m)] for m in models}
+        best = [self.best_teacher(t) for t in self.tasks] + [self.best_teacher()]
         for i, m in enumerate(models):
-            per = [self.values(m, t) - self.best_teacher(t) for t in self.tasks] + [self.average(m) - self.best_teacher()]
-            means = [float(v.mean()) for v in per]
-            errs = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in per]
-            hatch = "" if self.models[m]["kind"] == "student" else "//"
-            ax.bar(np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None,
-                   label=m, hatch=hatch, capsize=2, color=colours[i])
+            means = [float(v.mean()) for v in per_model[m]]
+            errs = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in per_model[m]]
+            teacher = self.models[m]["kind"] == "teacher"
+            x = np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width
+            bars = ax.bar(x, np.nan_to_num(means), width, yerr=errs if any(errs) else None, label=m,
+                          hatch="//" if teacher else "", capsize=2, color=colours[i], edgecolor="black", linewidth=0.4)
+            for bar, value, top in zip(bars, means, best):
+                if np.isnan(value):
+                    continue
+                mark = " *" if teacher and value == top else ""
+                ax.annotate(f"{value:.1f}{mark}", (bar.get_x() + bar.get_width() / 2, max(value, 0)), ha="center",
+                            va="bottom", fontsize=7, rotation=90 if len(models) > 3 else 0, xytext=(0, 2),
+                            textcoords="offset points")
         ax.axhline(0, color="black", lw=0.8)
-        ax.axhline(-TOLERANCE, color="grey", lw=0.8, ls="--")
         ax.set_xticks(np.arange(len(columns)), columns)
-        ax.set_ylabel("points relative to the best teacher")
-        ax.set_title("Score relative to the best teacher per task (hatched: teachers)")
-        ax.legend(fontsize=8, ncol=2)
+        ax.set_ylabel("score (accuracy %, R² x100, mIoU %)")
+        ax.set_title("Test-split scores per task (hatched: teachers; * the best teacher)", fontsize=10)
+        ax.margins(y=0.15)
+        ax.legend(fontsize=8, ncol=min(4, len(models)), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..cache.sources import open_source
+from ..distillation.runs import save_tensors
 from ..errors import UserError
 from ..models.pixels import PixelNorm
 from ..models.student import pooled
@@ -132,11 +132,9 @@ def train_teacher(cfg: TeacherTrainConfig) -> dict:
         val = {t: _score(torch.cat([p[t] for p in preds]).cpu(), y_val[t], classification[t]) for t in cfg.tasks}
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in encoder.state_dict().items()}, str(tmp),
-              metadata={"arch": cfg.arch, "img_size": str(cfg.img_size), "model_args": json.dumps(cfg.model_args),
-                        "tasks": ",".join(cfg.tasks)})
-    tmp.replace(out)
+    save_tensors({k: v.cpu() for k, v in encoder.state_dict().items()}, out,
+                 metadata={"arch": cfg.arch, "img_size": str(cfg.img_size), "model_args": json.dumps(cfg.model_args),
+                           "tasks": ",".join(cfg.tasks)})
     record = {"config": asdict(cfg), "split": rule.to_dict(), "val_score": val, "train_rows": int(len(train_rows)), "val_rows": int(len(val_rows)),
               "extract": extract_command(cfg)}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))

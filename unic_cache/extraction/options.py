@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ..cache.codecs import EXAMPLES, codec_problem
+from ..cache.views import PlanConfig, ViewPolicy
 from ..errors import UserError
-from ..models.registry import alias_model, split_alias
+from ..models.registry import alias_model, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
+
+if TYPE_CHECKING:
+    from ..cache.store import TeacherStore
 
 
 @dataclass
@@ -24,10 +30,13 @@ class ExtractOptions(Options):
                                        "'random:SEED', or the hub when omitted.")
     model_args: dict = option(help="KEY=VALUE passed to timm.create_model, e.g. depth=2 (repeatable).", factory=dict,
                               flag="--model-arg", parse=key_values)
-    views: int = option(8, "Augmented views per sample (view 0 is the eval view).", checks=(at_least(1),))
-    seed: int = option(0, "View-plan seed.")
-    crop_scale: tuple[float, float] = option((0.08, 1.0), "Area range of the random resized crops (views 1..K-1), "
-                                                          "e.g. 0.35 1 for small images (UNIC: 0.08 1).")
+    # the view plan: what is not given is the cache's when it exists (a second teacher needs none of them again)
+    views: int | None = option(None, "Augmented views per sample (view 0 is the eval view; default: the cache's, or "
+                                     f"{PlanConfig.views} for a new cache).", checks=(at_least(1),))
+    seed: int | None = option(None, f"View-plan seed (default: the cache's, or {PlanConfig.seed}).")
+    crop_scale: tuple[float, float] | None = option(None, "Area range of the random resized crops (views 1..K-1), e.g. "
+                                                          "0.35 1 for small images (default: the cache's, or UNIC's "
+                                                          f"{' '.join(f'{v:g}' for v in ViewPolicy.scale)}).")
     patch: bool = option(True, "Store patch tokens as well as the summary.")
     codec: str = option("f16", f"Feature codec, [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES f32, f16, bitround-B, int8 "
                                f"or int8c (e.g. {EXAMPLES}); pool applies to patch tokens only.", checks=(codec_problem,))
@@ -58,7 +67,9 @@ class ExtractOptions(Options):
     def check_together(self) -> None:
         if not self.teacher.startswith("timm:"):
             alias_model(self.teacher, self.size)  # a typo is named here, before torch is loaded
-        low, high = self.crop_scale
+        if weights_problem(self.weights):  # so is a missing weight file
+            raise UserError(weights_problem(self.weights))
+        low, high = self.crop_scale or ViewPolicy.scale
         if not 0 < low <= high <= 1:
             raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {low} {high}")
         name = self.default_name()
@@ -68,6 +79,41 @@ class ExtractOptions(Options):
             raise UserError("--patch-codec needs patch tokens; drop --no-patch or --patch-codec")
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise UserError(f"--rank must be in [0, --world-size); got rank {self.rank} of {self.world_size}")
+
+    def view_plan(self, cache_plan: PlanConfig | None) -> PlanConfig:
+        """The view plan: --views, --seed and --crop-scale where given, else the cache's (``cache_plan``), else the
+        defaults of a new cache."""
+        base = cache_plan or PlanConfig()
+        policy = base.policy if self.crop_scale is None else replace(base.policy, scale=tuple(self.crop_scale))
+        return PlanConfig(views=base.views if self.views is None else self.views,
+                          seed=base.seed if self.seed is None else self.seed, policy=policy)
+
+    def complete_in(self, cache_url: str, source) -> "TeacherStore | None":
+        """The teacher these options would extract, when it is already complete in the cache with the same model,
+        weights, resolution, arguments and codecs (judged from the records, torch-free); else None (extract
+        then builds the teacher and compares in full, refusing other settings in one line)."""
+        from ..cache.codecs import kind_codecs
+        from ..cache.store import Cache, codec_record
+        from ..models.registry import ALIAS_RESOLUTION, file_sha256
+
+        timm_name = self.teacher[5:] if self.teacher.startswith("timm:") else None
+        if (timm_name and self.resolution is None) or not Cache.exists(cache_url):
+            return None  # a timm model's own resolution is only known once it is built
+        cache = Cache.open(cache_url)
+        cache.check_source(source)
+        name = self.default_name()
+        if name not in cache.teacher_names() or not cache.teacher(name).complete or not cache.teacher(name).done().all():
+            return None
+        store = cache.teacher(name)
+        weights = "hub" if self.weights is None else self.weights
+        sha = (file_sha256(self.weights) if self.weights and not self.weights.startswith("random")
+               else store.attrs.get("weights_sha256"))
+        want = {"model_id": timm_name or alias_model(self.teacher, self.size), "weights": weights, "weights_sha256": sha,
+                "resolution": self.resolution or ALIAS_RESOLUTION, "model_args": self.model_args,
+                **codec_record(kind_codecs(self.codec, self.patch_codec, self.patch))}
+        have = {k: store.attrs.get(k) for k in want}
+        same_plan = json.loads(json.dumps(self.view_plan(cache.plan).to_dict())) == cache.attrs["plan"]
+        return store if json.loads(json.dumps(want)) == have and same_plan else None
 
     def default_name(self) -> str:
         """The teacher's name in the cache: --name, or the alias (with -SIZE), or the timm name."""

@@ -24,13 +24,12 @@ from ..cache.codecs import kind_codecs
 from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
 from ..cache.store import Cache, Moments, TeacherStore
-from ..cache.views import PlanConfig, ViewPolicy
 from ..models.codecs import DeviceCodec
 from ..models.photometric import photometric
 from ..models.pixels import channels_first
 from ..models.teachers import build_teacher
 from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
-from .calibration import calibrate, calibration_views
+from .calibration import calibrate, calibration_views, held_out_views
 from .options import ExtractOptions
 
 
@@ -136,7 +135,7 @@ class _UnitWriter:
 
 
 def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions) -> Cache:
-    plan = PlanConfig(views=opts.views, seed=opts.seed, policy=ViewPolicy(scale=tuple(opts.crop_scale)))
+    plan = opts.view_plan(Cache.open(url).plan if Cache.exists(url) else None)
     cache = Cache.open_or_create(url, lambda: source.index(workers=min(8, os.cpu_count() or 1), progress=opts.progress),
                                  source, plan)
     cache.check_source(source)
@@ -155,15 +154,22 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
     source = open_source(data)
+    finished = opts.complete_in(cache_url, source)
+    if finished is not None:  # nothing to do: said at once, without building the teacher
+        return ExtractReport(name, cache_url, finished.units, finished.units, 0, 0, 0.0, True,
+                             int(finished.cache.bad.sum()), {"already_complete": True})
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
     cache = _open_or_create_cache(source, cache_url, opts)
     k, res = cache.views, teacher.info.resolution
     rows_per_batch = max(1, opts.batch_size // k)
     def fit():
-        with tqdm(total=opts.calibration, desc=f"calibrate {name}", unit="view", disable=not opts.progress or rank != 0) as bar:
-            return calibrate(teacher, _calibration_images(source, cache, res, opts.calibration, opts.batch_size, device),
-                             codecs, device, bar)
+        fit_views = calibration_views(cache, opts.calibration)
+        test_views = held_out_views(cache, max(16, opts.calibration // 4), fit_views)
+        with tqdm(total=opts.calibration + len(test_views[0]), desc=f"calibrate {name}", unit="view",
+                  disable=not opts.progress or rank != 0) as bar:
+            return calibrate(teacher, _calibration_images(source, cache, res, fit_views, opts.batch_size, device),
+                             codecs, device, bar, _calibration_images(source, cache, res, test_views, opts.batch_size, device))
 
     store = cache.require_teacher(name, teacher.info, codecs, fit, opts.shard_mb, opts.unit_rows, __version__)
     clean_stale_temp_files(cache.url)
@@ -190,11 +196,11 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     return report
 
 
-def _calibration_images(source: Source, cache: Cache, resolution: int, sample_views: int, batch_size: int,
-                        device: torch.device):
-    """uint8 batches (B, 3, R, R) on ``device`` of the calibration sample-views (``calibration_views``), replayed
-    as the teacher sees them; a row picked twice (fewer rows than sample-views) gives two of its views."""
-    rows, views = calibration_views(cache, sample_views)
+def _calibration_images(source: Source, cache: Cache, resolution: int, picked: tuple[np.ndarray, np.ndarray],
+                        batch_size: int, device: torch.device):
+    """uint8 batches (B, 3, R, R) on ``device`` of the sample-views ``picked`` (rows, views), replayed as the teacher
+    sees them; a row picked twice (fewer rows than sample-views) gives two of its views."""
+    rows, views = picked
     replayed = ViewBatches(source, cache, resolution)
     for i in range(0, len(rows), batch_size):
         unique, where = np.unique(rows[i:i + batch_size], return_inverse=True)

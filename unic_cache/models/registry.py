@@ -46,6 +46,44 @@ FAMILIES = {
 }
 
 
+# width and patch (or, for a 4-D feature map, total stride) of every alias model, so that `teachers` and `plan`
+# answer without torch; tests/test_registry.py checks each against the model built on the meta device
+SHAPES = {
+    "vit_small_patch14_dinov2.lvd142m": (384, 14), "vit_base_patch14_dinov2.lvd142m": (768, 14),
+    "vit_large_patch14_dinov2.lvd142m": (1024, 14), "vit_giant_patch14_dinov2.lvd142m": (1536, 14),
+    "vit_small_patch14_reg4_dinov2.lvd142m": (384, 14), "vit_base_patch14_reg4_dinov2.lvd142m": (768, 14),
+    "vit_large_patch14_reg4_dinov2.lvd142m": (1024, 14), "vit_giant_patch14_reg4_dinov2.lvd142m": (1536, 14),
+    "vit_small_patch16_224.dino": (384, 16), "vit_base_patch16_224.dino": (768, 16),
+    "deit3_small_patch16_224.fb_in1k": (384, 16), "deit3_base_patch16_224.fb_in1k": (768, 16),
+    "deit3_large_patch16_224.fb_in1k": (1024, 16), "deit3_huge_patch14_224.fb_in1k": (1280, 14),
+    "vit_base_patch16_clip_224.openai": (768, 16), "vit_large_patch14_clip_224.openai": (1024, 14),
+    "vit_base_patch16_siglip_224.webli": (768, 16), "vit_large_patch16_siglip_256.webli": (1024, 16),
+    "vit_so400m_patch14_siglip_224.webli": (1152, 14),
+    "efficientnet_lite0": (1280, 32),
+    "vit_base_patch16_224.mae": (768, 16), "vit_large_patch16_224.mae": (1024, 16), "vit_huge_patch14_224.mae": (1280, 14),
+}
+ALIAS_RESOLUTION = 224  # UNIC's input size: aliases use it unless --resolution says otherwise
+CONV_MODELS = {"efficientnet_lite0"}  # a 4-D feature map: the grid is ceil(resolution / stride)
+
+
+@dataclass(frozen=True)
+class AliasShape:
+    """What an alias model's features look like at a resolution, known without building it."""
+
+    model_id: str
+    dim: int
+    grid: tuple[int, int]
+    resolution: int
+
+
+def alias_shape(teacher: str, size: str | None, resolution: int) -> AliasShape:
+    """Width and token grid of an alias at ``resolution`` (torch-free)."""
+    model_id = alias_model(teacher, size)
+    dim, step = SHAPES[model_id]
+    side = -(-resolution // step) if model_id in CONV_MODELS else resolution // step
+    return AliasShape(model_id, dim, (side, side), resolution)
+
+
 def split_alias(teacher: str, size: str | None) -> tuple[str, str | None]:
     """``ALIAS:SIZE`` (as ``plan --teachers`` takes it) as (alias, size); ``timm:<name>`` and plain aliases as given."""
     if teacher.startswith("timm:") or ":" not in teacher:
@@ -65,3 +103,41 @@ def alias_model(teacher: str, size: str | None = None) -> str:
     if size not in family.sizes:
         raise UserError(f"teacher {teacher} has no size {size!r}; sizes: {', '.join(family.sizes)}")
     return family.sizes[size]
+
+
+def default_resolution(teacher: str, resolution: int | None) -> int | None:
+    """``resolution``, else 224 for an alias (not the hub model's native size: DINOv2's 518 px gives 37x37
+    tokens, 7x the bytes), else None (the timm model's own size)."""
+    return resolution or (None if teacher.startswith("timm:") else ALIAS_RESOLUTION)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def weights_problem(weights: str | None) -> str | None:
+    """What is wrong with a ``--weights`` value (None: the hub; "random[:SEED]"; a weight file), torch-free, so
+    that it is said before anything is loaded; None when it is fine."""
+    from pathlib import Path
+
+    if weights is None:
+        return None
+    if weights == "random" or weights.startswith("random:"):
+        seed = weights.partition(":")[2] or "0"
+        return None if seed.isdigit() else f"--weights random:SEED takes an integer seed, got {weights!r}"
+    path = Path(weights)
+    if not path.is_file():
+        return f"weight file not found: {weights}"
+    if path.suffix not in WEIGHT_SUFFIXES:
+        return f"--weights must be a .safetensors or .pth file, got {path.name}"
+    return None
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a weight file, read in blocks (what a cache records of a teacher's weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

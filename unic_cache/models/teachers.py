@@ -20,7 +20,7 @@ from ..cache.store import TeacherInfo
 from ..errors import UserError
 from .converters import from_efficientnet_pytorch, is_efficientnet_pytorch
 from .pixels import PixelNorm
-from .registry import alias_model
+from .registry import alias_model, default_resolution, file_sha256, weights_problem
 
 
 PACKAGED = {  # timm model id -> (python package holding its weights, function giving the file, pip extra)
@@ -57,14 +57,6 @@ def resolve(teacher: str, size: str | None = None) -> str:
             raise UserError(f"timm has no model {model_id!r}; see `timm.list_models()` for names")
         return model_id
     return alias_model(teacher, size)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _timm_model(model_id: str, resolution: int | None, **kwargs) -> nn.Module:
@@ -159,20 +151,15 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, m
 def _create(model_id: str, weights: str | None, resolution: int | None, model_args: dict) -> tuple[nn.Module, list[str]]:
     """A timm model with weights from the hub (None), a local file, or "random[:SEED]" (seeded), and the
     classifier keys of the file that were left out."""
+    problem = weights_problem(weights)
+    if problem:
+        raise UserError(problem)
     if weights is not None and (weights == "random" or weights.startswith("random:")):
-        seed = weights.partition(":")[2] or "0"
-        if not seed.isdigit():
-            raise UserError(f"--weights random:SEED takes an integer seed, got {weights!r}")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+            torch.manual_seed(int(weights.partition(":")[2] or "0"))
             return _timm_model(model_id, resolution, pretrained=False, **model_args), []
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise UserError(f"weight file not found: {weights}")
-        if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
-            raise UserError(f"--weights must be a .safetensors or .pth file, got {path.name}")
-        state = read_weights_file(path)
+        state = read_weights_file(Path(weights))
         model = _timm_model(model_id, resolution, pretrained=False, **model_args)
         return model, load_strict(model, state, weights, model_id)
     try:
@@ -273,11 +260,3 @@ def teacher_shape(teacher: str, size: str | None = None, resolution: int | None 
             raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
     return describe(model, model_id, default_resolution(teacher, resolution), model_args=model_args)
 
-
-ALIAS_RESOLUTION = 224  # UNIC's input size: aliases use it unless --resolution says otherwise
-
-
-def default_resolution(teacher: str, resolution: int | None) -> int | None:
-    """``resolution``, else 224 for an alias (not the hub model's native size: DINOv2's 518 px gives 37x37
-    tokens, 7x the bytes), else None (the timm model's own size)."""
-    return resolution or (None if teacher.startswith("timm:") else ALIAS_RESOLUTION)
