@@ -172,8 +172,7 @@ def _extract(opts, data: str, cache: str) -> None:
 
     opts.check()  # before torch is imported: options, weight files, the cache path and the dataset it was made for
     source = open_source(data)
-    check_cache_target(cache, source)
-    finished = opts.complete_in(cache, source)
+    finished = opts.complete_in(check_cache_target(cache, source))
     if finished is not None:
         typer.echo(f"{finished.name}: already complete in {cache} ({finished.units} units); nothing to do")
         return
@@ -342,7 +341,7 @@ def _eval_args() -> list:
 
 
 # name -> (module and options class, what runs it, help, extra parameters): registered on first use, so that a
-# command imports only its own options (``unic-cache teachers`` and ``plan`` need neither numpy's array code nor torch)
+# command imports only its own options (``unic-cache teachers`` and ``plan`` never import torch)
 OPTION_COMMANDS: dict[str, tuple[str, str, Callable, str, Callable[[], list] | None]] = {
     "extract": ("extraction.options", "ExtractOptions", _extract,
                 "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", _extract_args),

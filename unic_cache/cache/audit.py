@@ -310,11 +310,9 @@ def find_damage(cache: Cache, source: Source | None = None, progress: bool = Tru
 
 
 def verify_cache(cache: Cache, source: Source | None = None, progress: bool = True) -> list[str]:
-    """Every problem found in a cache (empty when it is sound; a format-1 cache says it is unchecked), metadata
-    that differs from its seal included."""
-    changed, broken = metadata_damage(cache.url)
-    damage = find_damage(cache, source, progress)
-    return changed + broken + [p for p in damage.problems + damage.pending if not p.startswith("note:")]
+    """Every problem found in a cache (empty when it is sound), metadata that differs from its seal included:
+    what ``verify`` reports without repairing."""
+    return verify(cache.url, source, progress=progress).problems
 
 
 def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> list[str]:
@@ -422,7 +420,8 @@ def verify(url: str, source: Source | None = None, repair: bool = False, progres
         return verdict  # the arrays are read through this metadata: check them once it is restored
     if changed:
         verdict.repaired += restore_metadata(url)
-    damage = find_damage(Cache.open(url, mode="a" if repair else "r"), source, progress)
+    cache = Cache.open(url, mode="a" if repair else "r")
+    damage = find_damage(cache, source, progress)
     verdict.notes += [p for p in damage.problems if p.startswith("note:")]
     verdict.problems += [p for p in damage.problems if not p.startswith("note:")]
     if not repair:  # an unfinished teacher is not a sound cache
@@ -431,12 +430,11 @@ def verify(url: str, source: Source | None = None, repair: bool = False, progres
     verdict.pending = damage.pending
     if not verdict.problems:
         return verdict
-    if damage.index and source is None:  # a usage error, said after the problems it is about
-        verdict.error = (f"index arrays {', '.join(sorted(damage.index))} are damaged; repairing them needs the dataset: "
-                         f"`unic-cache verify {url} --repair --data DATA`")
+    try:
+        verdict.repaired += repair_cache(cache, damage, source)
+    except UserError as exc:  # it needs more from the user (the dataset): said after the problems it is about
+        verdict.error = str(exc)
         return verdict
-    cache = Cache.open(url, mode="a")
-    verdict.repaired += repair_cache(cache, damage, source)
     if damage.index:  # the rest could not be checked through a damaged index: check (and repair) it now
         rest = verify(url, source, repair, progress)
         verdict.problems += rest.problems

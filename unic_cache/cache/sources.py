@@ -39,6 +39,11 @@ KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 META_RE = re.compile(r"__[^/]*__($|/)")
 
 
+def key_bytes(key: str) -> bytes:
+    """A key's bytes: UTF-8, a tar name that is not UTF-8 (a key with surrogates, as webdataset gives it) as it was."""
+    return key.encode("utf-8", "surrogateescape")
+
+
 def member_key(name: str) -> tuple[str, str] | None:
     """(key, extension) of a tar member's name as webdataset reads it, or None for a member it skips."""
     if META_RE.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
@@ -88,8 +93,8 @@ class DatasetIndex:
     def fingerprint(self) -> str:
         """Digest of shard names, sizes, sample counts and every key: what a cache is bound to."""
         h = hashlib.sha256(json.dumps([[s["name"], s["nbytes"], s["count"]] for s in self.shards]).encode())
-        for key in self.keys:  # a tar name that is not UTF-8 is a key with surrogates (as webdataset's): its bytes
-            h.update(key.encode("utf-8", "surrogateescape") + b"\0")
+        for key in self.keys:
+            h.update(key_bytes(key) + b"\0")
         return h.hexdigest()
 
 

@@ -43,7 +43,7 @@ from . import claims, seal
 from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
 from ..errors import UserError
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
-from .sources import DatasetIndex, Source, content_digest
+from .sources import DatasetIndex, Source, content_digest, key_bytes
 from .views import P, PlanConfig, plan_views
 
 # a cache holds two kinds of files that are not zarr nodes: claims (CLAIM_DIR) and seals; listing a group says so
@@ -154,7 +154,7 @@ def _open_group(url: str, mode: str) -> zarr.Group:
 
 def encode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keys as (every key's UTF-8 bytes one after another: uint8, where each starts and the end: int64 (N + 1,))."""
-    encoded = [str(k).encode("utf-8", "surrogateescape") for k in keys]
+    encoded = [key_bytes(str(k)) for k in keys]
     offsets = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
     return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets
@@ -264,7 +264,7 @@ class Cache:
         self.attrs = attrs
         self.pixels: PixelPipeline = pixel_pipeline(attrs.get("pixels"))  # an unknown version is refused here
         self._index_cache: dict[str, np.ndarray] = {}
-        self._sealed_teachers: set[str] = set()  # teachers whose metadata matched their seal
+        self._teacher_sealed: dict[str, bool] = {}  # teachers checked against their seal: whether they have one
 
     @classmethod
     def exists(cls, url: str) -> bool:
@@ -490,13 +490,17 @@ class Cache:
     def teacher(self, name: str) -> "TeacherStore":
         """The teacher ``name``; its metadata is checked against its seal (once per open cache)."""
         at = f"teachers/{name}"
-        if name not in self._sealed_teachers and seal.has_seal(self.group.store_path, at):
-            seal.check(self.group.store_path, at, self.url)
-            self._sealed_teachers.add(name)
+        if name not in self._teacher_sealed:
+            sealed = seal.has_seal(self.group.store_path, at)
+            if sealed:
+                seal.check(self.group.store_path, at, self.url)
+            self._teacher_sealed[name] = sealed
         group = self._teacher_group(name)
         if group is None:
+            self._teacher_sealed.pop(name)  # it may be added later
             raise UserError(f"cache {self.url} has no teacher {name!r}; it has: {', '.join(self.teacher_names()) or 'none'}")
-        if self.format >= 4 and name not in self._sealed_teachers and "progress" in group:
+        if self.format >= 4 and not self._teacher_sealed[name] and "progress" in group:
+            self._teacher_sealed.pop(name)  # being added by another process, or its seal lost: look again next time
             raise UserError(f"cache {self.url}: teachers/{name}/{seal.SEAL} is missing, so the teacher's metadata cannot be "
                             f"checked; extract it again under a new --name")
         return TeacherStore(group, self)
@@ -558,11 +562,11 @@ class Cache:
         units = -(-n // unit_rows)
         group = self.group["teachers"].create_group(name, overwrite=True)
         zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
-        vector_arrays = []
+        digested = []  # what each unit's digest covers: its feature arrays, then its partial statistics
         for kind, f in fitted.items():
             rows = summary_rows if kind == "summary" else chunk_rows
             vectors = (n, k, *shapes[kind])
-            vector_arrays += [kind, *(f"{kind}_{part}" for part in f.parts)]
+            digested += [kind, *(f"{kind}_{part}" for part in f.parts)]
             create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
                            shards=(unit_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
             for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
@@ -571,7 +575,7 @@ class Cache:
             for param, value in f.params.items():
                 create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
         stats = group.create_group("stats/partial")
-        vector_arrays += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
+        digested += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
         for kind in fitted:
             create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
             create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
@@ -580,8 +584,8 @@ class Cache:
         specs = {kind: f.codec for kind, f in fitted.items()}
         group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
                             "unit_rows": unit_rows, "units": units, "code_version": code_version, "complete": False,
-                            "digest_arrays": vector_arrays})
-        create_checked(group, "digest", (units, len(vector_arrays)), "uint32", chunks=(1, len(vector_arrays)))
+                            "digest_arrays": digested})
+        create_checked(group, "digest", (units, len(digested)), "uint32", chunks=(1, len(digested)))
         # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
         create_checked(group, "progress", (units,), "uint8", chunks=(1,))
         self.seal_teacher(name)
@@ -592,13 +596,15 @@ class Cache:
                         seal.member_paths(self.group[f"teachers/{name}"], f"teachers/{name}"))
 
 
-def check_cache_target(url: str, source: Source) -> None:
-    """What extract checks before any model is loaded: a made cache at ``url`` is this dataset's, and anything
-    else there is our own unfinished creation or nothing."""
+def check_cache_target(url: str, source: Source, mode: str = "r") -> Cache | None:
+    """What extract checks before any model is loaded: a made cache at ``url`` is this dataset's (returned, opened),
+    and anything else there is our own unfinished creation or nothing (None)."""
     if Cache.exists(url):
-        Cache.open(url).check_source(source)
-    else:
-        claims.check_writable_target(url, TOP_LEVEL)
+        cache = Cache.open(url, mode)
+        cache.check_source(source)
+        return cache
+    claims.check_writable_target(url, TOP_LEVEL)
+    return None
 
 
 def codec_record(codecs: dict[str, Codec]) -> dict:
@@ -722,8 +728,11 @@ class TeacherStore:
             raise UserError(f"teacher {self.name} stores {', '.join(self.kinds)}, not {kind!r}")
         if not (isinstance(rows.start, int) and isinstance(rows.stop, int) and 0 <= rows.start < rows.stop <= n):
             raise UserError(f"rows {rows.start}:{rows.stop} out of range: teacher {self.name} has rows 0 to {n - 1}")
-        views = range(k)[view] if isinstance(view, slice) else [view]
-        if not isinstance(view, (int, np.integer, slice)) or (not isinstance(view, slice) and not 0 <= view < k) or not views:
+        if isinstance(view, slice):
+            inside = len(range(k)[view]) > 0
+        else:
+            inside = isinstance(view, (int, np.integer)) and 0 <= view < k
+        if not inside:
             raise UserError(f"view {view} out of range: the cache has views 0 to {k - 1}")
 
     def read(self, kind: str, rows: slice, view) -> np.ndarray:

@@ -25,7 +25,6 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from .. import __version__
-from ..cache.sources import open_source
 from ..cache.store import Cache, TeacherInfo, json_normal
 from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
@@ -92,8 +91,7 @@ class Distiller:
         self.cfg, self.out = cfg, Path(cfg.out)
         check_run_folder(self.out)
         self.rank, self.world, self.device = init_distributed(cfg.device)
-        cache = Cache.open(cfg.cache)
-        cache.check_source(open_source(cfg.data))
+        cache = Cache.open(cfg.cache)  # this dataset's: checked by cfg.check()
         self.cache = cache
         self._setup_targets(cache)
         self._setup_student()

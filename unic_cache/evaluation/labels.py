@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..cache.sources import member_key, FolderSource, ParquetSource, Source
+from ..cache.sources import FolderSource, ParquetSource, Source, key_bytes, member_key
 
 SPLITS = ("train", "val", "test")
 IGNORE = 255  # a label-map pixel that belongs to no class
@@ -76,7 +76,7 @@ class SplitRule:
     fractions: tuple[float, float] = (0.6, 0.2)  # train, val; test is the rest
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
-        u = np.array([int.from_bytes(hashlib.blake2b(f"{self.seed}:{k}".encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little") / 2.0**64
+        u = np.array([int.from_bytes(hashlib.blake2b(key_bytes(f"{self.seed}:{k}"), digest_size=8).digest(), "little") / 2.0**64
                       for k in keys])
         train, val = self.fractions
         return np.where(u < train, 0, np.where(u < train + val, 1, 2)).astype(np.int8)

@@ -31,8 +31,8 @@ def held_out_views(cache: Cache, sample_views: int, fit: tuple[np.ndarray, np.nd
     good, k = np.flatnonzero(~cache.bad), cache.views
     taken = set(zip(fit[0].tolist(), fit[1].tolist()))
     out: list[tuple[int, int]] = []
+    rows, views = calibration_views(cache, min(sample_views, len(good)))
     for shift in range(k):  # spread rows, views cycling from a shifted start, skipping the fit's pairs
-        rows, views = calibration_views(cache, min(sample_views, len(good)))
         for row, view in zip(rows.tolist(), ((views + 1 + shift) % k).tolist()):
             if (row, view) not in taken and len(out) < sample_views:
                 taken.add((row, view))

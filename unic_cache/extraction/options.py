@@ -13,7 +13,7 @@ from ..models.registry import alias_model, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
 
 if TYPE_CHECKING:
-    from ..cache.store import TeacherStore
+    from ..cache.store import Cache, TeacherStore
 
 
 @dataclass
@@ -88,32 +88,31 @@ class ExtractOptions(Options):
         return PlanConfig(views=base.views if self.views is None else self.views,
                           seed=base.seed if self.seed is None else self.seed, policy=policy)
 
-    def complete_in(self, cache_url: str, source) -> "TeacherStore | None":
-        """The teacher these options would extract, when it is already complete in the cache with the same model,
-        weights, resolution, arguments and codecs (judged from the records, torch-free); else None (extract
-        then builds the teacher and compares in full, refusing other settings in one line)."""
+    def complete_in(self, cache: "Cache | None") -> "TeacherStore | None":
+        """The teacher these options would extract, when it is already complete in ``cache`` (opened, checked to be
+        this dataset's; None: no cache yet) with the same model, weights, resolution, arguments, codecs and plan
+        (judged from the records, torch-free); else None (extract then builds the teacher and compares in full,
+        refusing other settings in one line)."""
         from ..cache.codecs import kind_codecs
-        from ..cache.store import Cache, codec_record
+        from ..cache.store import codec_record
         from ..models.registry import ALIAS_RESOLUTION, file_sha256
 
         timm_name = self.teacher[5:] if self.teacher.startswith("timm:") else None
-        if (timm_name and self.resolution is None) or not Cache.exists(cache_url):
+        if cache is None or (timm_name and self.resolution is None):
             return None  # a timm model's own resolution is only known once it is built
-        cache = Cache.open(cache_url)
-        cache.check_source(source)
         name = self.default_name()
-        if name not in cache.teacher_names() or not cache.teacher(name).complete or not cache.teacher(name).done().all():
+        if name not in cache.teacher_names():
             return None
         store = cache.teacher(name)
-        weights = "hub" if self.weights is None else self.weights
-        sha = (file_sha256(self.weights) if self.weights and not self.weights.startswith("random")
-               else store.attrs.get("weights_sha256"))
-        want = {"model_id": timm_name or alias_model(self.teacher, self.size), "weights": weights, "weights_sha256": sha,
+        want = {"model_id": timm_name or alias_model(self.teacher, self.size), "weights": self.weights or "hub",
                 "resolution": self.resolution or ALIAS_RESOLUTION, "model_args": self.model_args,
                 **codec_record(kind_codecs(self.codec, self.patch_codec, self.patch))}
-        have = {k: store.attrs.get(k) for k in want}
-        same_plan = json.loads(json.dumps(self.view_plan(cache.plan).to_dict())) == cache.attrs["plan"]
-        return store if json.loads(json.dumps(want)) == have and same_plan else None
+        if (not store.complete or json.loads(json.dumps(want)) != {k: store.attrs.get(k) for k in want}
+                or json.loads(json.dumps(self.view_plan(cache.plan).to_dict())) != cache.attrs["plan"]
+                or not store.done().all()):
+            return None
+        file = self.weights and not self.weights.startswith("random")  # the file read last, and only when all else holds
+        return store if not file or file_sha256(self.weights) == store.attrs.get("weights_sha256") else None
 
     def default_name(self) -> str:
         """The teacher's name in the cache: --name, or the alias (with -SIZE), or the timm name."""

@@ -23,7 +23,7 @@ from ..cache.claims import clean_stale_temp_files
 from ..cache.codecs import kind_codecs
 from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
-from ..cache.store import Cache, Moments, TeacherStore
+from ..cache.store import Cache, Moments, TeacherStore, check_cache_target
 from ..models.codecs import DeviceCodec
 from ..models.photometric import photometric
 from ..models.pixels import channels_first
@@ -134,11 +134,15 @@ class _UnitWriter:
             raise self.error
 
 
-def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions) -> Cache:
-    plan = opts.view_plan(Cache.open(url).plan if Cache.exists(url) else None)
-    cache = Cache.open_or_create(url, lambda: source.index(workers=min(8, os.cpu_count() or 1), progress=opts.progress),
-                                 source, plan)
-    cache.check_source(source)
+def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, existing: Cache | None) -> Cache:
+    """``existing`` (the cache at ``url``, already checked to be this dataset's), or the cache created there now
+    (or by a racing process, checked here); its plan must be the options'."""
+    plan = opts.view_plan(existing.plan if existing else None)
+    cache = existing
+    if cache is None:
+        cache = Cache.open_or_create(url, lambda: source.index(workers=min(8, os.cpu_count() or 1), progress=opts.progress),
+                                     source, plan)
+        cache.check_source(source)
     cache.check_plan(plan)
     return cache
 
@@ -154,13 +158,14 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
     source = open_source(data)
-    finished = opts.complete_in(cache_url, source)
+    existing = check_cache_target(cache_url, source, mode="a")
+    finished = opts.complete_in(existing)
     if finished is not None:  # nothing to do: said at once, without building the teacher
         return ExtractReport(name, cache_url, finished.units, finished.units, 0, 0, 0.0, True,
                              int(finished.cache.bad.sum()), {"already_complete": True})
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
-    cache = _open_or_create_cache(source, cache_url, opts)
+    cache = _open_or_create_cache(source, cache_url, opts, existing)
     k, res = cache.views, teacher.info.resolution
     rows_per_batch = max(1, opts.batch_size // k)
     def fit():
