@@ -291,3 +291,25 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_exactly(world,
     assert [json.loads(line)["step"] for line in metrics.open()] == list(range(1, 61))
     finished = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)  # nothing left to do
     assert finished.returncode == 0 and "already finished" in finished.stdout, finished.stdout + finished.stderr[-1000:]
+
+
+def test_a_killed_run_with_workers_is_resumed_at_once(world, tmp_path):
+    """SIGKILL (the OOM killer) leaves DataLoader workers orphaned for a while: they must not hold the run lock,
+    so the same command run at once continues the run instead of being refused as 'in use'."""
+    import signal
+    import time
+
+    root, cache = world
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "unic_cache", "distill", str(root / "data"), "--cache", cache, "--out", str(out),
+               "--student", STUDENT, "--img-size", "32", "--model-arg", "depth=2", "--steps", "30", "--batch-size", "8",
+               "--workers", "1", "--checkpoint-every", "2", "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + HANG_GUARD
+    while not (out / "checkpoints" / "step-00000002").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert (out / "model" / "model.safetensors").exists()

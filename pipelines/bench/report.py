@@ -26,11 +26,12 @@ def heading(title: str, device: str = "cpu") -> list[str]:
 
 
 def publish(lines: list[str], write: bool) -> None:
-    """Print the section; with ``write``, append it to BENCHMARKS.md."""
+    """Print the section; with ``write``, append it to BENCHMARKS.md (or to the file ``UNIC_BENCHMARKS`` names:
+    the GPU check's dry run writes its sections there)."""
     text = "\n".join(lines)
     print(text)
     if write:
-        path = ROOT / "BENCHMARKS.md"
+        path = Path(os.environ.get("UNIC_BENCHMARKS") or ROOT / "BENCHMARKS.md")
         head = "" if path.exists() else "# Benchmarks\n\nEvery figure with the command, machine and date that produced it.\n\n"
         with open(path, "a") as f:
             f.write(head + text + "\n")

@@ -62,7 +62,9 @@ def main() -> None:
         proc.wait()
         if (resumed / "model").exists():
             sys.exit("the run finished before it could be killed: give more --steps")
-        subprocess.run(distill_args(data, cache, resumed, args), check=True, capture_output=True)  # the same command
+        resume = subprocess.run(distill_args(data, cache, resumed, args), capture_output=True, text=True)  # the same command
+        if resume.returncode:
+            sys.exit(f"the resumed distill failed: {resume.stderr.strip().splitlines()[-1] if resume.stderr.strip() else resume.returncode}")
         a, b = (load_file(str(run / "model" / "model.safetensors")) for run in (straight, resumed))
         worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

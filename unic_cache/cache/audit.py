@@ -32,6 +32,7 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
         "plan seed": cache.plan.seed, "crop scale": list(cache.plan.policy.scale), "input shards": len(cache.shards),
         "created": cache.attrs["created"], "fingerprint": cache.attrs["fingerprint"][:16],
         "format": cache.attrs["format_version"], "pixel pipeline": cache.pixels.version,
+        "view geometry": cache.pixels.where,
         "integrity": "crc32c on every chunk, image digests" if cache.checksummed
         else "unchecked (format 1: no checksums, no image digests)",
     }

@@ -298,7 +298,8 @@ class Cache:
         return cache
 
     @classmethod
-    def open_or_create(cls, url: str, make_index, source: Source, plan: PlanConfig) -> "Cache":
+    def open_or_create(cls, url: str, make_index, source: Source, plan: PlanConfig,
+                       pixels: PixelPipeline = CURRENT) -> "Cache":
         """Open the cache at ``url``, or create it there for ``source`` and ``plan``.
 
         Only a path that does not exist, an empty folder, or our own unfinished creation is written to;
@@ -310,7 +311,7 @@ class Cache:
             fs, root = fsspec.core.url_to_fs(url)
             new = not fs.exists(root)
             try:
-                claims.once(url, "create", lambda: cls.exists(url), lambda: cls._create(url, make_index(), source, plan),
+                claims.once(url, "create", lambda: cls.exists(url), lambda: cls._create(url, make_index(), source, plan, pixels),
                             lambda: _remove_unfinished(url), "creating this cache")
             except UserError:  # the dataset cannot be indexed (empty, not a tar, ...): leave nothing behind
                 if new and not cls.exists(url):
@@ -321,7 +322,7 @@ class Cache:
         return cls.open(url, mode="a")
 
     @classmethod
-    def _create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig) -> None:
+    def _create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig, pixels: PixelPipeline) -> None:
         """Write the index and the view plan; the seal is written last, so a crash leaves no half-cache in use."""
         # our marker first: a creation that fails is taken over by the next run (``claims.check_writable_target``)
         group = zarr.open_group(local_path(url), mode="a", zarr_format=3, attributes={"format": "unic-cache"})
@@ -340,7 +341,7 @@ class Cache:
         group.attrs.update({
             "format": "unic-cache", "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "samples": n, "bad_samples": len(index.bad), "fingerprint": index.fingerprint(),
-            "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(), "pixels": CURRENT.to_dict(),
+            "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(), "pixels": pixels.to_dict(),
         })
         seal_root(group)
         group.attrs["ready"] = True  # for readers of formats 1-3; a format-4 cache is made once its seal exists

@@ -1,5 +1,5 @@
-"""Stage 2 data: images at the student's resolution (the CPU part of the cache's pixel pipeline: decode and
-geometry; the photometric part runs on the device, per batch), paired with cached teacher rows.
+"""Stage 2 data: the cache's pixel pipeline's worker part (pipeline 3: the decoded images, packed; 1 and 2: the
+views' geometry cut too; the rest runs on the device, per batch), paired with cached teacher rows.
 
 The order is a pure function of (seed, epoch, rank), never of the number of DataLoader workers: good
 rows are cut into blocks of ``block_rows`` consecutive rows; each epoch the blocks are permuted and
@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..cache.views import PlanConfig, plan_views, uniforms
+from ..models.geometry import SharedRing, cut_views, join, offsets, pack, settle
 from ..models.pixels import channels_first
 
 
@@ -46,10 +47,15 @@ class Selection:
         return cls(targets)
 
 
+_PREFETCH = 2  # windows in flight per DataLoader worker
+
+
 class DistillStream(Dataset):
     """This rank's endless stream of samples {"image", "params", "row", "view", "<teacher>/<array>": stored
     target}: "image" is uint8 (3, R, R) with the view's geometry, "params" its view parameters (P,) for
-    ``models.photometric`` (the colour part, applied per batch on the device).
+    ``models.photometric`` (the colour part, applied per batch on the device). Under pixel pipeline 3 the
+    batches carry the decoded images instead ("pixels", packed, and "pixel_shapes", ``models.pixels.Packed``),
+    and the device cuts the views (``models.pixels.device_views``).
 
     An item is one window of blocks (``WindowRef``), read by a DataLoader worker as whole stacked
     arrays; ``batches`` cuts the windows, in stream order, into batches in the main process, so the
@@ -79,6 +85,7 @@ class DistillStream(Dataset):
         blocks = [np.flatnonzero(good[a:a + block_rows]) + a for a in range(0, cache.n, block_rows)]
         self.blocks = [b for b in blocks if len(b)]
         self._opened = None  # (source, cache, stores), opened lazily in each worker process
+        self._ring: SharedRing | None = None  # a worker's reused pixel buffers (pipeline 3)
         self._order: tuple[int, list] | None = None
 
     @property
@@ -135,13 +142,19 @@ class DistillStream(Dataset):
         digest = None if cache.digest is None else cache.digest[needed]
         data = dict(zip(needed.tolist(), source.read_rows(cache.location[needed], [str(k) for k in cache.keys[needed]],
                                                           digest)))
-        images = {"image": self.resolution, **{f"{t}/image": res for t, res in self.online.items()}}
-        crops = {name: np.empty((len(order), res, res, 3), np.uint8) for name, res in images.items()}
-        for j, i in enumerate(order):
-            image = cache.pixels.decode(data[int(rows[i])])
-            for name, res in images.items():
-                crops[name][j] = cache.pixels.crop(image, params[i], res)
-        out = {name: channels_first(c) for name, c in crops.items()}
+        if cache.pixels.device_geometry:  # decoded only: the device cuts the views, at every resolution needed
+            decoded = (cache.pixels.decode_array(data[int(rows[i])]) for i in order)
+            self._ring = self._ring or SharedRing(_PREFETCH + 2)
+            pixels, shapes, stamp = pack(decoded, cache.image_size[rows[order]][:, ::-1].tolist(), self._ring)
+            out = {"pixels": pixels, "pixel_shapes": shapes, **stamp}
+        else:
+            images = self.resolutions
+            crops = {name: np.empty((len(order), res, res, 3), np.uint8) for name, res in images.items()}
+            for j, i in enumerate(order):
+                image = cache.pixels.decode(data[int(rows[i])])
+                for name, res in images.items():
+                    crops[name][j] = cache.pixels.crop(image, params[i], res)
+            out = {name: channels_first(c) for name, c in crops.items()}
         out.update(params=torch.from_numpy(np.ascontiguousarray(params[order], np.float32)),
                    row=torch.from_numpy(rows[order]), view=torch.from_numpy(views_of_rows[order]))
         out.update({name: torch.from_numpy(values[order]) for name, values in targets.items()})
@@ -150,27 +163,46 @@ class DistillStream(Dataset):
     def __iter__(self):
         for ref in self.windows():
             window = self[ref]
+            if "pixels" in window:  # a sample's view, cut here as the device would
+                packed = window.pop("pixels"), window.pop("pixel_shapes")
+                window.update({name: cut_views(*packed, np.arange(len(window["row"])), window["params"].numpy(), res)
+                               for name, res in self.resolutions.items()})
             for j in range(len(window["row"])):
                 sample = {name: value[j] for name, value in window.items()}
                 sample.update(row=int(sample["row"]), view=int(sample["view"]))
                 yield sample
 
+    @property
+    def resolutions(self) -> dict[str, int]:
+        """The views a sample has: "image" at the student's resolution, "<teacher>/image" at an online teacher's."""
+        return {"image": self.resolution, **{f"{t}/image": res for t, res in self.online.items()}}
+
     def batches(self, workers: int = 0, pin_memory: bool = False):
         """Endless batches of ``batch_size`` samples; the same batches for any number of ``workers``."""
         loader = DataLoader(self, batch_size=None, sampler=_Endless(self.windows), num_workers=workers,
-                            persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                            persistent_workers=workers > 0, prefetch_factor=_PREFETCH if workers else None,
                             worker_init_fn=_ignore_interrupts,  # Ctrl-C is the main process's to handle
                             generator=torch.Generator().manual_seed(self.seed))  # leaves the global RNG alone
         pending: list[dict[str, torch.Tensor]] = []
         have = 0
         for window in loader:
-            pending.append(window)
+            pending.append(settle(window))  # out of the worker's reused buffer at once
             have += len(window["row"])
             while have >= self.batch_size:
-                merged = pending[0] if len(pending) == 1 else {k: torch.cat([p[k] for p in pending]) for k in window}
-                batch = {k: v[:self.batch_size] for k, v in merged.items()}
-                pending, have = [{k: v[self.batch_size:] for k, v in merged.items()}], have - self.batch_size
+                merged = pending[0] if len(pending) == 1 else {k: (join if k == "pixels" else torch.cat)([p[k] for p in pending])
+                                                               for k in window}
+                batch, rest = _split(merged, self.batch_size)
+                pending, have = [rest], have - self.batch_size
                 yield {k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch
+
+
+def _split(samples: dict[str, torch.Tensor], n: int) -> tuple[dict, dict]:
+    """The first ``n`` samples and the rest (views, no copies); packed images are cut at the n-th image's end."""
+    first, rest = {k: v[:n] for k, v in samples.items()}, {k: v[n:] for k, v in samples.items()}
+    if "pixels" in samples:
+        end = int(offsets(samples["pixel_shapes"][:n])[-1])
+        first["pixels"], rest["pixels"] = samples["pixels"][:end], samples["pixels"][end:]
+    return first, rest
 
 
 def _ignore_interrupts(worker: int) -> None:

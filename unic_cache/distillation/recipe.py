@@ -28,7 +28,7 @@ from .. import __version__
 from ..cache.store import Cache, TeacherInfo, json_normal
 from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
-from ..models.photometric import photometric
+from ..models.pixels import Packed, device_views
 from ..models.student import Student
 from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, init_distributed, prepare_model, to_device
@@ -174,9 +174,9 @@ class Distiller:
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
-        preds = self.model(self.pixels(batch["image"], batch["params"], self.cfg.channels_last))
+        preds = self.model(self.views(batch, "image", self.cfg.img_size, self.cfg.channels_last))
         for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
-            summary, patch = teacher(self.pixels(batch[f"{t}/image"], batch["params"]))
+            summary, patch = teacher(self.views(batch, f"{t}/image", teacher.info.resolution))
             batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
         per_teacher = {t: 0.0 for t in self.teachers}  # over token kinds: mean (UNIC, drop_norm batch) or sum
         kinds = {t: sum(1 for u, _ in self.selection.targets if u == t) for t in self.teachers}
@@ -195,9 +195,11 @@ class Distiller:
         weights = teacher_drop_weights(losses.detach().float(), self.cfg.teacher_drop, self.drop_gen, self.cfg.drop_norm)
         return (weights * losses).sum(), losses.detach(), weights
 
-    def pixels(self, images: torch.Tensor, params: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """A batch's views on the device: the loader's uint8 crops with their photometric part applied there."""
-        return to_device(photometric(images.to(self.device, non_blocking=True), params), self.device, channels_last)
+    def views(self, batch: dict[str, torch.Tensor], name: str, resolution: int, channels_last: bool = False) -> torch.Tensor:
+        """A batch's views ``name`` on the device: the loader's crops, or its decoded images cut there (pipeline 3),
+        with their photometric part applied there."""
+        pixels = Packed(batch["pixels"], batch["pixel_shapes"]) if "pixels" in batch else batch[name]
+        return to_device(device_views(pixels, batch["params"].numpy(), resolution, self.device), self.device, channels_last)
 
     @property
     def checkpoint_interval(self) -> int:
@@ -243,6 +245,8 @@ class Distiller:
             write_atomic(self.out / "config.json", json.dumps(self.config_record(), indent=1))
         if self.rank == 0 and self.step < self.total and cfg.progress:  # beside the progress bar: a note for people
             print(self.checkpoint_plan(), file=sys.stderr, flush=True)
+            if self.cache.pixels.note():
+                print(self.cache.pixels.note(), file=sys.stderr, flush=True)
         metrics = self._metrics_file()
         tb = self._tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)

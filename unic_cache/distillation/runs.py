@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import weakref
 from pathlib import Path
 
 from ..errors import UserError
@@ -122,11 +123,15 @@ def recorded(out: Path) -> dict | None:
 
 class RunLock:
     """One command at a time in a run folder: an exclusive ``flock`` on ``run.lock`` (released when the holder
-    exits, however it exits); a second command is refused in one line naming the holder."""
+    exits, however it exits); a second command is refused in one line naming the holder. A forked child (a
+    DataLoader worker) closes its copy at once: it must not keep the lock when its parent is killed."""
+
+    held: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
 
     def __init__(self, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         self.file = open(out / LOCK, "a+")
+        RunLock.held.add(self)
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,6 +149,15 @@ class RunLock:
         if not self.file.closed:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
+
+
+def _close_in_child() -> None:
+    """After a fork, in the child: close the inherited lock files (the parent's lock stays: it has its own)."""
+    for lock in list(RunLock.held):
+        lock.file.close()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def recipe_differences(have: dict, want: dict) -> list[str]:

@@ -10,7 +10,7 @@ from ..cache.pixels import CURRENT, PixelPipeline
 from ..cache.sources import open_source
 from ..cache.views import PlanConfig, ViewPolicy, plan_views
 from ..models.photometric import photometric
-from ..models.pixels import channels_first
+from ..models.pixels import cut
 
 
 def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:
@@ -41,7 +41,8 @@ class EvalViews(Dataset):
             self._source = open_source(self.data)
         row = int(self.rows[i])
         data = self._source.read(self.location[row], str(self.keys[row]), None if self.digest is None else self.digest[row])
-        return channels_first(np.array(self.pixels.crop(self.pixels.decode(data), self.params[i], self.resolution))), self.params[i]
+        image = self.pixels.decode_array(data) if self.pixels.device_geometry else self.pixels.decode(data)
+        return cut(self.pixels, image, self.params[i], self.resolution)[0], self.params[i]
 
     def batches(self, batch_size: int = 128, workers: int = 0, desc: str = "images", progress: bool = True,
                 device: torch.device | str = "cpu"):

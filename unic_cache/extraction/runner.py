@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
 from ..cache.store import Cache, Moments, TeacherStore, check_cache_target
 from ..models.codecs import DeviceCodec
-from ..models.photometric import photometric
-from ..models.pixels import channels_first
+from ..models.geometry import SharedRing
+from ..models.pixels import Packed, channels_first, device_views
 from ..models.teachers import build_teacher
 from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
 from .calibration import calibrate, calibration_views, held_out_views
@@ -53,38 +54,59 @@ class ExtractReport:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
+_PREFETCH = 4  # batches in flight per DataLoader worker
+
+
 class ViewBatches(Dataset):
-    """Rows -> (rows, uint8 views (b, K, 3, R, R) with their geometry, valid (b,), view params (b, K, P));
-    an image is decoded once for its K views (the CPU part of the cache's pixel pipeline: the photometric
-    part runs on the device, on whole batches)."""
+    """Rows -> (rows, pixels, valid (b,), view params (b, K, P)); an image is decoded once for its K views.
+    ``pixels``: pipeline 3, the decoded images packed (``Packed``; the device cuts the views); pipelines 1 and
+    2, the views' geometry cut here, uint8 (b, K, 3, R, R). The photometric part runs on the device."""
 
     def __init__(self, source: Source, cache: Cache, resolution: int):
         self.source, self.url, self.resolution, self.views = source, cache.url, resolution, cache.views
         self.keys, self.location, self.bad, self.digest = cache.keys, cache.location, cache.bad, cache.digest
-        self.pixels = cache.pixels
+        self.pixels, self.image_size = cache.pixels, cache.image_size
         self._cache = None
+        self._ring: SharedRing | None = None  # a worker's reused pixel buffers (pipeline 3)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray]:
+    def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor | Packed, torch.Tensor, np.ndarray]:
         if self._cache is None:  # opened lazily in each worker process
             self._cache = Cache.open(self.url)
         first, last = min(rows), max(rows)
         params = self._cache.params(slice(first, last + 1))[np.asarray(rows) - first]
-        r = self.resolution
-        views = np.zeros((len(rows), self.views, r, r, 3), np.uint8)
         valid = torch.zeros(len(rows), dtype=torch.bool)
         good = [(i, row) for i, row in enumerate(rows) if not self.bad[row]]  # rows come in row order
         good_rows = np.array([row for _, row in good], dtype=int)
         data = self.source.read_rows(self.location[good_rows], [str(k) for k in self.keys[good_rows]],
                                      None if self.digest is None else self.digest[good_rows]) if good else []
-        for (i, row), blob in zip(good, data):
+        if self.pixels.device_geometry:
+            valid[[i for i, _ in good]] = True
+            blobs = iter(data)
+            decoded = (self.pixels.decode_array(next(blobs)) if ok else None for ok in valid.tolist())
+            shapes = [tuple(self.image_size[row][::-1]) if ok else (0, 0) for row, ok in zip(rows, valid.tolist())]
+            self._ring = self._ring or SharedRing(_PREFETCH + 2)
+            return np.asarray(rows), Packed.of(decoded, shapes, self._ring), valid, params
+        r = self.resolution
+        views = np.zeros((len(rows), self.views, r, r, 3), np.uint8)
+        for (i, _), blob in zip(good, data):
             image = self.pixels.decode(blob)
             for v in range(self.views):
                 views[i, v] = self.pixels.crop(image, params[i, v], r)
             valid[i] = True
         return np.asarray(rows), channels_first(views), valid, params
+
+
+def batch_views(pixels: torch.Tensor | Packed, params: np.ndarray, rows: np.ndarray, views: np.ndarray,
+                resolution: int, device: torch.device) -> torch.Tensor:
+    """The views (rows[i], views[i]) of a ``ViewBatches`` batch (rows: its positions), on ``device``, ready for
+    the teacher: uint8 (len(rows), 3, R, R)."""
+    picked = params[rows, views]
+    if isinstance(pixels, Packed):
+        return device_views(pixels, picked, resolution, device, image_of_view=rows)
+    return device_views(pixels[torch.from_numpy(rows), torch.from_numpy(views)], picked, resolution, device)
 
 
 def _as_is(batch):
@@ -167,6 +189,8 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
     cache = _open_or_create_cache(source, cache_url, opts, existing)
     k, res = cache.views, teacher.info.resolution
+    if cache.pixels.note() and opts.progress and rank == 0:
+        print(cache.pixels.note(), file=sys.stderr, flush=True)
     rows_per_batch = max(1, opts.batch_size // k)
     def fit():
         fit_views = calibration_views(cache, opts.calibration)
@@ -191,7 +215,7 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     if batches:
         loader = DataLoader(ViewBatches(source, cache, res), batch_sampler=batches, num_workers=workers,
                             collate_fn=_as_is, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=_PREFETCH if workers else None)
         bar = tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample", desc=f"extract {name}",
                    disable=not opts.progress or rank != 0, smoothing=0.1)
         _run_units(loader, prepare_model(teacher, device, opts.compile, opts.channels_last), store, pending, device,
@@ -210,8 +234,7 @@ def _calibration_images(source: Source, cache: Cache, resolution: int, picked: t
     for i in range(0, len(rows), batch_size):
         unique, where = np.unique(rows[i:i + batch_size], return_inverse=True)
         _, images, _, params = replayed.__getitems__(unique.tolist())
-        picked = views[i:i + batch_size]
-        yield photometric(images[torch.from_numpy(where), torch.from_numpy(picked)].to(device), params[where, picked])
+        yield batch_views(images, params, where, views[i:i + batch_size], resolution, device)
 
 
 def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore, pending: list[int],
@@ -221,6 +244,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
     are copied to the host while the next batch's forward is queued (``HostCopy``); a unit is waited
     for once, when it is complete."""
     kinds, k, info = store.kinds, store.cache.views, store.info
+    res = info.resolution
     d = info.dim
     codecs = {kind: DeviceCodec(store.codecs[kind], info.grid, device) for kind in kinds}
     shapes, dtypes = {}, {}
@@ -235,6 +259,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
     copies: list[tuple[np.ndarray, np.ndarray, HostCopy]] = []  # (buffer, its rows, values) of the last batch
     try:
         for batch_rows, images, valid, params in loader:
+            images = images.settle() if isinstance(images, Packed) else images  # out of the worker's ring at once
             if filled == len(rows):  # start the next unit
                 unit = next(unit_iter)
                 rows, filled = store.unit_rows(unit), 0
@@ -244,7 +269,8 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
             local = batch_rows - rows.start
             queued = []
             if valid.any():
-                x = photometric(images[valid].flatten(0, 1).to(device, non_blocking=True), params[valid.numpy()].reshape(-1, params.shape[-1]))
+                good = np.repeat(np.flatnonzero(valid.numpy()), k)  # each good row's K views, in order
+                x = batch_views(images, params, good, np.tile(np.arange(k), len(good) // k), res, device)
                 x = to_device(x, device, channels_last)
                 with autocast_for(device):
                     out = dict(zip(("summary", "patch"), teacher(x)))

@@ -1,7 +1,8 @@
 """The photometric part of a planned view, batched on the device: UNIC's colour policy with per-sample parameters.
 
-A view's pixels come in two parts (``cache.pixels``: decode and geometry, per image on the CPU). This is
-the second: colour jitter (brightness, contrast, saturation, hue, in each sample's stored order),
+A view's pixels are its image decoded (in the loader workers, ``cache.pixels``), its geometry (``models.geometry``
+on the device under pixel pipeline 3; PIL in the workers under 1 and 2) and its photometric part. This is
+the last: colour jitter (brightness, contrast, saturation, hue, in each sample's stored order),
 grayscale, Gaussian blur and solarize, applied to a whole uint8 batch (B, 3, R, R) wherever it lives (the
 GPU in production, the CPU in tests and for CPU users). The definitions are torchvision's
 (``transforms.functional`` on uint8 tensors, which the per-image replay of pixel pipeline 1 called), computed

@@ -1,12 +1,14 @@
-"""Pixels for models: ``replay`` (a planned view of one image, both parts of the pixel pipeline) and
-``PixelNorm`` (uint8 pixels to a model's normalised input).
+"""Pixels for models: ``device_views`` (a batch's views on the device, from what the loader workers made),
+``replay`` and ``cut`` (views of one image, on the CPU) and ``PixelNorm`` (uint8 pixels to a model's input).
 
-The stages never call ``replay`` in their hot loops: loader workers run the CPU part per image
-(``cache.pixels.PixelPipeline.crop``) and the main process runs the photometric part on whole batches on
-the device (``models.photometric.photometric``). ``replay`` chains the two for one image, on the CPU.
+The stages never call ``replay`` in their hot loops: loader workers decode (pipeline 3) or also cut the
+geometry (pipelines 1 and 2, ``cache.pixels.PixelPipeline.crop``), and the main process makes the rest of
+every view of a batch on the device (``device_views``: ``models.geometry`` then ``models.photometric``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,12 +16,58 @@ from PIL import Image
 from torch import nn
 
 from ..cache.pixels import CURRENT, PixelPipeline
+from .geometry import SharedRing, copy_out, cut_views, pack
 from .photometric import photometric
+
+
+class Packed(NamedTuple):
+    """Decoded images of a batch in one flat uint8 buffer (``models.geometry.pack``): what pipeline-3 workers send."""
+
+    data: torch.Tensor
+    shapes: torch.Tensor
+    stamp: torch.Tensor | None = None  # in a worker's ring (``models.geometry.SharedRing``): copy out with ``settle``
+    window: int = 0
+
+    @classmethod
+    def of(cls, images, shapes: list[tuple[int, int]] | None = None, ring: SharedRing | None = None) -> "Packed":
+        """``models.geometry.pack`` of ``images`` (a list, or a generator with their (H, W) ``shapes``)."""
+        if ring is None:
+            return cls(*pack(images, shapes))
+        data, sizes, stamp = pack(images, shapes, ring)
+        return cls(data, sizes, stamp.get("pixel_stamp"), stamp.get("pixel_window", 0))
+
+    def settle(self) -> "Packed":
+        """These images out of a worker's ring, in memory of their own (as they arrive in the main process)."""
+        return self if self.stamp is None else Packed(copy_out(self.data, self.stamp, self.window), self.shapes)
+
+
+def device_views(pixels: torch.Tensor | Packed, params: np.ndarray, resolution: int, device: torch.device,
+                 image_of_view: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 views (V, 3, R, R) on ``device`` with their params (V, P) applied: from the workers' crops (pipelines 1
+    and 2, already cut) or from their packed decoded images (pipeline 3: view v from image ``image_of_view[v]``,
+    by default image v), geometry then photometric part."""
+    params = np.asarray(params)
+    if isinstance(pixels, Packed):
+        which = np.arange(len(params)) if image_of_view is None else image_of_view
+        views = cut_views(pixels.data.to(device, non_blocking=True), pixels.shapes, which, params, resolution)
+    else:
+        views = pixels.to(device, non_blocking=True)
+    return photometric(views, params)
+
+
+def cut(pixels: PixelPipeline, image: Image.Image | torch.Tensor, params: np.ndarray, resolution: int) -> torch.Tensor:
+    """The geometry of views ``params`` (V, P) of one decoded image as the pipeline cuts it, on the CPU: uint8
+    (V, 3, R, R). ``image``: ``pixels.decode``'s PIL image, or ``decode_array``'s tensor under pipeline 3."""
+    params = np.asarray(params).reshape(-1, np.asarray(params).shape[-1])
+    if not pixels.device_geometry:
+        return channels_first(np.stack([pixels.crop(image, p, resolution) for p in params]))
+    array = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
+    return cut_views(*pack([array]), np.zeros(len(params), np.int64), params, resolution)
 
 
 def replay(image: Image.Image, params: np.ndarray, resolution: int, pixels: PixelPipeline = CURRENT) -> torch.Tensor:
     """The pixels of one view: uint8 tensor (3, resolution, resolution) from a decoded image and its params."""
-    return photometric(channels_first(np.array(pixels.crop(image, params, resolution))[None]), np.asarray(params)[None])[0]
+    return photometric(cut(pixels, image, params, resolution), np.asarray(params)[None])[0]
 
 
 def channels_first(views: np.ndarray) -> torch.Tensor:
