@@ -6,10 +6,11 @@ resizes and flips every view of the batch from it (``cut_views``), and the photo
 (``models.photometric``). The resize is PIL's antialiased bicubic resize with a box, computed exactly:
 the same coefficients (float32 box, float64 filter, normalised in order), the same 22-bit fixed-point
 weights, the same rounding after each pass, the same order of the passes. On a GPU each pass gathers every
-output's taps and sums pixel x weight in integers, exact in any order, so the views are bit-identical to ``PixelPipeline.crop`` (PIL) image by image; on a CPU PIL's own resampler is the faster way
-to the same bits and is called per view (where the installed Pillow is one whose arithmetic this is; with
-another, the exact kernel runs on the CPU too). A pipeline-2 cache's views and a pipeline-3 cache's are the same
-pixels; what moved is where they are made.
+output's taps and sums pixel x weight in integers, exact in any order, so the views are bit-identical to
+``PixelPipeline.crop`` (PIL) image by image; on a CPU PIL's own resampler is the faster way to the same bits
+and is called per view (where the installed Pillow is one whose arithmetic this is; with another, the exact
+kernel runs on the CPU too). A pipeline-2 cache's views and a pipeline-3 cache's are the same pixels; what
+moved is where they are made.
 """
 
 from __future__ import annotations
@@ -116,12 +117,6 @@ def offsets(shapes: torch.Tensor) -> np.ndarray:
     """Where each packed image starts in the buffer (n + 1 values, the last the buffer's length)."""
     sizes = 3 * shapes[:, 0].numpy().astype(np.int64) * shapes[:, 1].numpy().astype(np.int64)
     return np.concatenate([[0], np.cumsum(sizes)])
-
-
-def take(data: torch.Tensor, shapes: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``start``..``stop - 1`` of a packed buffer (views of it, no copy)."""
-    at = offsets(shapes)
-    return data[int(at[start]):int(at[stop])], shapes[start:stop]
 
 
 def cut_views(data: torch.Tensor, shapes: torch.Tensor, image_of_view: np.ndarray, params: np.ndarray,
@@ -255,8 +250,8 @@ def _cut_exact(data, shapes, image_of_view, params, resolution) -> torch.Tensor:
 
 
 def _chunks(views: np.ndarray, spans: np.ndarray, taps: np.ndarray, resolution: int):
-    """``views`` in consecutive groups whose padded int32 work (the region, one pass's gathered taps and their
-    products) fits the budget."""
+    """``views`` in consecutive groups whose padded work (about: the region's indices and pixels, one pass's
+    gathered taps and their products) fits the budget."""
     start = 0
     while start < len(views):
         rows, cols, k, end = 0, 0, 0, start
