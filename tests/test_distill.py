@@ -313,3 +313,10 @@ def test_a_killed_run_with_workers_is_resumed_at_once(world, tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
     assert again.returncode == 0, again.stderr[-1500:]
     assert (out / "model" / "model.safetensors").exists()
+
+
+def test_distill_says_how_often_each_cached_view_is_replayed(world, tmp_path):
+    """32 samples, 24 steps of 8: 6 epochs over the cache's views (or the --views used), or fresh views online."""
+    assert Distiller(config(world, tmp_path / "a", steps=24)).replay_plan() == (
+        f"views: 6.0 epochs over {VIEWS} cached views of each sample: each view is replayed {6 / VIEWS:.1f} times")
+    assert "each view is replayed 6.0 times" in Distiller(config(world, tmp_path / "b", steps=24, views=1)).replay_plan()
