@@ -2,10 +2,12 @@
 
 A pipeline's students are distilled on every image of its world (label-free, but val and test images
 included). This script asks whether that flatters them: it copies the world's shards keeping only the rows
-the split puts in train, extracts the pipeline's trained teachers on that copy with the pipeline's cache
-options, distils the given arms at the same number of steps (epochs scaled by the share of train rows),
-and probes them with the whole world's labels and split, teachers read from the pipeline's own cache,
-exactly as `unic-cache run` does. Run the pipeline first (its world, teachers and cache are reused).
+the split puts in train, extracts the pipeline's teachers on that copy with the pipeline's cache
+options, distils the given arms (or the pipeline's) at the same number of steps (epochs scaled by the share
+of train rows, unless an arm sets its own), and probes them with the whole world's labels and split,
+teachers read from the pipeline's own cache, exactly as `unic-cache run` does. The pipeline's world,
+teachers and whole-world cache are made first where they are missing; a second run resumes (finished
+students are kept, an interrupted one continues).
 
     python pipelines/train_rows_only.py pipelines/shapes-world1.yaml --arm unic= --arm views-1=views:1
     # writes <out>/train-rows/{data,cache.zarr,runs,train-rows.md,json,png} and prints the table
@@ -56,17 +58,18 @@ def _weights(out: Path, name: str, spec: dict) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("pipeline", help="a pipeline YAML with a generated world and trained teachers (already run)")
-    parser.add_argument("--arm", action="append", required=True,
-                        help="NAME=OPTION:VALUE,... distill options of an arm over the pipeline's (NAME= for none)")
+    parser.add_argument("pipeline", help="a pipeline YAML (its world, teachers and whole-world cache are made first "
+                                         "where they are not there yet)")
+    parser.add_argument("--arm", action="append", default=[],
+                        help="NAME=OPTION:VALUE,... distill options of an arm over the pipeline's (NAME= for none); "
+                             "default: the pipeline's arms")
     args = parser.parse_args()
     config = load_config(args.pipeline)
     out, name = Path(config["out"]), "train-rows"
-    data, folder = Path(config["data"].get("path") or out / "data"), out / name
-    if not any(data.glob("*.tar")):
-        raise SystemExit(f"{data} holds no tar shards; run `unic-cache run {args.pipeline}` first (or give a folder of shards)")
-    if folder.exists():
-        raise SystemExit(f"{folder} exists; delete it to run again")
+    whole = Pipeline(config)
+    data, folder = Path(whole.data()), out / name
+    for teacher, spec in config["teachers"].items():  # trained, and extracted on the whole world, once
+        whole.teacher(str(data), teacher, spec)
     arms = {}
     for spec in args.arm:
         arm, _, options = spec.partition("=")
@@ -74,10 +77,15 @@ def main() -> None:
         if not arm or any(len(p) != 2 for p in pairs):
             parser.error(f"--arm {spec!r}: write NAME=OPTION:VALUE,... (NAME= for the pipeline's recipe)")
         arms[arm] = {k: yaml.safe_load(v) for k, v in pairs}
+    arms = arms or config.get("arms") or {"student": {}}
     teachers = {t: {k: v for k, v in spec.items() if k != "train"} | {"weights": _weights(out, t, spec)}
-                for t, spec in config["teachers"].items()}  # checked before anything is written
-    rows, total = copy_train_rows(data, folder / "data")
-
+                for t, spec in config["teachers"].items()}
+    if (folder / "data" / "split.json").exists():  # copied by an earlier run of this script (it is copied last)
+        rows, total = (open_source(str(path)).index(progress=False).n for path in (folder / "data", data))
+    elif folder.exists():
+        raise SystemExit(f"{folder} exists but holds no finished copy of the train rows; delete it to run again")
+    else:
+        rows, total = copy_train_rows(data, folder / "data")
     subset = {**config, "name": name, "out": str(folder), "data": {"path": str(folder / "data")},
               "cache": {**(config.get("cache") or {}), "path": str(folder / "cache.zarr")}, "teachers": teachers}
     subset["distill"] = {**config["distill"], "epochs": round(config["distill"]["epochs"] * total / rows)}  # same steps

@@ -184,7 +184,7 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
 
 
 @pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",
-                                  "views", "views-world1", "codecs", "unic_in1k"])
+                                  "views", "views-world1", "codecs", "unic_in1k", "reuse", "reuse-world1"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
@@ -208,6 +208,13 @@ def test_shipped_pipelines_are_valid(name):
         assert config["distill"] == {**base["distill"], **PINNED}  # the recipe of its RESULTS.md runs
         assert config["arms"] == {"views-1": {"views": 1}, "all-views": {}}
         assert config["seeds"] == base["seeds"] and config["teachers"] == base["teachers"]
+    if name in ("reuse", "reuse-world1"):  # the same grid in both worlds, the teachers of its benchmark world
+        assert config["arms"] == load_config(folder / "reuse.yaml")["arms"] and len(config["arms"]) == 14
+        assert config["distill"] == load_config(folder / "shapes.yaml")["distill"]
+        world = "shapes" if name == "reuse" else "shapes-world1"
+        assert [spec["weights"] for spec in config["teachers"].values()] == [
+            f"runs/{world}/teachers/{t}.safetensors" for t in load_config(folder / f"{world}.yaml")["teachers"]]
+        assert max(o.get("views", 1) for o in config["arms"].values()) == config["cache"]["views"]
     # the pipelines whose RESULTS.md runs predate UNIC's defaults pin what those runs had; the benchmark and the
     # ablations run UNIC's defaults, with the earlier recipe as an arm
     recipe = DistillConfig.from_dict(config["distill"])
