@@ -255,3 +255,29 @@ def test_student_eval_view_is_the_cached_view_0(trained_cache):
     np.testing.assert_array_equal(views.params, cache.params(slice(0, 18))[rows, 0])
     image, params = views[1]
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and np.array_equal(params, views.params[1])
+
+
+def test_augmented_targets_are_exact_for_an_equivariant_teacher():
+    """pipelines/augmented_targets.py on a teacher whose outputs are patch means of the pixels: a mirrored map is
+    its flip, spliced maps its token-aligned CutMix, mixed outputs its MixUp (up to the mixed image's rounding);
+    another image is far."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
+    from augmented_targets import measure
+
+    def patch_means(x):
+        patch = torch.nn.functional.avg_pool2d(x.float(), 8).flatten(2).transpose(1, 2)  # (B, 16, 3)
+        return patch.mean(1), patch
+
+    patch_means.info = SimpleNamespace(grid=(4, 4))
+    gen = torch.Generator().manual_seed(0)
+    views = torch.randint(0, 256, (16, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    others = torch.randint(0, 256, (16, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    figures = measure(patch_means, (views, others))
+    for what in ("flip (patch map mirrored)", "CutMix, token-aligned (maps spliced)"):
+        assert figures[what][2] > 1 - 1e-9 and figures[what][3] < 1e-12, what
+    assert figures["MixUp (outputs mixed)"][2] > 0.9999
+    assert figures["scale: another image"][3] > 0.5  # (the cosine of positive means is near 1 for anything)

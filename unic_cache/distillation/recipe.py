@@ -40,8 +40,9 @@ from .runs import (RUN_FORMAT, RunLock, check_run_folder, checkpoints, export_mo
                    prune_checkpoints, recipe_differences, recorded, save_tensors, tmp_name, write_atomic)
 
 
-def _rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
-    """The teacher a cache was extracted with, for the online reference mode; its weights must be unchanged."""
+def rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
+    """The teacher a cache was extracted with (the online reference mode, ``pipelines/augmented_targets.py``); its
+    weights must be unchanged."""
     if info.weights.split(":")[0] == "random" and not info.weights_sha256:
         raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with unseeded random ones")
     teacher = build_teacher(f"timm:{info.model_id}", None, info.resolution, None if info.weights == "hub" else info.weights,
@@ -121,7 +122,7 @@ class Distiller:
         self.teachers = cfg.teachers or cache.teacher_names()
         stores = {t: cache.teacher(t) for t in self.teachers}  # present and complete: checked by cfg.check()
         self.selection = Selection.of(cache, self.teachers, cfg.kinds)
-        self.online = {t: _rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
+        self.online = {t: rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
             f"{t}__{kind}": RunningNorm(stores[t].info.dim) if cfg.norm_stats == "running"
             else TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
