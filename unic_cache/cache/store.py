@@ -1,6 +1,6 @@
 """The cache: one zarr v3 group (local path or fsspec URL) holding the index, the view plan and teachers.
 
-Layout (DESIGN.md): root attrs (format, fingerprint, plan), ``index/*``, ``views/params`` and
+Layout (docs/cache-format.md): root attrs (format, fingerprint, plan), ``index/*``, ``views/params`` and
 ``teachers/<name>/{summary, patch, progress, stats/}``. A teacher's rows are split into *units*:
 one zarr shard of ``summary`` and of ``patch`` each. A writer owns whole units; a unit's features,
 then its partial statistics, then its progress flag are written, so a unit whose flag is set is

@@ -28,7 +28,7 @@ _DRAWS = 40  # uniforms consumed per view; fixed so that adding a parameter neve
 
 @dataclass(frozen=True)
 class ViewPolicy:
-    """UNIC's augmentation policy (DESIGN.md); the defaults are the paper's."""
+    """UNIC's augmentation policy (docs/cache-format.md lists every parameter); the defaults are the paper's."""
 
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)

@@ -1,4 +1,4 @@
-"""Teachers: a registry of aliases over timm models, weight loading, and the summary/patch forward.
+"""Teachers: building one (aliases resolved by ``models.registry``), weight loading, and the summary/patch forward.
 
 ``build_teacher("dinov2", size="base")`` gives a ``Teacher`` whose forward maps uint8 views to
 (summary (B, D), patch (B, T, D)): the CLS token (or the pooled embedding of a model without one),
