@@ -227,3 +227,26 @@ def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_di
     assert distiller.grids[TINY] == (1, 1)
     distiller.run()
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("codec,patch_codec", [("f16", None), ("int8c", "pca-16+int8")])
+def test_the_planner_counts_every_byte_and_file_of_a_real_extract(shapes_dir, weights, tmp_path, codec, patch_codec):
+    """Index, view plan, features, codec parameters, partial and merged statistics, digests and progress, before
+    compression, and the files on disk: `plan` within 5% of what extract leaves (here, exactly)."""
+    import json
+    import os
+
+    from unic_cache.cache.audit import array_values
+    from unic_cache.plan import PlanOptions, plan_report
+
+    url = tmp_path / "c.zarr"
+    extract(str(shapes_dir), str(url), opts(weights, codec=codec, patch_codec=patch_codec))
+    disk_bytes = sum(v.nbytes for v in array_values(zarr.open_group(str(url), mode="r")).values())
+    disk_files = sum(len(files) for _, _, files in os.walk(url))
+    planned = json.loads(plan_report(PlanOptions(data=str(shapes_dir), teachers=[f"timm:{TINY}"], resolution=32,
+                                                 model_args={"depth": 2}, views=VIEWS, unit_rows=4, codec=codec,
+                                                 patch_codec=patch_codec, json=True))[0])
+    assert abs(planned["total_bytes"] - disk_bytes) <= 0.05 * disk_bytes, (planned["total_bytes"], disk_bytes)
+    assert abs(planned["files"] - disk_files) <= 0.05 * disk_files, (planned["files"], disk_files)
+    teacher = planned["teachers"][f"timm:{TINY}"]
+    assert teacher["bytes"]["statistics"] > 0 and planned["cache"]["index"] > 0 and planned["cache"]["views"] > 0

@@ -4,10 +4,11 @@ read unless DATA is given)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .cache.codecs import codec_problem, kind_codecs
-from .cache.sizing import TeacherSize, plan_lines
+from .cache.sizing import KEY_BYTES, ArrayPlan, TeacherSize, cache_arrays, plan_figures, plan_lines
 from .errors import UserError
 from .options import Options, at_least, comma_list, key_values, option, storage_option
 
@@ -34,6 +35,10 @@ class PlanOptions(Options):
                                      checks=(codec_problem,))
     throughput: float = option(2000.0, "Student samples per second (all GPUs) for the read bandwidth.",
                                checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
+    shard_mb: float = option(256.0, "Extract's --shard-mb: the units of work the statistics and digests are kept per.",
+                             checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
+    unit_rows: int | None = option(None, "Extract's --unit-rows, when given there.", checks=(at_least(1),))
+    json: bool = option(False, "Print the figures as one JSON object (bytes per array kind, totals, files).")
     storage_options: dict = storage_option()
 
     def check_together(self) -> None:
@@ -43,16 +48,17 @@ class PlanOptions(Options):
             raise UserError("plan needs either DATA or --samples N (not both)")
 
 
-def plan(opts: PlanOptions) -> list[TeacherSize]:
-    """One ``TeacherSize`` per teacher of ``opts``."""
+def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
+    """One ``TeacherSize`` per teacher of ``opts``, and the cache's own arrays (index, view plan)."""
     from .models.registry import alias_shape, default_resolution, split_alias
 
     opts.check()
-    samples = opts.samples
+    samples, key_bytes = opts.samples, KEY_BYTES * (opts.samples or 0)
     if samples is None:
         from .cache.sources import open_source
 
-        samples = open_source(opts.data).index(progress=True).n
+        index = open_source(opts.data).index(progress=True)
+        samples, key_bytes = index.n, sum(len(str(k).encode()) for k in index.keys)
     codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
     sizes = []
     for spec in opts.teachers:
@@ -63,10 +69,14 @@ def plan(opts: PlanOptions) -> list[TeacherSize]:
             info = teacher_shape(teacher, size, opts.resolution, opts.model_args)
         else:  # an alias: known without torch
             info = alias_shape(teacher, size, default_resolution(teacher, opts.resolution))
-        sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.views))
-    return sizes
+        sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.views,
+                                 opts.shard_mb, opts.unit_rows))
+    return sizes, cache_arrays(samples, opts.views, key_bytes)
 
 
 def plan_report(opts: PlanOptions) -> list[str]:
-    """The planner's lines for ``opts``."""
-    return plan_lines(plan(opts), opts.throughput)
+    """The planner's lines for ``opts`` (one JSON line with --json)."""
+    sizes, cache = plan(opts)
+    if opts.json:
+        return [json.dumps(plan_figures(sizes, cache, opts.throughput))]
+    return plan_lines(sizes, cache, opts.throughput)

@@ -43,6 +43,7 @@ from . import claims, seal
 from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
 from ..errors import UserError
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
+from .sizing import PARTIALS, UnitLayout
 from .sources import DatasetIndex, Source, content_digest, key_bytes
 from .views import P, PlanConfig, plan_views
 
@@ -82,8 +83,6 @@ def checksummed(array: zarr.Array) -> bool:
     return "crc32c" in json.dumps(array.metadata.to_dict()["codecs"])
 
 
-PARTIALS = ("count", "cos", "mean", "m2")  # a unit's partial statistics of a kind: stats/partial/<kind>_<name>
-SUMMARY_CHUNK_ROWS = 64  # rows per summary chunk: one loader block (DistillStream's block_rows)
 
 
 def _fill(dtype: str):
@@ -551,16 +550,9 @@ class Cache:
             shapes["patch"] = (grid[0] * grid[1],)
         vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
         row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
-        chunk_rows = SUMMARY_CHUNK_ROWS
-        if "patch" in fitted:  # about 2 MB per patch chunk, a power of two so that it divides a summary chunk
-            per_row = shapes["patch"][0] * vector["patch"]
-            chunk_rows = 1 << int(np.log2(max(1, min(SUMMARY_CHUNK_ROWS, (2 << 20) // per_row))))
-        if unit_rows is None:
-            unit_rows = max(1, int(shard_mb * (1 << 20)) // row_bytes)
-        chunk_rows = min(chunk_rows, unit_rows)
-        summary_rows = min(SUMMARY_CHUNK_ROWS, max(chunk_rows, unit_rows // chunk_rows * chunk_rows))
-        unit_rows = max(summary_rows, unit_rows // summary_rows * summary_rows)
-        units = -(-n // unit_rows)
+        patch_row = shapes["patch"][0] * vector["patch"] if "patch" in fitted else None
+        layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows)
+        unit_rows, units, chunk_rows, summary_rows = layout.unit_rows, layout.units, layout.chunk_rows, layout.summary_rows
         group = self.group["teachers"].create_group(name, overwrite=True)
         zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
         digested = []  # what each unit's digest covers: its feature arrays, then its partial statistics
