@@ -402,6 +402,24 @@ def test_claims_wait_for_a_live_holder_and_take_over_a_silent_one(tmp_path):
     assert ran == [1] and finished.is_set()  # waited for the live holder until its work was done, did not run
 
 
+def test_a_claim_its_holder_died_before_writing_is_taken_over(tmp_path):
+    """Killed between creating its claim file and writing it (SIGKILL during set-up): the empty claim, once older
+    than the staleness limit, is taken over; it was waited for forever before."""
+    import os
+    import time
+
+    from unic_cache.cache.claims import STALE_AFTER, once
+
+    lock = tmp_path / "work" / CLAIM_DIR / "create.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(b"")
+    old = time.time() - STALE_AFTER - 5
+    os.utime(lock, (old, old))
+    ran, cleaned, give_up = [], [], time.monotonic() + 30  # (without the take-over: False after 30 s)
+    assert once(str(tmp_path / "work"), "create", lambda: bool(ran) or time.monotonic() > give_up,
+                lambda: ran.append(1), lambda: cleaned.append(1), "creating") and ran == [1] and cleaned == [1]
+
+
 def test_one_of_racing_threads_wins_a_claim_on_an_fsspec_store():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -39,7 +39,7 @@ def _record(token: str, what: str) -> bytes:
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
     """A claim's record read directly (``cat_file``: no cached listing or file info is consulted)."""
     try:
-        return json.loads(fs.cat_file(path) or b"{}")
+        return json.loads(fs.cat_file(path))
     except FileNotFoundError:
         return None
     except ValueError:  # empty or half-written: being created now, or its creator died in between
@@ -117,9 +117,10 @@ def _release(fs: fsspec.AbstractFileSystem, path: str) -> None:
 
 
 def _take_over(fs: fsspec.AbstractFileSystem, path: str, record: dict) -> None:
-    """Remove a stale claim, unless another waiter is already doing so."""
-    token = record.get("token", "")
-    mark = f"{path}.takeover-{token}"
+    """Remove a stale claim, unless another waiter is already doing so (or it changed meanwhile). A claim its
+    holder died before writing (empty: no token) is removed too; it was stale by its age."""
+    token = record.get("token")
+    mark = f"{path}.takeover-{token or 'empty'}"
     if not _create_exclusive(fs, mark, _record(uuid.uuid4().hex, "takeover")):
         return
     try:
