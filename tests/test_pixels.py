@@ -145,7 +145,7 @@ def _views(photos, n_views: int, seed: int = 0):
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images])
     params = plan_views(PlanConfig(views=n_views, seed=seed), np.arange(len(images)), sizes).reshape(-1, 16)
     which = np.repeat(np.arange(len(images)), n_views)
-    data, shapes = pack([torch.from_numpy(np.ascontiguousarray(im)) for im in images])
+    data, shapes = pack([torch.from_numpy(np.ascontiguousarray(im)) for im in images])[:2]
     return images, data, shapes, which, params
 
 
@@ -204,11 +204,11 @@ def test_a_ring_buffer_overwritten_before_it_was_copied_is_an_error(monkeypatch)
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as in a DataLoader worker
     ring = geometry.SharedRing(1)
     images = [torch.full((4, 5, 3), 7, dtype=torch.uint8)]
-    first, _, stamp = geometry.pack(images, None, ring)
-    assert torch.equal(geometry.settle({"pixels": first, **stamp})["pixels"], images[0].reshape(-1))
+    first = geometry.pack(images, None, ring)
+    assert torch.equal(geometry.settle(first.items())["pixels"], images[0].reshape(-1))
     geometry.pack([torch.zeros((4, 5, 3), dtype=torch.uint8)], None, ring)  # the one slot, reused
     with pytest.raises(RuntimeError, match="reused a pixel buffer"):
-        geometry.settle({"pixels": first, **stamp})
+        geometry.settle(first.items())
 
 
 def test_an_old_cache_says_which_path_replays_it(clean_cache):

@@ -43,7 +43,8 @@ from unic_cache.cache.pixels import CURRENT, PIPELINES
 from unic_cache.cache.views import PlanConfig, plan_views
 from unic_cache.models import geometry
 from unic_cache.models.photometric import photometric, reference
-from unic_cache.models.pixels import Packed, channels_first
+from unic_cache.models.geometry import Packed
+from unic_cache.models.pixels import channels_first
 from unic_cache.photos import make_photos
 
 
@@ -131,8 +132,7 @@ class _Windows(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> int:
         a = (i * self.batch) % max(1, len(self.blobs) - self.batch + 1)
         decoded = (CURRENT.decode_array(b) for b in self.blobs[a:a + self.batch])
-        pixels, shapes, stamp = geometry.pack(decoded, self.shapes[a:a + self.batch], self.ring)
-        return {"pixels": pixels, "pixel_shapes": shapes, **stamp}
+        return geometry.pack(decoded, self.shapes[a:a + self.batch], self.ring).items()
 
 
 def worker_ms_per_image(blobs: list[bytes], shapes: list[tuple[int, int]], batch: int, windows: int = 16) -> float:
@@ -197,7 +197,7 @@ def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: i
     expected = channels_first(crops)  # pipeline 2's pixels
     shapes = [(h, w) for w, h in sizes.tolist()]
     worker_ms = worker_ms_per_image(blobs, shapes, batch)
-    packed = Packed.of(decoded)
+    packed = geometry.pack(decoded)
     host_ms = timed(lambda: geometry.join([packed.data[:len(packed.data) // 2], packed.data[len(packed.data) // 2:]]), 3) / n
     geometry_cpu_ms = timed(lambda: geometry.cut_views(packed.data, packed.shapes, which, flat, res), 2) / len(flat)
     x = geometry.cut_views(packed.data, packed.shapes, which, flat, res)

@@ -185,14 +185,15 @@ def array_kind(path: str) -> str:
 def plan_figures(sizes: list[TeacherSize], cache: list[ArrayPlan], throughput: float) -> dict:
     """The planner's figures as numbers: bytes (before compression) per teacher and array kind, the cache's own
     arrays, totals, files (objects on S3) and what stage 2 reads per epoch at ``throughput`` samples/s."""
-    teachers = {}
+    teachers, arrays = {}, list(cache)
     for t in sizes:
         kinds: dict[str, int] = {}
         for a in t.arrays():
             kinds[array_kind(a.path)] = kinds.get(array_kind(a.path), 0) + a.nbytes
+            arrays.append(a)
+        layout = t.layout
         teachers[t.name] = {"per_sample_view": t.per_sample_view, "bytes": kinds, "total": sum(kinds.values()),
-                            "units": t.layout.units, "unit_rows": t.layout.unit_rows, "upper_bound": t.upper_bound}
-    arrays = cache + [a for t in sizes for a in t.arrays()]
+                            "units": layout.units, "unit_rows": layout.unit_rows, "upper_bound": t.upper_bound}
     own = {}
     for a in cache:
         own[array_kind(a.path)] = own.get(array_kind(a.path), 0) + a.nbytes

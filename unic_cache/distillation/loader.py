@@ -54,7 +54,7 @@ class DistillStream(Dataset):
     """This rank's endless stream of samples {"image", "params", "row", "view", "<teacher>/<array>": stored
     target}: "image" is uint8 (3, R, R) with the view's geometry, "params" its view parameters (P,) for
     ``models.photometric`` (the colour part, applied per batch on the device). Under pixel pipeline 3 the
-    batches carry the decoded images instead ("pixels", packed, and "pixel_shapes", ``models.pixels.Packed``),
+    batches carry the decoded images instead ("pixels", packed, and "pixel_shapes", ``models.geometry.Packed``),
     and the device cuts the views (``models.pixels.device_views``).
 
     An item is one window of blocks (``WindowRef``), read by a DataLoader worker as whole stacked
@@ -145,8 +145,7 @@ class DistillStream(Dataset):
         if cache.pixels.device_geometry:  # decoded only: the device cuts the views, at every resolution needed
             decoded = (cache.pixels.decode_array(data[int(rows[i])]) for i in order)
             self._ring = self._ring or SharedRing(_PREFETCH + 2)
-            pixels, shapes, stamp = pack(decoded, cache.image_size[rows[order]][:, ::-1].tolist(), self._ring)
-            out = {"pixels": pixels, "pixel_shapes": shapes, **stamp}
+            out = pack(decoded, cache.image_size[rows[order]][:, ::-1].tolist(), self._ring).items()
         else:
             images = self.resolutions
             crops = {name: np.empty((len(order), res, res, 3), np.uint8) for name, res in images.items()}

@@ -28,7 +28,8 @@ from .. import __version__
 from ..cache.store import Cache, TeacherInfo, json_normal
 from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
-from ..models.pixels import Packed, device_views
+from ..models.geometry import Packed
+from ..models.pixels import device_views
 from ..models.student import Student
 from ..models.teachers import Teacher, build_teacher
 from ..runtime import autocast_for, init_distributed, prepare_model, to_device

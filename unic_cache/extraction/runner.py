@@ -26,8 +26,8 @@ from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
 from ..cache.store import Cache, Moments, TeacherStore, check_cache_target
 from ..models.codecs import DeviceCodec
-from ..models.geometry import SharedRing
-from ..models.pixels import Packed, channels_first, device_views
+from ..models.geometry import Packed, SharedRing, pack
+from ..models.pixels import channels_first, device_views
 from ..models.teachers import build_teacher
 from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
 from .calibration import calibrate, calibration_views, held_out_views
@@ -88,7 +88,7 @@ class ViewBatches(Dataset):
             decoded = (self.pixels.decode_array(next(blobs)) if ok else None for ok in valid.tolist())
             shapes = [tuple(self.image_size[row][::-1]) if ok else (0, 0) for row, ok in zip(rows, valid.tolist())]
             self._ring = self._ring or SharedRing(_PREFETCH + 2)
-            return np.asarray(rows), Packed.of(decoded, shapes, self._ring), valid, params
+            return np.asarray(rows), pack(decoded, shapes, self._ring), valid, params
         r = self.resolution
         views = np.zeros((len(rows), self.views, r, r, 3), np.uint8)
         for (i, _), blob in zip(good, data):

@@ -16,6 +16,7 @@ moved is where they are made.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import PIL
@@ -50,44 +51,60 @@ class SharedRing:
         return whole[8:8 + nbytes], whole[:8], self.count
 
 
-def copy_out(data: torch.Tensor, stamp: torch.Tensor, number: int) -> torch.Tensor:
-    """``data`` of window ``number`` copied out of its worker's ``SharedRing``, checked unchanged meanwhile."""
-    copied = join([data])
-    if int(stamp.view(torch.int64)[0]) != number:
-        raise RuntimeError("a loader worker reused a pixel buffer before it was copied (more windows in flight "
-                           "than its ring holds); this is a bug: please report it")
-    return copied
+class Packed(NamedTuple):
+    """Decoded images of a batch in one flat uint8 buffer (``pack``): what pipeline-3 workers send. ``stamp`` and
+    ``window``: the slot's stamp and the window's number, when the buffer is a slot of a worker's ``SharedRing``."""
+
+    data: torch.Tensor
+    shapes: torch.Tensor
+    stamp: torch.Tensor | None = None
+    window: int = 0
+
+    def items(self) -> dict[str, torch.Tensor | int]:
+        """The entries of a stream's window that carry these images (``settle`` reads them back)."""
+        ring = {"pixel_stamp": self.stamp, "pixel_window": self.window} if self.stamp is not None else {}
+        return {"pixels": self.data, "pixel_shapes": self.shapes, **ring}
+
+    def settle(self) -> "Packed":
+        """These images out of a worker's ring, in memory of their own, checked unchanged while they were copied
+        (as they arrive in the main process); images not in a ring are returned as they are."""
+        if self.stamp is None:
+            return self
+        copied = join([self.data])
+        if int(self.stamp.view(torch.int64)[0]) != self.window:
+            raise RuntimeError("a loader worker reused a pixel buffer before it was copied (more windows in flight "
+                               "than its ring holds); this is a bug: please report it")
+        return Packed(copied, self.shapes)
 
 
 def settle(window: dict) -> dict:
-    """A window (a dict of a stream's samples) from a worker's ``SharedRing``, copied out of it."""
-    stamp, number = window.pop("pixel_stamp", None), window.pop("pixel_window", None)
+    """A window (a dict of a stream's samples) whose images came in a worker's ``SharedRing``, copied out of it."""
+    stamp, number = window.pop("pixel_stamp", None), window.pop("pixel_window", 0)
     if stamp is not None:
-        window["pixels"] = copy_out(window["pixels"], stamp, number)
+        window["pixels"] = Packed(window["pixels"], window["pixel_shapes"], stamp, number).settle().data
     return window
 
 
 def pack(images: Iterable[torch.Tensor | None], shapes: Sequence[tuple[int, int]] | None = None,
-         ring: SharedRing | None = None) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, dict]:
+         ring: SharedRing | None = None) -> Packed:
     """Decoded images (H, W, 3) uint8 (None: none, e.g. a bad sample) as one flat uint8 buffer and their
     (H, W) int64 (n, 2), so that a batch crosses processes and devices in a few copies, not one per image.
 
     With ``shapes`` known beforehand (the index's image sizes), each image is copied into place as it comes
     from a generator, so its memory is reused for the next (no fresh pages per image); a decoded image of
     another size is an error. In a DataLoader worker the buffer is in shared memory, so that sending it to the
-    main process copies nothing: a slot of ``ring`` (then a third value, the stamp for ``settle``, is returned),
-    or a fresh one, as ``default_collate`` makes its batches."""
+    main process copies nothing: a slot of ``ring`` (stamped, for ``Packed.settle``), or a fresh one, as
+    ``default_collate`` makes its batches."""
     if shapes is None:
         images = list(images)
         shapes = [tuple(im.shape[:2]) if im is not None else (0, 0) for im in images]
     sizes = torch.tensor(shapes, dtype=torch.int64).reshape(len(shapes), 2)
     total = 3 * int((sizes[:, 0] * sizes[:, 1]).sum())
-    stamp = {}
+    stamp, number = None, 0
     if torch.utils.data.get_worker_info() is None:
         buffer = torch.from_numpy(np.empty(total, np.uint8))  # see ``join``
     elif ring is not None:
-        buffer, mark, number = ring.take(total)
-        stamp = {"pixel_stamp": mark, "pixel_window": number}
+        buffer, stamp, number = ring.take(total)
     else:
         buffer = _shared(total)
     flat, at = buffer.numpy(), 0
@@ -98,7 +115,7 @@ def pack(images: Iterable[torch.Tensor | None], shapes: Sequence[tuple[int, int]
             raise ValueError(f"a decoded image is {tuple(image.shape)}, its index says ({h}, {w}, 3)")
         flat[at:at + 3 * h * w] = image.reshape(-1).numpy()  # numpy's copy: about twice torch.cat's speed here
         at += 3 * h * w
-    return (buffer, sizes, stamp) if ring is not None else (buffer, sizes)
+    return Packed(buffer, sizes, stamp, number)
 
 
 def _shared(nbytes: int) -> torch.Tensor:

@@ -8,37 +8,14 @@ every view of a batch on the device (``device_views``: ``models.geometry`` then 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from ..cache.pixels import CURRENT, PixelPipeline
-from .geometry import SharedRing, copy_out, cut_views, pack
+from .geometry import Packed, cut_views, pack
 from .photometric import photometric
-
-
-class Packed(NamedTuple):
-    """Decoded images of a batch in one flat uint8 buffer (``models.geometry.pack``): what pipeline-3 workers send."""
-
-    data: torch.Tensor
-    shapes: torch.Tensor
-    stamp: torch.Tensor | None = None  # in a worker's ring (``models.geometry.SharedRing``): copy out with ``settle``
-    window: int = 0
-
-    @classmethod
-    def of(cls, images, shapes: list[tuple[int, int]] | None = None, ring: SharedRing | None = None) -> "Packed":
-        """``models.geometry.pack`` of ``images`` (a list, or a generator with their (H, W) ``shapes``)."""
-        if ring is None:
-            return cls(*pack(images, shapes))
-        data, sizes, stamp = pack(images, shapes, ring)
-        return cls(data, sizes, stamp.get("pixel_stamp"), stamp.get("pixel_window", 0))
-
-    def settle(self) -> "Packed":
-        """These images out of a worker's ring, in memory of their own (as they arrive in the main process)."""
-        return self if self.stamp is None else Packed(copy_out(self.data, self.stamp, self.window), self.shapes)
 
 
 def device_views(pixels: torch.Tensor | Packed, params: np.ndarray, resolution: int, device: torch.device,
@@ -62,7 +39,8 @@ def cut(pixels: PixelPipeline, image: Image.Image | torch.Tensor, params: np.nda
     if not pixels.device_geometry:
         return channels_first(np.stack([pixels.crop(image, p, resolution) for p in params]))
     array = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
-    return cut_views(*pack([array]), np.zeros(len(params), np.int64), params, resolution)
+    packed = pack([array])
+    return cut_views(packed.data, packed.shapes, np.zeros(len(params), np.int64), params, resolution)
 
 
 def replay(image: Image.Image, params: np.ndarray, resolution: int, pixels: PixelPipeline = CURRENT) -> torch.Tensor:
