@@ -229,8 +229,10 @@ def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_di
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("codec,patch_codec", [("f16", None), ("int8c", "pca-16+int8")])
-def test_the_planner_counts_every_byte_and_file_of_a_real_extract(shapes_dir, weights, tmp_path, codec, patch_codec):
+@pytest.mark.parametrize("codec,patch_codec,shard_mb", [("f16", None, 256.0), ("int8c", "pca-16+int8", 256.0),
+                                                       ("f16", None, 0.004)])  # units of several shards
+def test_the_planner_counts_every_byte_and_file_of_a_real_extract(shapes_dir, weights, tmp_path, codec, patch_codec,
+                                                                  shard_mb):
     """Index, view plan, features, codec parameters, partial and merged statistics, digests and progress, before
     compression, and the files on disk: `plan` within 5% of what extract leaves (here, exactly)."""
     import json
@@ -240,13 +242,31 @@ def test_the_planner_counts_every_byte_and_file_of_a_real_extract(shapes_dir, we
     from unic_cache.plan import PlanOptions, plan_report
 
     url = tmp_path / "c.zarr"
-    extract(str(shapes_dir), str(url), opts(weights, codec=codec, patch_codec=patch_codec))
+    extract(str(shapes_dir), str(url), opts(weights, codec=codec, patch_codec=patch_codec, shard_mb=shard_mb))
     disk_bytes = sum(v.nbytes for v in array_values(zarr.open_group(str(url), mode="r")).values())
     disk_files = sum(len(files) for _, _, files in os.walk(url))
     planned = json.loads(plan_report(PlanOptions(data=str(shapes_dir), teachers=[f"timm:{TINY}"], resolution=32,
                                                  model_args={"depth": 2}, views=VIEWS, unit_rows=4, codec=codec,
-                                                 patch_codec=patch_codec, json=True))[0])
+                                                 patch_codec=patch_codec, shard_mb=shard_mb, json=True))[0])
     assert abs(planned["total_bytes"] - disk_bytes) <= 0.05 * disk_bytes, (planned["total_bytes"], disk_bytes)
     assert abs(planned["files"] - disk_files) <= 0.05 * disk_files, (planned["files"], disk_files)
     teacher = planned["teachers"][f"timm:{TINY}"]
     assert teacher["bytes"]["statistics"] > 0 and planned["cache"]["index"] > 0 and planned["cache"]["views"] > 0
+
+
+@pytest.mark.parametrize("teachers,extra", [
+    ("dino:base,deit3:base", ["--patch-codec", "pca-192+int8"]),  # README's and pipelines/unic_in1k.yaml's plan
+    ("dino:base,deit3:base", []), ("dino:base", ["--no-patch"]),
+    ("dinov2:giant", ["--resolution", "518"]), ("dinov2:giant", ["--resolution", "518", "--patch-codec", "pca-384+int8"])])
+def test_statistics_take_under_one_percent_of_the_features_at_imagenet_scale(teachers, extra):
+    """Partial plus merged statistics <= 1% of the features for ImageNet-1K, whatever the teacher's width."""
+    import json
+
+    from unic_cache.plan import PlanOptions, plan_report
+
+    args = dict(zip(extra[::2], extra[1::2]))
+    opts_ = PlanOptions(samples=1281167, teachers=teachers.split(","), views=8, json=True, patch="--no-patch" not in extra,
+                        resolution=int(args.get("--resolution", 0)) or None, patch_codec=args.get("--patch-codec"))
+    for name, t in json.loads(plan_report(opts_)[0])["teachers"].items():
+        assert t["bytes"]["statistics"] <= 0.01 * t["bytes"]["features"], (name, t["bytes"])
+        assert t["unit_rows"] % t["shard_rows"] == 0

@@ -161,6 +161,53 @@ def test_repair_then_extract_restores_a_bit_identical_cache(clean_cache, shapes_
     assert verify_cache(Cache.open(str(url)), progress=False) == []
 
 
+def test_a_unit_of_many_shards_stores_the_same_and_is_verified_and_repaired_shard_by_shard(clean_cache, shapes_dir,
+                                                                                            weights, tmp_path):
+    """Units of work made of several shards (format 5) hold the same features as units of one shard, and the same
+    statistics to float64 rounding (a batch never spans two shards); a shard deleted from the middle of a unit is
+    found, and repair plus extract restore the cache bit-identically."""
+    url, clean = tmp_path / "sharded.zarr", Cache.open(str(clean_cache)).teacher(TINY)
+    assert extract(str(shapes_dir), str(url), opts(weights, shard_mb=0.004)).complete
+    store = Cache.open(str(url)).teacher(TINY)
+    assert store.shard_rows == 1 and store.units == clean.units
+    for kind in ("summary", "patch"):
+        assert np.array_equal(store.group[kind][...], clean.group[kind][...])
+        for name, value in store.stats(kind).items():
+            np.testing.assert_allclose(value, clean.stats(kind)[name], rtol=1e-12, atol=1e-14)
+    assert verify_cache(Cache.open(str(url)), progress=False) == []
+    before = arrays(zarr.open_group(str(url / "teachers"), mode="r"))
+    array = zarr.open_array(str(url / "teachers" / TINY / "patch"), mode="r")
+    (url / "teachers" / TINY / "patch" / array.metadata.encode_chunk_key((6, 0, 0, 0))).unlink()  # unit 1's 3rd
+    damage = find_damage(Cache.open(str(url)), progress=False)
+    assert damage.units == {TINY: {1}} and "shard missing" in damage.problems[0]
+    assert cli("verify", str(url), "--repair", "--no-progress").exit_code == 0
+    report = extract(str(shapes_dir), str(url), opts(weights, shard_mb=0.004))
+    assert report.complete and report.units_done_now == 1
+    after = arrays(zarr.open_group(str(url / "teachers"), mode="r"))
+    assert all(np.array_equal(before[path], after[path], equal_nan=True) for path in before) and before.keys() == after.keys()
+
+
+def test_statistics_stay_a_small_share_of_features_and_old_caches_keep_one_shard_per_unit(shapes_dir, weights,
+                                                                                        tmp_path, monkeypatch):
+    """Without --unit-rows a unit is as many shards as keep its partial statistics under 1/200 of its features
+    (here the whole small dataset: one unit); a teacher added to a format-4 cache keeps one shard per unit."""
+    from unic_cache.cache import store as store_module
+
+    new = Cache.open(str(_extract_at(shapes_dir, weights, tmp_path / "new.zarr"))).teacher(TINY)
+    assert new.units == 1 and new.shard_rows < new.unit_rows(0).stop
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", 4)
+    old = Cache.open(str(_extract_at(shapes_dir, weights, tmp_path / "old.zarr"))).teacher(TINY)
+    assert old.cache.format == 4 and old.units > 1 and old.shard_rows == len(old.unit_rows(0))
+    for kind in ("summary", "patch"):
+        assert np.array_equal(new.group[kind][...], old.group[kind][...])
+        np.testing.assert_allclose(new.stats(kind)["cov"], old.stats(kind)["cov"], rtol=1e-12, atol=1e-14)
+
+
+def _extract_at(shapes_dir, weights, url: Path) -> Path:
+    assert extract(str(shapes_dir), str(url), opts(weights, unit_rows=None, shard_mb=0.004)).complete
+    return url
+
+
 def test_a_damaged_index_is_rebuilt_from_the_data(clean_cache, shapes_dir, tmp_path):
     url = tmp_path / "index.zarr"
     shutil.copytree(clean_cache, url)

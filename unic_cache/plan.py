@@ -35,7 +35,7 @@ class PlanOptions(Options):
                                      checks=(codec_problem,))
     throughput: float = option(2000.0, "Student samples per second (all GPUs) for the read bandwidth.",
                                checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
-    shard_mb: float = option(256.0, "Extract's --shard-mb: the units of work the statistics and digests are kept per.",
+    shard_mb: float = option(256.0, "Extract's --shard-mb: the shards (files) its units of work are made of.",
                              checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
     unit_rows: int | None = option(None, "Extract's --unit-rows, when given there.", checks=(at_least(1),))
     json: bool = option(False, "Print the figures as one JSON object (bytes per array kind, totals, files).")

@@ -1,17 +1,22 @@
 """What every benchmark script shares: the exact command line, the machine line, BENCHMARKS.md, and a
-loopback S3 server for the object-store modes."""
+loopback S3 server for the object-store modes (counting its requests), and datasets of tiny rows for the scale
+benchmarks."""
 
 from __future__ import annotations
 
 import datetime
+import io
 import logging
 import os
 import platform
 import shlex
 import sys
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,15 +44,42 @@ def publish(lines: list[str], write: bool) -> None:
 
 def start_s3(bucket: str) -> "object":
     """A moto S3 server on 127.0.0.1 with ``bucket``, the AWS environment pointing this process and its
-    children at it (stop it with ``.stop()``)."""
+    children at it (stop it with ``.stop()``). ``server.requests`` counts the requests it answers, by method."""
+    import collections
+
     import s3fs
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    server.requests = collections.Counter()
+    app = server._server.app  # the WSGI app each request is handed to: counted on its way in
+
+    def counted(environ, start_response):
+        server.requests[environ["REQUEST_METHOD"]] += 1
+        return app(environ, start_response)
+    server._server.app = counted
     host, port = server.get_host_and_port()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                       AWS_ENDPOINT_URL=f"http://{host}:{port}")
     s3fs.S3FileSystem().mkdir(bucket)
     return server
+
+
+def write_rows(folder: Path, n: int, shard_rows: int = 10_000) -> None:
+    """``n`` samples in tar shards: ``<key>.jpg`` (16 x 16 noise, 16 distinct images) and ``<key>.cls``."""
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for _ in range(16):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    folder.mkdir(parents=True)
+    for start in range(0, n, shard_rows):
+        with tarfile.open(folder / f"rows-{start // shard_rows:06d}.tar", "w") as tar:
+            for i in range(start, min(n, start + shard_rows)):
+                for suffix, data in (("jpg", jpegs[i % 16]), ("cls", str(i % 10).encode())):
+                    info = tarfile.TarInfo(f"{i:08d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))

@@ -16,8 +16,8 @@ from .claims import clean_stale_temp_files
 from .codecs import f32_bytes
 from ..errors import UserError
 from .sources import Source, content_digest
-from .store import (ALWAYS_WRITE, INDEX_ARRAYS, PARTIALS, Cache, TeacherStore, checksummed, index_arrays, quick_digest,
-                    read_checked, store_path, write_plan)
+from .store import (ALWAYS_WRITE, INDEX_ARRAYS, PARTIALS, Cache, TeacherStore, UnitDigest, checksummed, index_arrays,
+                    quick_digest, read_checked, store_path, write_plan)
 from .views import plan_views
 
 
@@ -120,61 +120,77 @@ class Damage:
         self.units.setdefault(store.name, set()).add(unit)
 
 
-def _shard_missing(array: zarr.Array, unit: int) -> bool:
-    """True when the stored object (shard) holding ``unit``'s rows does not exist."""
-    key = array.metadata.encode_chunk_key((unit,) + (0,) * (array.ndim - 1))
-    return not sync(array.store_path.store.exists(f"{array.store_path.path}/{key}"))
+def _shard_key(array: zarr.Array, shard: int) -> str:
+    """The store key of shard number ``shard`` (along rows) of ``array``."""
+    return f"{array.store_path.path}/{array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))}"
+
+
+def _shard_missing(store: TeacherStore, array: zarr.Array, unit: int) -> bool:
+    """True when a stored object (shard) holding ``unit``'s rows does not exist."""
+    return not all(sync(array.store_path.store.exists(_shard_key(array, s))) for s in store.shard_indices(unit))
 
 
 def _remove_unit_shards(store: TeacherStore, unit: int) -> None:
-    """Delete the stored shard of ``unit`` of every feature array (our own data, damaged: extract writes it anew)."""
+    """Delete the stored shards of ``unit`` of every feature array (our own data, damaged: extract writes it anew)."""
     for kind in store.kinds:
         for name in store.arrays(kind):
             array = store.group[name]
-            key = array.metadata.encode_chunk_key((unit,) + (0,) * (array.ndim - 1))
-            sync(array.store_path.store.delete(f"{array.store_path.path}/{key}"))
+            for shard in store.shard_indices(unit):
+                sync(array.store_path.store.delete(_shard_key(array, shard)))
+
+
+def _check_features(store: TeacherStore, kind: str, unit: int, bad: np.ndarray, digest: UnitDigest) -> list[str]:
+    """Problems of ``unit``'s stored ``kind`` arrays, read shard by shard (their digest fed as they come)."""
+    k, zero, stored_bad = store.cache.views, False, False
+    for shard in store.unit_shards(unit):
+        parts = {a: store.read_stored(a, slice(shard.start, shard.stop), slice(None)) for a in store.arrays(kind)}
+        digest.add(parts)
+        good = ~bad[shard.start:shard.stop]
+        flat = store.codecs[kind].decode(*(v.astype(np.float32) for v in parts.values())).reshape(len(shard), k, -1)
+        zero |= bool((np.abs(flat[good]).max(axis=-1, initial=0) == 0).any())
+        stored_bad |= bool(np.abs(flat[~good]).max(initial=0) != 0)
+    return ["all-zero features for a decodable sample (missing data for a done unit)"] * zero + \
+        ["features stored for a bad sample"] * stored_bad
 
 
 def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage) -> None:
     rows = store.unit_rows(unit)
     good = ~bad[rows.start:rows.stop]
     k = store.cache.views
-    stored: dict[str, np.ndarray] = {}
+    digest, fed = UnitDigest(store), set()
     for kind in store.kinds:
         where = f"teacher {store.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
-        if _shard_missing(store.group[kind], unit):
+        if _shard_missing(store, store.group[kind], unit):
             damage.unit(store, unit, f"{where}: shard missing (deleted?) for a done unit")
             continue
         try:
-            parts = {a: store.read_stored(a, slice(rows.start, rows.stop), slice(None)) for a in store.arrays(kind)}
+            problems = _check_features(store, kind, unit, bad, digest)
         except UserError as exc:
             damage.unit(store, unit, str(exc).split(";")[0])
             continue
-        stored.update(parts)
-        x = store.codecs[kind].decode(*(v.astype(np.float32) for v in parts.values()))
-        flat = x.reshape(len(rows), k, -1)
-        if (np.abs(flat[good]).max(axis=-1, initial=0) == 0).any():
-            damage.unit(store, unit, f"{where}: all-zero features for a decodable sample (missing data for a done unit)")
-        if np.abs(flat[~good]).max(initial=0) != 0:
-            damage.unit(store, unit, f"{where}: features stored for a bad sample")
+        fed.update(store.arrays(kind))
+        for problem in problems:
+            damage.unit(store, unit, f"{where}: {problem}")
         try:
             moments, cos = store.unit_moments(kind, unit)
         except UserError as exc:
             damage.unit(store, unit, str(exc).split(";")[0])
             continue
-        stored.update({f"stats/partial/{kind}_{n}": v for n, v in zip(PARTIALS, (moments.count, cos, moments.mean, moments.m2))})
+        partial = {f"stats/partial/{kind}_{n}": v for n, v in zip(PARTIALS, (moments.count, cos, moments.mean, moments.m2))}
+        digest.add(partial)
+        fed.update(partial)
         expected = good.sum() * k * int(np.prod(store.stored_shape(kind)))
         if moments.count != expected or not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
             damage.unit(store, unit, f"{where}: partial statistics wrong (count {moments.count:.0f}, expected {expected}, "
                                      "or non-finite)")
-    if store.digest_arrays and set(stored) == set(store.digest_arrays):
+    if store.digest_arrays and fed == set(store.digest_arrays):
         where = f"teacher {store.name} rows {rows.start}-{rows.stop - 1} (unit {unit})"
         try:
             recorded = read_checked(store.group["digest"], unit, f"{where} digest")
         except UserError as exc:
             damage.unit(store, unit, str(exc).split(";")[0])
             return
-        if not np.array_equal(recorded, store.unit_digest(stored)):
+        if not np.array_equal(recorded, digest.value()):
             damage.unit(store, unit, f"{where}: stored features differ from what was written (digest mismatch: units "
                                      "swapped or rows moved?)")
 

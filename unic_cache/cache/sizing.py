@@ -29,29 +29,48 @@ PARTIALS = ("count", "cos", "mean", "m2")  # a unit's partial statistics of a ki
 KEY_BYTES = 24  # a sample key's UTF-8 bytes when the dataset is not read ("n01440764/n01440764_10026")
 
 
+STATS_SHARE = 200  # a unit's features take at least this many times the bytes of its partial statistics (format 5)
+
+
+def partial_stats_bytes(dim: int, kinds: int) -> int:
+    """Bytes of one unit's partial statistics: per kind a count, a codec cosine, a mean and a D x D float64 m2."""
+    return kinds * (2 + dim + dim * dim) * 8
+
+
 @dataclass(frozen=True)
 class UnitLayout:
-    """How a teacher's rows are cut: units of work (one shard file per feature array each), and the rows of a
-    patch chunk and of a summary chunk inside them. Fixed when the teacher is added, so every rank agrees."""
+    """How a teacher's rows are cut: units of work (claimed, flagged done, digested and given partial statistics
+    as a whole), each of one or more shards (one file per feature array each), and the rows of a patch chunk and
+    of a summary chunk inside a shard. Fixed when the teacher is added, so every rank agrees."""
 
     unit_rows: int
     units: int
     chunk_rows: int
     summary_rows: int
+    shard_rows: int
 
     @classmethod
-    def of(cls, n: int, row_bytes: int, patch_row_bytes: int | None, shard_mb: float, unit_rows: int | None) -> "UnitLayout":
+    def of(cls, n: int, row_bytes: int, patch_row_bytes: int | None, shard_mb: float, unit_rows: int | None,
+           stats_bytes: int = 0) -> "UnitLayout":
         """``row_bytes``: a row's encoded bytes over every view and kind; ``patch_row_bytes``: one view's patch tokens
-        (None: no patch); units of about ``shard_mb`` MiB unless ``unit_rows`` is given."""
+        (None: no patch). Shards of about ``shard_mb`` MiB (at most ``unit_rows`` rows); units of ``unit_rows``
+        rows (whole shards), else of as many shards as keep ``stats_bytes`` (a unit's partial statistics) under
+        1/STATS_SHARE of the unit's features, so that the statistics do not grow with the unit count. With
+        ``stats_bytes`` 0 (a format-4 cache) a unit is one shard, as that format has it."""
         chunk_rows = SUMMARY_CHUNK_ROWS
         if patch_row_bytes:  # about 2 MB per patch chunk, a power of two so that it divides a summary chunk
             chunk_rows = 1 << int(np.log2(max(1, min(SUMMARY_CHUNK_ROWS, (2 << 20) // patch_row_bytes))))
+        shard_rows = max(1, int(shard_mb * (1 << 20)) // row_bytes)
+        if unit_rows is not None:
+            shard_rows = min(shard_rows, unit_rows) if stats_bytes else unit_rows
+        chunk_rows = min(chunk_rows, shard_rows)
+        summary_rows = min(SUMMARY_CHUNK_ROWS, max(chunk_rows, shard_rows // chunk_rows * chunk_rows))
+        shard_rows = max(summary_rows, shard_rows // summary_rows * summary_rows)
         if unit_rows is None:
-            unit_rows = max(1, int(shard_mb * (1 << 20)) // row_bytes)
-        chunk_rows = min(chunk_rows, unit_rows)
-        summary_rows = min(SUMMARY_CHUNK_ROWS, max(chunk_rows, unit_rows // chunk_rows * chunk_rows))
-        unit_rows = max(summary_rows, unit_rows // summary_rows * summary_rows)
-        return cls(unit_rows, -(-n // unit_rows), chunk_rows, summary_rows)
+            shards = -(-STATS_SHARE * stats_bytes // (shard_rows * row_bytes)) if stats_bytes else 1
+            unit_rows = shard_rows * max(1, min(shards, -(-n // shard_rows)))
+        unit_rows = max(shard_rows, unit_rows // shard_rows * shard_rows)
+        return cls(unit_rows, -(-n // unit_rows), chunk_rows, summary_rows, shard_rows)
 
 
 @dataclass(frozen=True)
@@ -89,9 +108,9 @@ def teacher_arrays(name: str, n: int, views: int, dim: int, kinds: dict[str, tup
     at, out, digested = f"teachers/{name}/", [], 0
     for kind, (codec, stored, tokens, params) in kinds.items():
         vectors = (n, views, *((tokens,) if kind == "patch" else ()))
-        out.append(_chunked(at + kind, (*vectors, stored), np.dtype(codec.dtype).itemsize, layout.unit_rows))
+        out.append(_chunked(at + kind, (*vectors, stored), np.dtype(codec.dtype).itemsize, layout.shard_rows))
         parts = ("scale",) if codec.values == "int8" else ()
-        out += [_chunked(f"{at}{kind}_{part}", vectors, 2, layout.unit_rows) for part in parts]
+        out += [_chunked(f"{at}{kind}_{part}", vectors, 2, layout.shard_rows) for part in parts]
         out += [_chunked(f"{at}codec/{kind}/{param}", shape, 4) for param, shape in sorted(params.items())]
         partial = {"count": (), "cos": (), "mean": (dim,), "m2": (dim, dim)}
         out += [_chunked(f"{at}stats/partial/{kind}_{stat}", (layout.units, *partial[stat]), 8, 1) for stat in PARTIALS]
@@ -120,8 +139,9 @@ class TeacherSize:
     patch_codec: Codec | None  # None: summary only
     samples: int
     views: int
-    shard_mb: float = 256.0  # extract's units of work, as its --shard-mb and --unit-rows
+    shard_mb: float = 256.0  # extract's shards and units of work, as its --shard-mb and --unit-rows
     unit_rows: int | None = None
+    format: int = 5  # the cache format the teacher is added to (format 4: one shard per unit)
 
     def kinds(self) -> dict[str, tuple[Codec, int, int, dict]]:
         """summary/patch -> (codec, planned stored width, stored tokens per vector, codec parameter shapes)."""
@@ -140,7 +160,8 @@ class TeacherSize:
         """The units extract will cut this teacher into."""
         kinds = self.kinds()
         patch = kinds["patch"][2] * kinds["patch"][0].bytes_per_vector(kinds["patch"][1]) if "patch" in kinds else None
-        return UnitLayout.of(self.samples, self.per_sample_view * self.views, patch, self.shard_mb, self.unit_rows)
+        stats = partial_stats_bytes(self.dim, len(kinds)) if self.format >= 5 else 0
+        return UnitLayout.of(self.samples, self.per_sample_view * self.views, patch, self.shard_mb, self.unit_rows, stats)
 
     def arrays(self) -> list[ArrayPlan]:
         """Every array extract will write for this teacher (features, codec parameters, statistics, digest, progress)."""
@@ -193,7 +214,8 @@ def plan_figures(sizes: list[TeacherSize], cache: list[ArrayPlan], throughput: f
             arrays.append(a)
         layout = t.layout
         teachers[t.name] = {"per_sample_view": t.per_sample_view, "bytes": kinds, "total": sum(kinds.values()),
-                            "units": layout.units, "unit_rows": layout.unit_rows, "upper_bound": t.upper_bound}
+                            "units": layout.units, "unit_rows": layout.unit_rows, "shard_rows": layout.shard_rows,
+                            "upper_bound": t.upper_bound}
     own = {}
     for a in cache:
         own[array_kind(a.path)] = own.get(array_kind(a.path), 0) + a.nbytes

@@ -1,10 +1,11 @@
 """The cache: one zarr v3 group (local path or fsspec URL) holding the index, the view plan and teachers.
 
 Layout (docs/cache-format.md): root attrs (format, fingerprint, plan), ``index/*``, ``views/params`` and
-``teachers/<name>/{summary, patch, progress, stats/}``. A teacher's rows are split into *units*:
-one zarr shard of ``summary`` and of ``patch`` each. A writer owns whole units; a unit's features,
-then its partial statistics, then its progress flag are written, so a unit whose flag is set is
-complete, and nothing else needs to be trusted on resume.
+``teachers/<name>/{summary, patch, progress, stats/}``. A teacher's rows are split into *units* of work,
+each one or more whole zarr shards of every feature array (format 5: as many as keep the unit's partial
+statistics under 1/200 of its features; format 4: one). A writer owns whole units; a unit's features (shard
+by shard), then its partial statistics and digest, then its progress flag are written, so a unit whose flag
+is set is complete, and nothing else needs to be trusted on resume.
 
 Integrity (format 2): every array's codec chain ends in crc32c (inside shards too), so a damaged
 chunk fails on read; float arrays are filled with NaN and every written chunk is stored, so a missing
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import fsspec
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.core.sync import sync
@@ -43,17 +45,17 @@ from . import claims, seal
 from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
 from ..errors import UserError
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
-from .sizing import PARTIALS, UnitLayout
-from .sources import DatasetIndex, Source, content_digest, key_bytes
+from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
+from .sources import DatasetIndex, Source, key_bytes
 from .views import P, PlanConfig, plan_views
 
 # a cache holds two kinds of files that are not zarr nodes: claims (CLAIM_DIR) and seals; listing a group says so
 warnings.filterwarnings("ignore", message=rf"Object at (.*/)?({re.escape(seal.SEAL)}|{re.escape(claims.CLAIM_DIR)}) is not "
                         "recognized as a component of a Zarr hierarchy")
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # 1: before checksums and image digests; 2: keys as zarr-python strings, no header spans; 3: metadata not sealed
-READABLE_FORMATS = (1, 2, 3, 4)
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 KINDS = ("summary", "patch")
 # the index arrays a cache of any readable format may hold (format 3 stores keys as UTF-8 bytes and offsets, which
 # every zarr v3 reader supports; formats 1-2 as zarr-python's variable-length strings, in "keys")
@@ -551,7 +553,8 @@ class Cache:
         vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
         row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
         patch_row = shapes["patch"][0] * vector["patch"] if "patch" in fitted else None
-        layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows)
+        stats_bytes = partial_stats_bytes(d, len(fitted)) if self.format >= 5 else 0  # format 4: one shard per unit
+        layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows, stats_bytes)
         unit_rows, units, chunk_rows, summary_rows = layout.unit_rows, layout.units, layout.chunk_rows, layout.summary_rows
         group = self.group["teachers"].create_group(name, overwrite=True)
         zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
@@ -561,10 +564,10 @@ class Cache:
             vectors = (n, k, *shapes[kind])
             digested += [kind, *(f"{kind}_{part}" for part in f.parts)]
             create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
-                           shards=(unit_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
+                           shards=(layout.shard_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
             for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
                 create_checked(group, f"{kind}_{part}", vectors, "float16", chunks=(rows, 1, *shapes[kind]),
-                               shards=(unit_rows, k, *shapes[kind]), compressors=zstd)
+                               shards=(layout.shard_rows, k, *shapes[kind]), compressors=zstd)
             for param, value in f.params.items():
                 create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
         stats = group.create_group("stats/partial")
@@ -576,7 +579,8 @@ class Cache:
             create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
         specs = {kind: f.codec for kind, f in fitted.items()}
         group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
-                            "unit_rows": unit_rows, "units": units, "code_version": code_version, "complete": False,
+                            "unit_rows": unit_rows, "units": units, "shard_rows": layout.shard_rows,
+                            "code_version": code_version, "complete": False,
                             "digest_arrays": digested})
         create_checked(group, "digest", (units, len(digested)), "uint32", chunks=(1, len(digested)))
         # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
@@ -604,6 +608,26 @@ def codec_record(codecs: dict[str, Codec]) -> dict:
     """What identifies a teacher's storage: the codec spec per kind (None: patch tokens not stored)."""
     patch = codecs.get("patch")
     return {"codec": codecs["summary"].spec, "patch_codec": patch.spec if patch else None, "has_patch": patch is not None}
+
+
+class UnitDigest:
+    """A unit's digest, fed shard by shard in row order: crc32c of each digested array's values of the unit as
+    stored (dtype, C order), extended as its shards come, so a unit of many shards is never held whole. Two intact
+    units (or their statistics) swapped, or a unit's rows shifted, read with checksums that pass but not with it."""
+
+    def __init__(self, store: "TeacherStore"):
+        self.store, self.crc = store, dict.fromkeys(store.digest_arrays, 0)
+
+    def add(self, arrays: dict[str, np.ndarray]) -> "UnitDigest":
+        for name, values in arrays.items():
+            if name in self.crc:
+                data = np.ascontiguousarray(values, self.store.feature_array(name).dtype).tobytes()
+                self.crc[name] = google_crc32c.extend(self.crc[name], data)
+        return self
+
+    def value(self) -> np.ndarray:
+        """(len(digest_arrays),) uint32, in the order of ``digest_arrays``."""
+        return np.array(list(self.crc.values()), np.uint32)
 
 
 class TeacherStore:
@@ -670,6 +694,21 @@ class TeacherStore:
 
     def unit_of(self, row: int) -> int:
         return row // int(self.attrs["unit_rows"])
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows per shard (one file per feature array): a unit is whole shards (format 5), a single one before."""
+        return int(self.attrs.get("shard_rows", self.attrs["unit_rows"]))
+
+    def shard_indices(self, unit: int) -> range:
+        """The shard numbers (along rows) of ``unit``'s shards."""
+        rows, s = self.unit_rows(unit), self.shard_rows
+        return range(rows.start // s, -(-rows.stop // s))
+
+    def unit_shards(self, unit: int) -> list[range]:
+        """The rows of each shard of ``unit``, in order (a unit is written and verified shard by shard)."""
+        rows, s = self.unit_rows(unit), self.shard_rows
+        return [range(r, min(rows.stop, r + s)) for r in range(rows.start, rows.stop, s)]
 
     def refresh(self) -> "TeacherStore":
         """Re-read the attributes from the store (another process may have finished the teacher)."""
@@ -746,27 +785,22 @@ class TeacherStore:
         statistics (none: a teacher made before format 4)."""
         return list(self.attrs.get("digest_arrays", []))
 
-    def unit_digest(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """(len(digest_arrays),) uint32: crc32c of each array's values of one unit as stored (dtype, C order); two
-        intact units (or their statistics) swapped, or a unit's rows shifted, read with a checksum that passes but
-        not with this digest."""
-        return np.array([content_digest(np.ascontiguousarray(arrays[name], self.feature_array(name).dtype).tobytes())
-                         for name in self.digest_arrays], np.uint32)
-
-    def write_unit(self, unit: int, features: dict[str, np.ndarray], moments: dict[str, Moments],
-                   cos_sums: dict[str, float]) -> None:
-        """Write a whole unit (every stored array, then partial stats and its digest, then its progress flag)."""
-        rows = self.unit_rows(unit)
+    def write_shard(self, rows: range, features: dict[str, np.ndarray], digest: "UnitDigest") -> None:
+        """Write one shard's rows of every stored array (a unit is written shard by shard, in row order)."""
         for name, values in features.items():
             self.feature_array(name)[rows.start:rows.stop] = values
-        partial, written = self.group["stats/partial"], dict(features)
+        digest.add(features)
+
+    def finish_unit(self, unit: int, moments: dict[str, Moments], cos_sums: dict[str, float], digest: "UnitDigest") -> None:
+        """Once every shard of ``unit`` is written: its partial statistics, its digest, then its progress flag."""
+        partial, written = self.group["stats/partial"], {}
         for kind in self.kinds:
             m = moments[kind]
             for name, value in zip(PARTIALS, (m.count, cos_sums[kind], m.mean, m.m2)):
                 partial[f"{kind}_{name}"][unit] = value
                 written[f"stats/partial/{kind}_{name}"] = value
         if self.digest_arrays:
-            self.group["digest"][unit] = self.unit_digest(written)
+            self.group["digest"][unit] = digest.add(written).value()
         self.group["progress"][unit] = 1
 
     def unit_moments(self, kind: str, unit: int) -> tuple[Moments, float]:

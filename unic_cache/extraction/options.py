@@ -48,9 +48,12 @@ class ExtractOptions(Options):
     batch_size: int = option(64, "Images (sample-views) per teacher forward.", checks=(at_least(1),))
     workers: int | None = option(None, "DataLoader worker processes for decode + replay (default: 0 on CPU, "
                                        "min(8, cores-1) on GPU).", checks=(at_least(0),))
-    shard_mb: float = option(256.0, "Uncompressed size of one zarr shard (one unit of work), in MiB.",
+    shard_mb: float = option(256.0, "Uncompressed size of one zarr shard (one file per feature array), in MiB; a "
+                                   "unit of work is one or more whole shards (--unit-rows).",
                              checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
-    unit_rows: int | None = option(None, "Rows per zarr shard (overrides --shard-mb).", checks=(at_least(1),))
+    unit_rows: int | None = option(None, "Rows per unit of work (claimed, flagged done and given statistics as a whole; "
+                                   "default: whole shards of --shard-mb, enough that their statistics stay under 1/200 "
+                                   "of their features); its shards hold at most this many rows.", checks=(at_least(1),))
     rank: int | None = option(None, "This process's rank (default: $RANK or 0).", checks=(at_least(0),))
     world_size: int | None = option(None, "Number of processes (default: $WORLD_SIZE or 1).", checks=(at_least(1),))
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")

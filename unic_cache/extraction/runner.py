@@ -24,7 +24,7 @@ from ..cache.claims import clean_stale_temp_files
 from ..cache.codecs import kind_codecs
 from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
-from ..cache.store import Cache, Moments, TeacherStore, check_cache_target
+from ..cache.store import Cache, Moments, TeacherStore, UnitDigest, check_cache_target
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed, SharedRing, pack
 from ..models.pixels import channels_first, device_views
@@ -128,7 +128,7 @@ def batch_moments(x: torch.Tensor) -> Moments:
 
 
 class _UnitWriter:
-    """Writes finished units on a background thread so that the teacher keeps running."""
+    """Writes finished shards and units on a background thread so that the teacher keeps running."""
 
     def __init__(self, store: TeacherStore):
         self.store, self.error = store, None
@@ -140,14 +140,15 @@ class _UnitWriter:
         while (job := self.jobs.get()) is not None:
             if self.error is None:
                 try:
-                    self.store.write_unit(*job)
+                    job[0](*job[1:])
                 except BaseException as exc:  # re-raised in the main thread by submit/close
                     self.error = exc
 
-    def submit(self, *job) -> None:
+    def submit(self, write, *args) -> None:
+        """Run ``write(*args)`` after the writes submitted before it."""
         if self.error is not None:
             raise self.error
-        self.jobs.put(job)
+        self.jobs.put((write, *args))
 
     def close(self) -> None:
         self.jobs.put(None)
@@ -208,7 +209,7 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
                      f"{', '.join(f'{kind} {c.spec}' for kind, c in store.codec_specs().items())})",
                      quiet=not opts.progress or rank != 0)
     pending = [u for u in range(store.units) if u % world == rank and not done[u]]
-    batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in [store.unit_rows(u)]
+    batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in store.unit_shards(u)
                for i in range(0, len(rows), rows_per_batch)]
     start = time.perf_counter()
     report = ExtractReport(name, cache.url, store.units, int(done.sum()), 0, 0, 0.0, False, int(cache.bad.sum()))
@@ -239,10 +240,11 @@ def _calibration_images(source: Source, cache: Cache, resolution: int, picked: t
 
 def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore, pending: list[int],
                device: torch.device, channels_last: bool, report: ExtractReport, bar) -> None:
-    """The hot loop: forward each batch, fill the unit's buffers, hand full units to the writer. Nothing
-    waits for the device per batch: statistics and fidelity add up on it, and the stored arrays of a batch
-    are copied to the host while the next batch's forward is queued (``HostCopy``); a unit is waited
-    for once, when it is complete."""
+    """The hot loop: forward each batch, fill the shard's buffers, hand full shards, then each finished unit
+    (its statistics), to the writer. Nothing waits for the device per batch: statistics and fidelity add up
+    on it, and the stored arrays of a batch are copied to the host while the next batch's forward is queued
+    (``HostCopy``); a unit's statistics are waited for once, when it is complete. Host memory holds a few
+    shards, however many a unit has."""
     kinds, k, info = store.kinds, store.cache.views, store.info
     res = info.resolution
     d = info.dim
@@ -255,17 +257,19 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
             dtypes[name] = store.codecs[kind].codec.dtype if part == "values" else "float16"
     writer = _UnitWriter(store)
     unit_iter = iter(pending)
-    unit, rows, buffers, moments, cos, filled = None, range(0), {}, {}, {}, 0
+    unit, shards, rows, buffers, moments, cos, digest, filled = None, [], range(0), {}, {}, {}, None, 0
     copies: list[tuple[np.ndarray, np.ndarray, HostCopy]] = []  # (buffer, its rows, values) of the last batch
     try:
         for batch_rows, images, valid, params in loader:
             images = images.settle() if isinstance(images, Packed) else images  # out of the worker's ring at once
-            if filled == len(rows):  # start the next unit
-                unit = next(unit_iter)
-                rows, filled = store.unit_rows(unit), 0
+            if filled == len(rows):  # start the next shard, and at its first shard the next unit
+                if not shards:
+                    unit = next(unit_iter)
+                    shards, digest = store.unit_shards(unit), UnitDigest(store)
+                    moments = {kind: Moments.empty(d) for kind in kinds}
+                    cos = {kind: torch.zeros((), dtype=torch.float64, device=device) for kind in kinds}
+                rows, shards, filled = shards[0], shards[1:], 0
                 buffers = {name: np.zeros((len(rows), *shapes[name]), dtypes[name]) for name in shapes}
-                moments = {kind: Moments.empty(d) for kind in kinds}
-                cos = {kind: torch.zeros((), dtype=torch.float64, device=device) for kind in kinds}
             local = batch_rows - rows.start
             queued = []
             if valid.any():
@@ -290,9 +294,11 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
             if filled == len(rows):
                 _land(copies)
                 copies = []
-                writer.submit(unit, buffers, {kind: m.to_host() for kind, m in moments.items()},
-                              {kind: float(c) for kind, c in cos.items()})
-                report.units_done_now += 1
+                writer.submit(store.write_shard, rows, buffers, digest)
+                if not shards:
+                    writer.submit(store.finish_unit, unit, {kind: m.to_host() for kind, m in moments.items()},
+                                  {kind: float(c) for kind, c in cos.items()}, digest)
+                    report.units_done_now += 1
     finally:
         bar.close()
         writer.close()
