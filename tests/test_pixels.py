@@ -100,7 +100,7 @@ def test_a_cache_records_its_pipeline_and_an_unknown_one_is_refused(clean_cache,
     shutil.copytree(clean_cache, future)
     group = zarr.open_group(str(future), mode="a")
     group.attrs["pixels"] = {"version": 9}
-    from unic_cache.cache.store import seal_root
+    from unic_cache.cache.format import seal_root
 
     seal_root(group)  # as the version that wrote it would have sealed it
     from .conftest import run_cli

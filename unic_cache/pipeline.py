@@ -43,7 +43,9 @@ from pathlib import Path
 import yaml
 
 from .cache.codecs import kind_codecs
-from .cache.store import Cache, TeacherStore, codec_record, json_normal
+from .cache.store import Cache
+from .cache.teacher import TeacherStore, codec_record
+from .cache.format import json_normal
 from .distillation.options import DistillConfig
 from .distillation.recipe import distill
 from .distillation.runs import add_scores_to_card, is_finished, recipe_differences, recorded, student_weights

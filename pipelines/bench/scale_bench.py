@@ -41,8 +41,9 @@ def timed(fn, repeat: int = 1):
 
 
 class WorkerMemory:
-    """Peak proportional set size (PSS: shared pages split between their users) of each child process, polled
-    while the block runs (Linux ``/proc``)."""
+    """Peak private memory (USS: the pages only it holds, what one more worker costs; pages shared with the
+    process it was forked from are not counted) of each child process, polled while the block runs (Linux
+    ``/proc``)."""
 
     def __init__(self):
         self.peak: dict[int, int] = {}
@@ -56,8 +57,8 @@ class WorkerMemory:
                     text = Path(f"/proc/{pid}/smaps_rollup").read_text()
                 except OSError:
                     continue
-                pss = next(int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("Pss:"))
-                self.peak[pid] = max(self.peak.get(pid, 0), pss)
+                private = sum(int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("Private_"))
+                self.peak[pid] = max(self.peak.get(pid, 0), private)
 
     def __enter__(self) -> "WorkerMemory":
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -120,7 +121,7 @@ def measure(root: Path, n: int, views: int, workers: int) -> dict[str, float]:
     per_sample = {k: v / n for k, v in figures.items()}
     per_sample |= {f"bytes: {kind}": b / n for kind, b in sorted(non_feature_bytes(url).items())}
     per_sample["files of the cache per 1,000 samples"] = sum(len(files) for _, _, files in os.walk(url)) / n * 1000
-    per_sample["peak PSS of a distill DataLoader worker (MiB)"] = max(memory.peak.values(), default=0) / 2**20
+    per_sample["peak private memory of a distill DataLoader worker (MiB)"] = max(memory.peak.values(), default=0) / 2**20
     return per_sample
 
 

@@ -16,8 +16,11 @@ from .claims import clean_stale_temp_files
 from .codecs import f32_bytes
 from ..errors import UserError
 from .sources import Source, content_digest
-from .store import (ALWAYS_WRITE, INDEX_ARRAYS, PARTIALS, Cache, TeacherStore, UnitDigest, checksummed, index_arrays,
-                    quick_digest, read_checked, store_path, write_plan)
+from .format import (ALWAYS_WRITE, INDEX_ARRAYS, checksummed, index_arrays, quick_digest, read_checked, store_path,
+                     write_plan)
+from .sizing import PARTIALS
+from .store import Cache
+from .teacher import TeacherStore, UnitDigest
 from .views import plan_views
 
 

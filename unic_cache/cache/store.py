@@ -1,18 +1,8 @@
 """The cache: one zarr v3 group (local path or fsspec URL) holding the index, the view plan and teachers.
 
 Layout (docs/cache-format.md): root attrs (format, fingerprint, plan), ``index/*``, ``views/params`` and
-``teachers/<name>/{summary, patch, progress, stats/}``. A teacher's rows are split into *units* of work,
-each one or more whole zarr shards of every feature array (format 5: as many as keep the unit's partial
-statistics under 1/200 of its features; format 4: one). A writer owns whole units; a unit's features (shard
-by shard), then its partial statistics and digest, then its progress flag are written, so a unit whose flag
-is set is complete, and nothing else needs to be trusted on resume.
-
-Integrity (format 2): every array's codec chain ends in crc32c (inside shards too), so a damaged
-chunk fails on read; float arrays are filled with NaN and every written chunk is stored, so a missing
-chunk never reads as plausible data; ``read_checked`` turns both into one-line errors naming the
-array and rows. A cache is created only where nothing exists or where our own unfinished creation is
-(``claims``), and creation, teacher addition and the statistics merge are done by one process.
-Format-1 caches (no checksums, no image digests) still open; ``checksummed`` says which is which.
+``teachers/<name>/`` (``teacher``). A cache is created only where nothing exists or where our own unfinished
+creation is (``claims``), and creation, teacher addition and the statistics merge are done by one process.
 
 Format 4 seals the metadata (``seal``): the root's documents in ``index/seal.json`` (written last by creation,
 so its presence means the cache was made), each teacher's in ``teachers/<name>/seal.json`` (written last when
@@ -23,110 +13,24 @@ its seal is refused on open; ``verify --repair`` restores it. Formats 1-3 open a
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import itertools
-import json
-import re
+import functools
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import fsspec
-import google_crc32c
 import numpy as np
 import zarr
-from zarr.core.sync import sync
-from zarr.storage import StorePath
-from zarr.storage._common import make_store_path
 
 from . import claims, seal
-from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec, checked
+from .codecs import Codec, FittedCodec
 from ..errors import UserError
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
-from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
-from .sources import DatasetIndex, Source, key_bytes
-from .views import P, PlanConfig, plan_views
-
-# a cache holds two kinds of files that are not zarr nodes: claims (CLAIM_DIR) and seals; listing a group says so
-warnings.filterwarnings("ignore", message=rf"Object at (.*/)?({re.escape(seal.SEAL)}|{re.escape(claims.CLAIM_DIR)}) is not "
-                        "recognized as a component of a Zarr hierarchy")
-
-FORMAT_VERSION = 5
-# 1: before checksums and image digests; 2: keys as zarr-python strings, no header spans; 3: metadata not sealed
-READABLE_FORMATS = (1, 2, 3, 4, 5)
-KINDS = ("summary", "patch")
-# the index arrays a cache of any readable format may hold (format 3 stores keys as UTF-8 bytes and offsets, which
-# every zarr v3 reader supports; formats 1-2 as zarr-python's variable-length strings, in "keys")
-INDEX_ARRAYS = ("keys_utf8", "keys_offsets", "keys", "location", "image_size", "bad", "digest")
-TOP_LEVEL = {"zarr.json", "index", "views", "teachers"}  # all that a cache holds at its top level
-ALWAYS_WRITE = {"write_empty_chunks": True}  # every written chunk exists, so a missing one is damage
-_PLAN_BLOCK = 65536  # rows planned per step, bounding memory on ImageNet-size datasets
-
-
-def quick_digest(source: Source) -> str:
-    """Digest of what can be known of a dataset without reading it (shard names and byte sizes)."""
-    return hashlib.sha256(json.dumps(source.quick_fingerprint()).encode()).hexdigest()
-
-
-def json_normal(value):
-    """``value`` as it reads back from zarr attrs (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(value))
-
-
-def local_path(url: str) -> str:
-    """``file://`` URLs as plain paths: zarr's LocalStore creates folders, fsspec's local store does not."""
-    return url[len("file://"):] if url.startswith("file://") else url
-
-
-def checksummed(array: zarr.Array) -> bool:
-    """Whether an array's chunks carry a crc32c (format 2), inside shards or directly."""
-    return "crc32c" in json.dumps(array.metadata.to_dict()["codecs"])
-
-
-
-
-def _fill(dtype: str):
-    """NaN for floats and INT8_MISSING for int8 features (a missing chunk can never pass as data), else 0."""
-    kind = np.dtype(dtype)
-    return float("nan") if kind.kind == "f" else INT8_MISSING if kind == np.int8 else 0
-
-
-def create_checked(group: zarr.Group, name: str, shape: tuple, dtype, chunks: tuple | None = None, **kw) -> zarr.Array:
-    """A format-2 array: crc32c last in its codec chain, NaN fill for floats, every chunk stored."""
-    compressors = checked(*kw.pop("compressors", ()))
-    fill = kw.pop("fill_value", _fill(dtype) if dtype is not str else "")
-    return group.create_array(name, shape=shape, chunks=chunks or shape, dtype=dtype, compressors=compressors,
-                              fill_value=fill, config=ALWAYS_WRITE, **kw)
-
-
-def read_checked(array: zarr.Array, selection, what: str):
-    """``array[selection]``, with a damaged chunk as a one-line error naming ``what`` (array and rows)."""
-    try:
-        return array[selection]
-    except UserError:
-        raise
-    except Exception as exc:  # a crc32c mismatch, or a chunk that does not decode at all (truncated, garbled header)
-        text = str(exc).splitlines()[0][:120] if str(exc) else ""
-        reason = "crc32c mismatch" if "checksum" in str(exc) else f"{type(exc).__name__}: {text}"
-        raise UserError(f"{what}: damaged data ({reason}); run `unic-cache verify --repair` and re-run extract") from None
-
-
-def store_path(url: str, mode: str = "r") -> StorePath:
-    """The store at ``url`` (local path or fsspec URL), opened without reading any of its metadata."""
-    return sync(make_store_path(local_path(url), mode=mode))
-
-
-def read_whole(array: zarr.Array, what: str) -> np.ndarray:
-    """A whole small array, read checked; a missing chunk of a checksummed array (every written chunk is stored)
-    is an error, never its fill value."""
-    values = read_checked(array, ..., what)
-    if checksummed(array) and array.nchunks_initialized != array.nchunks:
-        raise UserError(f"{what}: {array.nchunks - array.nchunks_initialized} chunk(s) missing (deleted?); "
-                        "run `unic-cache verify --repair`")
-    return values
-
+from .sources import DatasetIndex, Source
+from .views import P, PlanConfig
+from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
+                     json_normal, local_path, quick_digest, read_checked, read_whole, seal_root, store_path, write_plan)
+from .teacher import TeacherInfo, TeacherStore, codec_record, create_teacher
 
 def _looks_like_data(url: str) -> bool:
     """Whether a local folder holds a dataset (shards or images) rather than a cache."""
@@ -153,40 +57,6 @@ def _open_group(url: str, mode: str) -> zarr.Group:
         raise UserError(f"cannot read the metadata of {url} ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
-def encode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys as (every key's UTF-8 bytes one after another: uint8, where each starts and the end: int64 (N + 1,))."""
-    encoded = [key_bytes(str(k)) for k in keys]
-    offsets = np.zeros(len(encoded) + 1, np.int64)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets
-
-
-def decode_keys(utf8: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The keys ``encode_keys`` stored, as a str array."""
-    data = utf8.tobytes()
-    return np.array([data[a:b].decode("utf-8", "surrogateescape") for a, b in zip(offsets[:-1], offsets[1:])], dtype=str)
-
-
-def index_arrays(index: DatasetIndex, bad: np.ndarray, version: int = FORMAT_VERSION) -> dict[str, np.ndarray]:
-    """The arrays of ``index/`` for a dataset index (``bad``: (N,) uint8 flags) in a cache of format ``version``."""
-    keys = dict(zip(("keys_utf8", "keys_offsets"), encode_keys(index.keys))) if version >= 3 else {"keys": index.keys}
-    location = index.location if version >= 3 else index.location[:, :3]
-    return {**keys, "location": location, "image_size": index.image_size, "bad": bad, "digest": index.digest}
-
-
-def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray, rows: slice | None = None) -> None:
-    """Fill ``views/params`` (or its ``rows``) from the plan, a block of rows at a time (bounded memory)."""
-    start, stop = (rows.start, rows.stop) if rows is not None else (0, params.shape[0])
-    for a in range(start, stop, _PLAN_BLOCK):
-        b = min(stop, a + _PLAN_BLOCK)
-        params[a:b] = plan_views(plan, np.arange(a, b), image_size[a:b])
-
-
-def seal_root(group: zarr.Group) -> None:
-    """Seal the root's metadata as it is now: root attrs, ``index/*`` and ``views/*`` (teachers have their own)."""
-    seal.write_seal(group.store_path, seal.ROOT_SEAL_AT, [p for p in seal.member_paths(group, "") if not p.startswith("teachers/")])
-
-
 def _remove_unfinished(url: str) -> None:
     """Delete an unfinished creation of ours (only the names a cache holds), before creating it again."""
     fs, root = fsspec.core.url_to_fs(url)
@@ -194,61 +64,6 @@ def _remove_unfinished(url: str) -> None:
         path = f"{root.rstrip('/')}/{name}"
         if fs.exists(path):
             fs.rm(path, recursive=True)
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
-
-    model_id: str
-    weights: str  # "hub", "random[:SEED]", or the weight file's path
-    weights_sha256: str
-    resolution: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    grid: tuple[int, int]
-    prefix_tokens: int
-    dim: int
-    summary_kind: str  # "cls" or "pooled"
-    model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
-
-    @property
-    def tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Moments:
-    """Count, mean and centred second moment (sum of outer products) of vectors, in float64: numpy arrays,
-    or torch tensors while extraction accumulates them on its device (``to_host`` before writing)."""
-
-    count: float
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def empty(cls, dim: int) -> "Moments":
-        return cls(0.0, np.zeros(dim), np.zeros((dim, dim)))
-
-    def merge(self, other: "Moments") -> "Moments":
-        """Chan et al.'s exact pairwise merge; folding in a fixed order gives bit-identical results."""
-        n = self.count + other.count
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta[:, None] * delta[None, :] * (self.count * other.count / n)
-        return Moments(n, mean, m2)
-
-    def to_host(self) -> "Moments":
-        """The same moments as numpy arrays (they may be accumulated as float64 tensors on a device)."""
-        host = lambda a: a.cpu().numpy() if hasattr(a, "cpu") else np.asarray(a)  # noqa: E731
-        return Moments(self.count, host(self.mean), host(self.m2))
 
 
 class Cache:
@@ -543,48 +358,9 @@ class Cache:
 
     def _add_teacher(self, name: str, info: TeacherInfo, fitted: dict[str, FittedCodec], shard_mb: float,
                      unit_rows: int | None, code_version: str) -> None:
-        """Create the arrays of a new teacher (replacing our own unfinished ones); sizes are fixed here,
-        so every rank computes the same layout."""
-        n, k, d = self.n, self.views, info.dim
-        shapes = {"summary": (), "patch": ()}
-        if "patch" in fitted:
-            grid = fitted["patch"].codec.stored_grid(info.grid)
-            shapes["patch"] = (grid[0] * grid[1],)
-        vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
-        row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
-        patch_row = shapes["patch"][0] * vector["patch"] if "patch" in fitted else None
-        stats_bytes = partial_stats_bytes(d, len(fitted)) if self.format >= 5 else 0  # format 4: one shard per unit
-        layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows, stats_bytes)
-        unit_rows, units, chunk_rows, summary_rows = layout.unit_rows, layout.units, layout.chunk_rows, layout.summary_rows
-        group = self.group["teachers"].create_group(name, overwrite=True)
-        zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
-        digested = []  # what each unit's digest covers: its feature arrays, then its partial statistics
-        for kind, f in fitted.items():
-            rows = summary_rows if kind == "summary" else chunk_rows
-            vectors = (n, k, *shapes[kind])
-            digested += [kind, *(f"{kind}_{part}" for part in f.parts)]
-            create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
-                           shards=(layout.shard_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
-            for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
-                create_checked(group, f"{kind}_{part}", vectors, "float16", chunks=(rows, 1, *shapes[kind]),
-                               shards=(layout.shard_rows, k, *shapes[kind]), compressors=zstd)
-            for param, value in f.params.items():
-                create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
-        stats = group.create_group("stats/partial")
-        digested += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
-        for kind in fitted:
-            create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
-            create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
-            create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)
-            create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
-        specs = {kind: f.codec for kind, f in fitted.items()}
-        group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
-                            "unit_rows": unit_rows, "units": units, "shard_rows": layout.shard_rows,
-                            "code_version": code_version, "complete": False,
-                            "digest_arrays": digested})
-        create_checked(group, "digest", (units, len(digested)), "uint32", chunks=(1, len(digested)))
-        # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
-        create_checked(group, "progress", (units,), "uint8", chunks=(1,))
+        """Create the arrays of a new teacher (replacing our own unfinished ones), then seal them."""
+        create_teacher(self.group["teachers"], name, self.n, self.views, self.format, info, fitted, shard_mb, unit_rows,
+                       code_version)
         self.seal_teacher(name)
 
     def seal_teacher(self, name: str) -> None:
@@ -602,261 +378,3 @@ def check_cache_target(url: str, source: Source, mode: str = "r") -> Cache | Non
         return cache
     claims.check_writable_target(url, TOP_LEVEL)
     return None
-
-
-def codec_record(codecs: dict[str, Codec]) -> dict:
-    """What identifies a teacher's storage: the codec spec per kind (None: patch tokens not stored)."""
-    patch = codecs.get("patch")
-    return {"codec": codecs["summary"].spec, "patch_codec": patch.spec if patch else None, "has_patch": patch is not None}
-
-
-class UnitDigest:
-    """A unit's digest, fed shard by shard in row order: crc32c of each digested array's values of the unit as
-    stored (dtype, C order), extended as its shards come, so a unit of many shards is never held whole. Two intact
-    units (or their statistics) swapped, or a unit's rows shifted, read with checksums that pass but not with it."""
-
-    def __init__(self, store: "TeacherStore"):
-        self.store, self.crc = store, dict.fromkeys(store.digest_arrays, 0)
-
-    def add(self, arrays: dict[str, np.ndarray]) -> "UnitDigest":
-        for name, values in arrays.items():
-            if name in self.crc:
-                data = np.ascontiguousarray(values, self.store.feature_array(name).dtype).tobytes()
-                self.crc[name] = google_crc32c.extend(self.crc[name], data)
-        return self
-
-    def value(self) -> np.ndarray:
-        """(len(digest_arrays),) uint32, in the order of ``digest_arrays``."""
-        return np.array(list(self.crc.values()), np.uint32)
-
-
-class TeacherStore:
-    """One teacher's arrays in a cache: features, progress per unit, and statistics."""
-
-    def __init__(self, group: zarr.Group, cache: Cache):
-        self.group, self.cache = group, cache
-        self.attrs = json_normal(group.attrs.asdict())
-        self.name = group.basename
-        self._arrays: dict[str, zarr.Array] = {}
-
-    @property
-    def info(self) -> TeacherInfo:
-        fields = TeacherInfo.__dataclass_fields__
-        a = {k: v for k, v in self.attrs.items() if k in fields}
-        return TeacherInfo(**{**a, "mean": tuple(a["mean"]), "std": tuple(a["std"]), "grid": tuple(a["grid"])})
-
-    def codec_specs(self) -> dict[str, Codec]:
-        """The codec per stored kind, as given at extraction (format-1 names read as their new spelling)."""
-        return {kind: fitted.codec for kind, fitted in self.codecs.items()}
-
-    @functools.cached_property
-    def codecs(self) -> dict[str, FittedCodec]:
-        """The fitted codec per kind, its parameters read (checked) from ``codec/<kind>/*``; a codec this
-        version does not know is a one-line error naming it."""
-        described = self.attrs.get("codecs") or {kind: self.attrs["codec"] for kind in self.kinds}  # format 1: a name
-        out = {}
-        for kind in self.kinds:
-            params = {}
-            if f"codec/{kind}" in self.group:
-                params = {name: read_whole(array, f"teacher {self.name} codec parameter {kind}/{name}")
-                          for name, array in self.group[f"codec/{kind}"].arrays()}
-            out[kind] = FittedCodec.from_attrs(described[kind], self.info.dim, params, self.name)
-        return out
-
-    @property
-    def stored_grid(self) -> tuple[int, int]:
-        """The patch-token grid as stored (the teacher's, or pooled by the codec)."""
-        return self.codecs["patch"].codec.stored_grid(self.info.grid) if self.has_patch else self.info.grid
-
-    def stored_shape(self, kind: str) -> tuple[int, ...]:
-        """Vectors per sample-view of ``kind``: () for the summary, (tokens,) for patch tokens."""
-        return () if kind == "summary" else (self.stored_grid[0] * self.stored_grid[1],)
-
-    def arrays(self, kind: str) -> tuple[str, ...]:
-        """The stored arrays of ``kind``: the values, then any per-vector parts (int8 scales)."""
-        return (kind, *(f"{kind}_{part}" for part in self.codecs[kind].parts))
-
-    @property
-    def has_patch(self) -> bool:
-        return bool(self.attrs["has_patch"])
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return KINDS if self.has_patch else KINDS[:1]
-
-    @property
-    def units(self) -> int:
-        return int(self.attrs["units"])
-
-    def unit_rows(self, unit: int) -> range:
-        r = int(self.attrs["unit_rows"])
-        return range(unit * r, min(self.cache.n, (unit + 1) * r))
-
-    def unit_of(self, row: int) -> int:
-        return row // int(self.attrs["unit_rows"])
-
-    @property
-    def shard_rows(self) -> int:
-        """Rows per shard (one file per feature array): a unit is whole shards (format 5), a single one before."""
-        return int(self.attrs.get("shard_rows", self.attrs["unit_rows"]))
-
-    def shard_indices(self, unit: int) -> range:
-        """The shard numbers (along rows) of ``unit``'s shards."""
-        rows, s = self.unit_rows(unit), self.shard_rows
-        return range(rows.start // s, -(-rows.stop // s))
-
-    def unit_shards(self, unit: int) -> list[range]:
-        """The rows of each shard of ``unit``, in order (a unit is written and verified shard by shard)."""
-        rows, s = self.unit_rows(unit), self.shard_rows
-        return [range(r, min(rows.stop, r + s)) for r in range(rows.start, rows.stop, s)]
-
-    def refresh(self) -> "TeacherStore":
-        """Re-read the attributes from the store (another process may have finished the teacher)."""
-        self.group = self.cache.group[f"teachers/{self.name}"]
-        self.attrs = json_normal(self.group.attrs.asdict())
-        self.__dict__.pop("codecs", None)
-        return self
-
-    def done(self) -> np.ndarray:
-        """(units,) bool: which units are complete; the only source of truth for resume. A damaged
-        flag reads as not done (its unit is then extracted again)."""
-        return self.read_progress()[0]
-
-    def read_progress(self) -> tuple[np.ndarray, list[int]]:
-        """(done flags, units whose flag chunk is damaged): one read of the whole array, and only when a
-        chunk fails its checksum, one read per unit to find which."""
-        progress = self.group["progress"]
-        try:
-            return progress[:].astype(bool), []
-        except ValueError:
-            done, damaged = np.zeros(self.units, bool), []
-            for unit in range(self.units):
-                try:
-                    done[unit] = bool(progress[unit])
-                except ValueError:
-                    damaged.append(unit)
-            return done, damaged
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.group.attrs.get("complete", False))
-
-    def read_stored(self, array: str, rows: slice, view) -> np.ndarray:
-        """One stored array (``arrays(kind)``) of ``rows`` at ``view`` (an int or a slice), as stored;
-        damaged, missing or non-finite data is a one-line error naming the teacher, rows and unit."""
-        first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
-        units = f"unit {first}" if first == last else f"units {first}-{last}"
-        what = f"teacher {self.name} {array} rows {rows.start}-{rows.stop - 1} ({units})"
-        x = read_checked(self.feature_array(array), (rows, view), what)
-        if (x == INT8_MISSING).any() if x.dtype == np.int8 else not np.isfinite(x).all():
-            problem = "missing values (a missing chunk)" if x.dtype == np.int8 else "non-finite values (NaN/Inf, or a missing chunk)"
-            raise UserError(f"{what}: {problem}; run `unic-cache verify --repair` and re-run extract")
-        return x
-
-    def _check_selection(self, kind: str, rows: slice, view) -> None:
-        """Arguments out of range are a usage error naming the valid range (never 'damaged data')."""
-        n, k = self.cache.n, self.cache.views
-        if kind not in self.kinds:
-            raise UserError(f"teacher {self.name} stores {', '.join(self.kinds)}, not {kind!r}")
-        if not (isinstance(rows.start, int) and isinstance(rows.stop, int) and 0 <= rows.start < rows.stop <= n):
-            raise UserError(f"rows {rows.start}:{rows.stop} out of range: teacher {self.name} has rows 0 to {n - 1}")
-        if isinstance(view, slice):
-            inside = len(range(k)[view]) > 0
-        else:
-            inside = isinstance(view, (int, np.integer)) and 0 <= view < k
-        if not inside:
-            raise UserError(f"view {view} out of range: the cache has views 0 to {k - 1}")
-
-    def read(self, kind: str, rows: slice, view) -> np.ndarray:
-        """``kind`` features of ``rows`` at ``view`` rebuilt by the codec as float32 (..., dim), read checked."""
-        self._check_selection(kind, rows, view)
-        parts = [self.read_stored(a, rows, view).astype(np.float32) for a in self.arrays(kind)]
-        return self.codecs[kind].decode(*parts).astype(np.float32, copy=False)
-
-    def feature_array(self, name: str) -> zarr.Array:
-        """A stored feature array, opened once (its metadata never changes once created)."""
-        if name not in self._arrays:
-            self._arrays[name] = self.group[name]
-        return self._arrays[name]
-
-    @property
-    def digest_arrays(self) -> list[str]:
-        """The arrays whose values of a unit its digest covers, in order: the stored features, then the unit's partial
-        statistics (none: a teacher made before format 4)."""
-        return list(self.attrs.get("digest_arrays", []))
-
-    def write_shard(self, rows: range, features: dict[str, np.ndarray], digest: "UnitDigest") -> None:
-        """Write one shard's rows of every stored array (a unit is written shard by shard, in row order)."""
-        for name, values in features.items():
-            self.feature_array(name)[rows.start:rows.stop] = values
-        digest.add(features)
-
-    def finish_unit(self, unit: int, moments: dict[str, Moments], cos_sums: dict[str, float], digest: "UnitDigest") -> None:
-        """Once every shard of ``unit`` is written: its partial statistics, its digest, then its progress flag."""
-        partial, written = self.group["stats/partial"], {}
-        for kind in self.kinds:
-            m = moments[kind]
-            for name, value in zip(PARTIALS, (m.count, cos_sums[kind], m.mean, m.m2)):
-                partial[f"{kind}_{name}"][unit] = value
-                written[f"stats/partial/{kind}_{name}"] = value
-        if self.digest_arrays:
-            self.group["digest"][unit] = digest.add(written).value()
-        self.group["progress"][unit] = 1
-
-    def unit_moments(self, kind: str, unit: int) -> tuple[Moments, float]:
-        """The partial statistics of one unit and its summed codec cosine (checked reads)."""
-        partial = self.group["stats/partial"]
-        what = f"teacher {self.name} partial {kind} statistics of unit {unit}"
-        count, cos, mean, m2 = (read_checked(partial[f"{kind}_{n}"], unit, what) for n in PARTIALS)
-        return Moments(float(count), mean, m2), float(cos)
-
-    def fold(self, kind: str) -> tuple[Moments, float]:
-        """Dataset moments of ``kind`` and the summed codec cosine, merged over units in unit order."""
-        total, cos = Moments.empty(self.info.dim), 0.0
-        for unit in range(self.units):
-            m, c = self.unit_moments(kind, unit)
-            total, cos = total.merge(m), cos + c
-        return total, cos
-
-    def finalize(self) -> bool:
-        """Once every unit is done, write ``stats/<kind>/{count, mean, var, cov}`` and mark complete
-        (one process merges; the others wait for it). False while units are missing."""
-        if not self.done().all():
-            return False
-        claims.once(self.cache.url, f"finalize-{self.name}", lambda: self.refresh().complete, self._merge_stats,
-                    lambda: None, f"merging the statistics of teacher {self.name}")
-        self.refresh()
-        return True
-
-    def _merge_stats(self) -> None:
-        fidelity = {}
-        for kind in self.kinds:
-            m, cos = self.fold(kind)
-            stats = self.group.require_group(f"stats/{kind}")
-            cov = m.m2 / max(m.count, 1.0)
-            for name, value in (("count", np.array([m.count])), ("mean", m.mean), ("var", np.diag(cov).copy()), ("cov", cov)):
-                create_checked(stats, name, value.shape, "float64", overwrite=True,
-                               compressors=(zarr.codecs.ZstdCodec(level=3),))[...] = value
-            fidelity[kind] = cos / max(m.count, 1.0)
-        if seal.has_seal(self.cache.group.store_path, f"teachers/{self.name}"):  # the statistics' arrays join the seal
-            self.cache.seal_teacher(self.name)
-        self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
-
-    def stats(self, kind: str) -> dict[str, np.ndarray]:
-        """Exact float64 statistics of a complete teacher: count, mean, var, cov (population)."""
-        if not self.complete:
-            raise UserError(f"teacher {self.name} in {self.cache.url} is not complete; run extract again to finish it")
-        out = {name: read_whole(self.group[f"stats/{kind}/{name}"], f"teacher {self.name} {kind} statistics ({name})")
-               for name in ("count", "mean", "var", "cov")}
-        if not all(np.isfinite(v).all() for v in out.values()):
-            raise UserError(f"teacher {self.name} {kind} statistics hold NaN/Inf; run `unic-cache verify --repair` "
-                            "and re-run extract")
-        return out
-
-    def nbytes_stored(self) -> int:
-        """Bytes on disk of every stored feature array (values and scales)."""
-        return sum(self.group[a].nbytes_stored() for kind in self.kinds for a in self.arrays(kind))
-
-    def nbytes_encoded(self) -> int:
-        """Bytes of every stored feature array before compression (what the planner predicts)."""
-        return sum(self.group[a].nbytes for kind in self.kinds for a in self.arrays(kind))

@@ -77,6 +77,9 @@ class DistillStream(Dataset):
         if views is not None and not 1 <= views <= cache.views:
             raise UserError(f"--views must be between 1 and the {cache.views} views in the cache, got {views}")
         self.views, good = views or cache.views, ~cache.bad
+        # what the workers read of the index, read once here and shared with the forked workers (never per worker)
+        self.keys, self.location, self.digest = cache.keys, cache.location, cache.digest
+        self.image_size = cache.image_size
         self.cached_views, self.plan = cache.views, cache.plan
         if good.sum() < world_size:
             raise UserError(f"{int(good.sum())} usable samples cannot feed {world_size} processes")
@@ -131,7 +134,7 @@ class DistillStream(Dataset):
         if self.online:  # view numbers past the cached ones: never a view the cache holds
             views_of_rows[:] = self.cached_views + epoch
             fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
-            params = plan_views(fresh, rows, cache.image_size[rows], first_view=int(views_of_rows[0]))[:, 0]
+            params = plan_views(fresh, rows, self.image_size[rows], first_view=int(views_of_rows[0]))[:, 0]
             targets = {}
         else:
             params = _gather(lambda r, v: cache.params(r)[:, v], window)
@@ -139,13 +142,13 @@ class DistillStream(Dataset):
                        for t, kind in self.selection.targets for name in stores[t].arrays(kind)}  # decoded on the device
         order = np.random.default_rng([self.seed, epoch, number, 7]).permutation(len(rows))[skip:]
         needed = np.sort(rows[order])  # read in row order: nearby rows of a shard come in one request
-        digest = None if cache.digest is None else cache.digest[needed]
-        data = dict(zip(needed.tolist(), source.read_rows(cache.location[needed], [str(k) for k in cache.keys[needed]],
+        digest = None if self.digest is None else self.digest[needed]
+        data = dict(zip(needed.tolist(), source.read_rows(self.location[needed], [str(k) for k in self.keys[needed]],
                                                           digest)))
         if cache.pixels.device_geometry:  # decoded only: the device cuts the views, at every resolution needed
             decoded = (cache.pixels.decode_array(data[int(rows[i])]) for i in order)
             self._ring = self._ring or SharedRing(_PREFETCH + 2)
-            out = pack(decoded, cache.image_size[rows[order]][:, ::-1].tolist(), self._ring).items()
+            out = pack(decoded, self.image_size[rows[order]][:, ::-1].tolist(), self._ring).items()
         else:
             images = self.resolutions
             crops = {name: np.empty((len(order), res, res, 3), np.uint8) for name, res in images.items()}

@@ -25,7 +25,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from .. import __version__
-from ..cache.store import Cache, TeacherInfo, json_normal
+from ..cache.store import Cache
+from ..cache.teacher import TeacherInfo
+from ..cache.format import json_normal
 from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed

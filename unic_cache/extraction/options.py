@@ -13,7 +13,8 @@ from ..models.registry import alias_model, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
 
 if TYPE_CHECKING:
-    from ..cache.store import Cache, TeacherStore
+    from ..cache.store import Cache
+    from ..cache.teacher import TeacherStore
 
 
 @dataclass
@@ -97,7 +98,7 @@ class ExtractOptions(Options):
         (judged from the records, torch-free); else None (extract then builds the teacher and compares in full,
         refusing other settings in one line)."""
         from ..cache.codecs import kind_codecs
-        from ..cache.store import codec_record
+        from ..cache.teacher import codec_record
         from ..models.registry import ALIAS_RESOLUTION, file_sha256
 
         timm_name = self.teacher[5:] if self.teacher.startswith("timm:") else None

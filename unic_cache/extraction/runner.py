@@ -24,7 +24,9 @@ from ..cache.claims import clean_stale_temp_files
 from ..cache.codecs import kind_codecs
 from ..cache.sources import Source, open_source
 from ..cache.sizing import check_free_space
-from ..cache.store import Cache, Moments, TeacherStore, UnitDigest, check_cache_target
+from ..cache.store import Cache, check_cache_target
+from ..cache.statistics import Moments
+from ..cache.teacher import TeacherStore, UnitDigest
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed, SharedRing, pack
 from ..models.pixels import channels_first, device_views

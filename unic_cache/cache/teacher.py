@@ -1,0 +1,351 @@
+"""One teacher in a cache: its record, its arrays' layout, and reading and writing them unit by unit.
+
+A teacher's rows are split into *units* of work, each one or more whole zarr shards of every feature array
+(format 5: as many as keep the unit's partial statistics under 1/200 of its features; format 4: one). A writer
+owns whole units; a unit's features (shard by shard), then its partial statistics and digest, then its progress
+flag are written, so a unit whose flag is set is complete, and nothing else needs to be trusted on resume.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import google_crc32c
+import numpy as np
+import zarr
+
+from . import claims, seal
+from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec
+from ..errors import UserError
+from .format import KINDS, create_checked, json_normal, read_checked, read_whole
+from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
+from .statistics import Moments
+
+if TYPE_CHECKING:
+    from .store import Cache
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
+
+    model_id: str
+    weights: str  # "hub", "random[:SEED]", or the weight file's path
+    weights_sha256: str
+    resolution: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grid: tuple[int, int]
+    prefix_tokens: int
+    dim: int
+    summary_kind: str  # "cls" or "pooled"
+    model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+def codec_record(codecs: dict[str, Codec]) -> dict:
+    """What identifies a teacher's storage: the codec spec per kind (None: patch tokens not stored)."""
+    patch = codecs.get("patch")
+    return {"codec": codecs["summary"].spec, "patch_codec": patch.spec if patch else None, "has_patch": patch is not None}
+
+class UnitDigest:
+    """A unit's digest, fed shard by shard in row order: crc32c of each digested array's values of the unit as
+    stored (dtype, C order), extended as its shards come, so a unit of many shards is never held whole. Two intact
+    units (or their statistics) swapped, or a unit's rows shifted, read with checksums that pass but not with it."""
+
+    def __init__(self, store: "TeacherStore"):
+        self.store, self.crc = store, dict.fromkeys(store.digest_arrays, 0)
+
+    def add(self, arrays: dict[str, np.ndarray]) -> "UnitDigest":
+        for name, values in arrays.items():
+            if name in self.crc:
+                data = np.ascontiguousarray(values, self.store.feature_array(name).dtype).tobytes()
+                self.crc[name] = google_crc32c.extend(self.crc[name], data)
+        return self
+
+    def value(self) -> np.ndarray:
+        """(len(digest_arrays),) uint32, in the order of ``digest_arrays``."""
+        return np.array(list(self.crc.values()), np.uint32)
+
+def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int, info: TeacherInfo,
+               fitted: dict[str, FittedCodec], shard_mb: float, unit_rows: int | None, code_version: str) -> zarr.Group:
+    """Create the arrays of a new teacher in ``teachers`` (replacing our own unfinished ones) for ``n`` rows of ``k``
+    views in a cache of format ``version``; sizes are fixed here, so every rank computes the same layout."""
+    d = info.dim
+    shapes = {"summary": (), "patch": ()}
+    if "patch" in fitted:
+        grid = fitted["patch"].codec.stored_grid(info.grid)
+        shapes["patch"] = (grid[0] * grid[1],)
+    vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
+    row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
+    patch_row = shapes["patch"][0] * vector["patch"] if "patch" in fitted else None
+    stats_bytes = partial_stats_bytes(d, len(fitted)) if version >= 5 else 0  # format 4: one shard per unit
+    layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows, stats_bytes)
+    unit_rows, units, chunk_rows, summary_rows = layout.unit_rows, layout.units, layout.chunk_rows, layout.summary_rows
+    group = teachers.create_group(name, overwrite=True)
+    zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+    digested = []  # what each unit's digest covers: its feature arrays, then its partial statistics
+    for kind, f in fitted.items():
+        rows = summary_rows if kind == "summary" else chunk_rows
+        vectors = (n, k, *shapes[kind])
+        digested += [kind, *(f"{kind}_{part}" for part in f.parts)]
+        create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
+                       shards=(layout.shard_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
+        for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
+            create_checked(group, f"{kind}_{part}", vectors, "float16", chunks=(rows, 1, *shapes[kind]),
+                           shards=(layout.shard_rows, k, *shapes[kind]), compressors=zstd)
+        for param, value in f.params.items():
+            create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
+    stats = group.create_group("stats/partial")
+    digested += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
+    for kind in fitted:
+        create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
+        create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
+        create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)
+        create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
+    specs = {kind: f.codec for kind, f in fitted.items()}
+    group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
+                        "unit_rows": unit_rows, "units": units, "shard_rows": layout.shard_rows,
+                        "code_version": code_version, "complete": False,
+                        "digest_arrays": digested})
+    create_checked(group, "digest", (units, len(digested)), "uint32", chunks=(1, len(digested)))
+    # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
+    create_checked(group, "progress", (units,), "uint8", chunks=(1,))
+    return group
+
+class TeacherStore:
+    """One teacher's arrays in a cache: features, progress per unit, and statistics."""
+
+    def __init__(self, group: zarr.Group, cache: Cache):
+        self.group, self.cache = group, cache
+        self.attrs = json_normal(group.attrs.asdict())
+        self.name = group.basename
+        self._arrays: dict[str, zarr.Array] = {}
+
+    @property
+    def info(self) -> TeacherInfo:
+        fields = TeacherInfo.__dataclass_fields__
+        a = {k: v for k, v in self.attrs.items() if k in fields}
+        return TeacherInfo(**{**a, "mean": tuple(a["mean"]), "std": tuple(a["std"]), "grid": tuple(a["grid"])})
+
+    def codec_specs(self) -> dict[str, Codec]:
+        """The codec per stored kind, as given at extraction (format-1 names read as their new spelling)."""
+        return {kind: fitted.codec for kind, fitted in self.codecs.items()}
+
+    @functools.cached_property
+    def codecs(self) -> dict[str, FittedCodec]:
+        """The fitted codec per kind, its parameters read (checked) from ``codec/<kind>/*``; a codec this
+        version does not know is a one-line error naming it."""
+        described = self.attrs.get("codecs") or {kind: self.attrs["codec"] for kind in self.kinds}  # format 1: a name
+        out = {}
+        for kind in self.kinds:
+            params = {}
+            if f"codec/{kind}" in self.group:
+                params = {name: read_whole(array, f"teacher {self.name} codec parameter {kind}/{name}")
+                          for name, array in self.group[f"codec/{kind}"].arrays()}
+            out[kind] = FittedCodec.from_attrs(described[kind], self.info.dim, params, self.name)
+        return out
+
+    @property
+    def stored_grid(self) -> tuple[int, int]:
+        """The patch-token grid as stored (the teacher's, or pooled by the codec)."""
+        return self.codecs["patch"].codec.stored_grid(self.info.grid) if self.has_patch else self.info.grid
+
+    def stored_shape(self, kind: str) -> tuple[int, ...]:
+        """Vectors per sample-view of ``kind``: () for the summary, (tokens,) for patch tokens."""
+        return () if kind == "summary" else (self.stored_grid[0] * self.stored_grid[1],)
+
+    def arrays(self, kind: str) -> tuple[str, ...]:
+        """The stored arrays of ``kind``: the values, then any per-vector parts (int8 scales)."""
+        return (kind, *(f"{kind}_{part}" for part in self.codecs[kind].parts))
+
+    @property
+    def has_patch(self) -> bool:
+        return bool(self.attrs["has_patch"])
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return KINDS if self.has_patch else KINDS[:1]
+
+    @property
+    def units(self) -> int:
+        return int(self.attrs["units"])
+
+    def unit_rows(self, unit: int) -> range:
+        r = int(self.attrs["unit_rows"])
+        return range(unit * r, min(self.cache.n, (unit + 1) * r))
+
+    def unit_of(self, row: int) -> int:
+        return row // int(self.attrs["unit_rows"])
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows per shard (one file per feature array): a unit is whole shards (format 5), a single one before."""
+        return int(self.attrs.get("shard_rows", self.attrs["unit_rows"]))
+
+    def shard_indices(self, unit: int) -> range:
+        """The shard numbers (along rows) of ``unit``'s shards."""
+        rows, s = self.unit_rows(unit), self.shard_rows
+        return range(rows.start // s, -(-rows.stop // s))
+
+    def unit_shards(self, unit: int) -> list[range]:
+        """The rows of each shard of ``unit``, in order (a unit is written and verified shard by shard)."""
+        rows, s = self.unit_rows(unit), self.shard_rows
+        return [range(r, min(rows.stop, r + s)) for r in range(rows.start, rows.stop, s)]
+
+    def refresh(self) -> "TeacherStore":
+        """Re-read the attributes from the store (another process may have finished the teacher)."""
+        self.group = self.cache.group[f"teachers/{self.name}"]
+        self.attrs = json_normal(self.group.attrs.asdict())
+        self.__dict__.pop("codecs", None)
+        return self
+
+    def done(self) -> np.ndarray:
+        """(units,) bool: which units are complete; the only source of truth for resume. A damaged
+        flag reads as not done (its unit is then extracted again)."""
+        return self.read_progress()[0]
+
+    def read_progress(self) -> tuple[np.ndarray, list[int]]:
+        """(done flags, units whose flag chunk is damaged): one read of the whole array, and only when a
+        chunk fails its checksum, one read per unit to find which."""
+        progress = self.group["progress"]
+        try:
+            return progress[:].astype(bool), []
+        except ValueError:
+            done, damaged = np.zeros(self.units, bool), []
+            for unit in range(self.units):
+                try:
+                    done[unit] = bool(progress[unit])
+                except ValueError:
+                    damaged.append(unit)
+            return done, damaged
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    def read_stored(self, array: str, rows: slice, view) -> np.ndarray:
+        """One stored array (``arrays(kind)``) of ``rows`` at ``view`` (an int or a slice), as stored;
+        damaged, missing or non-finite data is a one-line error naming the teacher, rows and unit."""
+        first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
+        units = f"unit {first}" if first == last else f"units {first}-{last}"
+        what = f"teacher {self.name} {array} rows {rows.start}-{rows.stop - 1} ({units})"
+        x = read_checked(self.feature_array(array), (rows, view), what)
+        if (x == INT8_MISSING).any() if x.dtype == np.int8 else not np.isfinite(x).all():
+            problem = "missing values (a missing chunk)" if x.dtype == np.int8 else "non-finite values (NaN/Inf, or a missing chunk)"
+            raise UserError(f"{what}: {problem}; run `unic-cache verify --repair` and re-run extract")
+        return x
+
+    def _check_selection(self, kind: str, rows: slice, view) -> None:
+        """Arguments out of range are a usage error naming the valid range (never 'damaged data')."""
+        n, k = self.cache.n, self.cache.views
+        if kind not in self.kinds:
+            raise UserError(f"teacher {self.name} stores {', '.join(self.kinds)}, not {kind!r}")
+        if not (isinstance(rows.start, int) and isinstance(rows.stop, int) and 0 <= rows.start < rows.stop <= n):
+            raise UserError(f"rows {rows.start}:{rows.stop} out of range: teacher {self.name} has rows 0 to {n - 1}")
+        if isinstance(view, slice):
+            inside = len(range(k)[view]) > 0
+        else:
+            inside = isinstance(view, (int, np.integer)) and 0 <= view < k
+        if not inside:
+            raise UserError(f"view {view} out of range: the cache has views 0 to {k - 1}")
+
+    def read(self, kind: str, rows: slice, view) -> np.ndarray:
+        """``kind`` features of ``rows`` at ``view`` rebuilt by the codec as float32 (..., dim), read checked."""
+        self._check_selection(kind, rows, view)
+        parts = [self.read_stored(a, rows, view).astype(np.float32) for a in self.arrays(kind)]
+        return self.codecs[kind].decode(*parts).astype(np.float32, copy=False)
+
+    def feature_array(self, name: str) -> zarr.Array:
+        """A stored feature array, opened once (its metadata never changes once created)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    @property
+    def digest_arrays(self) -> list[str]:
+        """The arrays whose values of a unit its digest covers, in order: the stored features, then the unit's partial
+        statistics (none: a teacher made before format 4)."""
+        return list(self.attrs.get("digest_arrays", []))
+
+    def write_shard(self, rows: range, features: dict[str, np.ndarray], digest: "UnitDigest") -> None:
+        """Write one shard's rows of every stored array (a unit is written shard by shard, in row order)."""
+        for name, values in features.items():
+            self.feature_array(name)[rows.start:rows.stop] = values
+        digest.add(features)
+
+    def finish_unit(self, unit: int, moments: dict[str, Moments], cos_sums: dict[str, float], digest: "UnitDigest") -> None:
+        """Once every shard of ``unit`` is written: its partial statistics, its digest, then its progress flag."""
+        partial, written = self.group["stats/partial"], {}
+        for kind in self.kinds:
+            m = moments[kind]
+            for name, value in zip(PARTIALS, (m.count, cos_sums[kind], m.mean, m.m2)):
+                partial[f"{kind}_{name}"][unit] = value
+                written[f"stats/partial/{kind}_{name}"] = value
+        if self.digest_arrays:
+            self.group["digest"][unit] = digest.add(written).value()
+        self.group["progress"][unit] = 1
+
+    def unit_moments(self, kind: str, unit: int) -> tuple[Moments, float]:
+        """The partial statistics of one unit and its summed codec cosine (checked reads)."""
+        partial = self.group["stats/partial"]
+        what = f"teacher {self.name} partial {kind} statistics of unit {unit}"
+        count, cos, mean, m2 = (read_checked(partial[f"{kind}_{n}"], unit, what) for n in PARTIALS)
+        return Moments(float(count), mean, m2), float(cos)
+
+    def fold(self, kind: str) -> tuple[Moments, float]:
+        """Dataset moments of ``kind`` and the summed codec cosine, merged over units in unit order."""
+        total, cos = Moments.empty(self.info.dim), 0.0
+        for unit in range(self.units):
+            m, c = self.unit_moments(kind, unit)
+            total, cos = total.merge(m), cos + c
+        return total, cos
+
+    def finalize(self) -> bool:
+        """Once every unit is done, write ``stats/<kind>/{count, mean, var, cov}`` and mark complete
+        (one process merges; the others wait for it). False while units are missing."""
+        if not self.done().all():
+            return False
+        claims.once(self.cache.url, f"finalize-{self.name}", lambda: self.refresh().complete, self._merge_stats,
+                    lambda: None, f"merging the statistics of teacher {self.name}")
+        self.refresh()
+        return True
+
+    def _merge_stats(self) -> None:
+        fidelity = {}
+        for kind in self.kinds:
+            m, cos = self.fold(kind)
+            stats = self.group.require_group(f"stats/{kind}")
+            cov = m.m2 / max(m.count, 1.0)
+            for name, value in (("count", np.array([m.count])), ("mean", m.mean), ("var", np.diag(cov).copy()), ("cov", cov)):
+                create_checked(stats, name, value.shape, "float64", overwrite=True,
+                               compressors=(zarr.codecs.ZstdCodec(level=3),))[...] = value
+            fidelity[kind] = cos / max(m.count, 1.0)
+        if seal.has_seal(self.cache.group.store_path, f"teachers/{self.name}"):  # the statistics' arrays join the seal
+            self.cache.seal_teacher(self.name)
+        self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
+
+    def stats(self, kind: str) -> dict[str, np.ndarray]:
+        """Exact float64 statistics of a complete teacher: count, mean, var, cov (population)."""
+        if not self.complete:
+            raise UserError(f"teacher {self.name} in {self.cache.url} is not complete; run extract again to finish it")
+        out = {name: read_whole(self.group[f"stats/{kind}/{name}"], f"teacher {self.name} {kind} statistics ({name})")
+               for name in ("count", "mean", "var", "cov")}
+        if not all(np.isfinite(v).all() for v in out.values()):
+            raise UserError(f"teacher {self.name} {kind} statistics hold NaN/Inf; run `unic-cache verify --repair` "
+                            "and re-run extract")
+        return out
+
+    def nbytes_stored(self) -> int:
+        """Bytes on disk of every stored feature array (values and scales)."""
+        return sum(self.group[a].nbytes_stored() for kind in self.kinds for a in self.arrays(kind))
+
+    def nbytes_encoded(self) -> int:
+        """Bytes of every stored feature array before compression (what the planner predicts)."""
+        return sum(self.group[a].nbytes for kind in self.kinds for a in self.arrays(kind))
