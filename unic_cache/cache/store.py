@@ -13,8 +13,8 @@ its seal is refused on open; ``verify --repair`` restores it. Formats 1-3 open a
 from __future__ import annotations
 
 import contextlib
-import itertools
 import functools
+import itertools
 import time
 from typing import Callable
 
@@ -31,6 +31,7 @@ from .views import P, PlanConfig
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
                      json_normal, local_path, quick_digest, read_checked, read_whole, seal_root, store_path, write_plan)
 from .teacher import TeacherInfo, TeacherStore, codec_record, create_teacher
+
 
 def _looks_like_data(url: str) -> bool:
     """Whether a local folder holds a dataset (shards or images) rather than a cache."""

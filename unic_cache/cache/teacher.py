@@ -26,6 +26,7 @@ from .statistics import Moments
 if TYPE_CHECKING:
     from .store import Cache
 
+
 @dataclass(frozen=True)
 class TeacherInfo:
     """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
@@ -49,10 +50,12 @@ class TeacherInfo:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
 def codec_record(codecs: dict[str, Codec]) -> dict:
     """What identifies a teacher's storage: the codec spec per kind (None: patch tokens not stored)."""
     patch = codecs.get("patch")
     return {"codec": codecs["summary"].spec, "patch_codec": patch.spec if patch else None, "has_patch": patch is not None}
+
 
 class UnitDigest:
     """A unit's digest, fed shard by shard in row order: crc32c of each digested array's values of the unit as
@@ -72,6 +75,7 @@ class UnitDigest:
     def value(self) -> np.ndarray:
         """(len(digest_arrays),) uint32, in the order of ``digest_arrays``."""
         return np.array(list(self.crc.values()), np.uint32)
+
 
 def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int, info: TeacherInfo,
                fitted: dict[str, FittedCodec], shard_mb: float, unit_rows: int | None, code_version: str) -> zarr.Group:
@@ -118,6 +122,7 @@ def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int
     # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
     create_checked(group, "progress", (units,), "uint8", chunks=(1,))
     return group
+
 
 class TeacherStore:
     """One teacher's arrays in a cache: features, progress per unit, and statistics."""
