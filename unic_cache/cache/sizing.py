@@ -141,7 +141,6 @@ class TeacherSize:
     views: int
     shard_mb: float = 256.0  # extract's shards and units of work, as its --shard-mb and --unit-rows
     unit_rows: int | None = None
-    format: int = 5  # the cache format the teacher is added to (format 4: one shard per unit)
 
     def kinds(self) -> dict[str, tuple[Codec, int, int, dict]]:
         """summary/patch -> (codec, planned stored width, stored tokens per vector, codec parameter shapes)."""
@@ -160,7 +159,7 @@ class TeacherSize:
         """The units extract will cut this teacher into."""
         kinds = self.kinds()
         patch = kinds["patch"][2] * kinds["patch"][0].bytes_per_vector(kinds["patch"][1]) if "patch" in kinds else None
-        stats = partial_stats_bytes(self.dim, len(kinds)) if self.format >= 5 else 0
+        stats = partial_stats_bytes(self.dim, len(kinds))  # a new cache: format 5's units
         return UnitLayout.of(self.samples, self.per_sample_view * self.views, patch, self.shard_mb, self.unit_rows, stats)
 
     def arrays(self) -> list[ArrayPlan]:
