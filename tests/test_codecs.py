@@ -270,3 +270,22 @@ def test_statistics_take_under_one_percent_of_the_features_at_imagenet_scale(tea
     for name, t in json.loads(plan_report(opts_)[0])["teachers"].items():
         assert t["bytes"]["statistics"] <= 0.01 * t["bytes"]["features"], (name, t["bytes"])
         assert t["unit_rows"] % t["shard_rows"] == 0
+
+
+def test_plan_takes_the_schedule_and_sizes_the_views_it_needs():
+    """`plan --epochs E` plans the fewest views that keep each one's replays within the measured limit, and says so;
+    --views fewer than that is planned as asked, with a warning naming the views the schedule needs."""
+    import json
+
+    from unic_cache.cache.views import REPLAY_LIMIT, views_for
+    from unic_cache.plan import PlanOptions, plan_report
+
+    epochs = 4 * REPLAY_LIMIT + 1
+    figures = json.loads(plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs, json=True))[0])
+    assert figures["views"] == views_for(epochs) == 5
+    assert figures["schedule"]["replays_per_view"] <= REPLAY_LIMIT < epochs / 4
+    eight = json.loads(plan_report(PlanOptions(samples=1000, teachers=["dino:base"], json=True))[0])
+    assert eight["views"] == 8 and "schedule" not in eight
+    lines = plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs, views=4))
+    assert lines[-1].endswith("warning: plan --views 5 for this schedule")
+    assert "warning" not in plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs))[-1]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from unic_cache import Cache, UserError
 from unic_cache.models import teachers as teachers_module
+from unic_cache.cache.views import REPLAY_LIMIT, views_for
 from unic_cache.distillation.recipe import Distiller, distill
 from unic_cache.distillation.loader import DistillStream, Selection
 
@@ -320,3 +321,44 @@ def test_distill_says_how_often_each_cached_view_is_replayed(world, tmp_path):
     assert Distiller(config(world, tmp_path / "a", steps=24)).replay_plan() == (
         f"views: 6.0 epochs over {VIEWS} cached views of each sample: each view is replayed {6 / VIEWS:.1f} times")
     assert "each view is replayed 6.0 times" in Distiller(config(world, tmp_path / "b", steps=24, views=1)).replay_plan()
+    assert Distiller(config(world, tmp_path / "c", steps=24)).replay_warning() is None
+
+
+def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix_it(world, tmp_path):
+    """A schedule that replays each view more than ``REPLAY_LIMIT`` times is warned of, even without progress bars,
+    with the extract --views that brings it back; online runs replay nothing."""
+    steps = int(REPLAY_LIMIT * VIEWS * 32 / 8) + 4  # 32 samples, batches of 8: just above the limit
+    warning = Distiller(config(world, tmp_path / "a", steps=steps)).replay_warning()
+    need = views_for(steps * 8 / 32)
+    assert need == VIEWS + 1 and f"--views {need}`" in warning and "\n" not in warning
+    assert Distiller(config(world, tmp_path / "a", steps=steps - 8)).replay_warning() is None
+    assert Distiller(config(world, tmp_path / "b", steps=steps, online=True)).replay_warning() is None
+    proc = subprocess.Popen([sys.executable, "-m", "unic_cache", "distill", str(world[0] / "data"), "--cache", world[1],
+                             "--out", str(tmp_path / "c"), "--student", STUDENT, "--img-size", "32", "--model-arg",
+                             "depth=2", "--steps", str(steps), "--batch-size", "8", "--workers", "0", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # said before the first step
+    finally:
+        proc.kill()
+        proc.wait()
+    assert first.startswith("warning: each cached view will be replayed") and f"--views {need}`" in first
+
+
+def test_flipped_samples_keep_their_summary_target_and_lose_their_patch_targets(world, tmp_path):
+    """--flip-p 1 mirrors every student view: the loss is the summary loss on the mirrored views alone (the patch heads
+    get no gradient); --flip-p 0 is UNIC's step exactly."""
+    flip = Distiller(config(world, tmp_path / "flip", flip_p=1.0, teacher_drop=0.0))
+    summary = Distiller(config(world, tmp_path / "summary", kinds=["summary"], teacher_drop=0.0))
+    flip.student.eval(), summary.student.eval()  # the same forward twice (no dropout), gradients all the same
+    batch = next(iter(flip.loader()))
+    mirrored = {**batch}
+    loss, per_teacher, _ = flip.loss({**batch})
+    loss.backward()
+    patch_grads = [p.grad for name, p in flip.student.heads.named_parameters() if "__patch" in name]
+    assert patch_grads and all(g is None or not g.any() for g in patch_grads)
+    assert any(p.grad is not None and p.grad.any() for name, p in flip.student.heads.named_parameters() if "__summary" in name)
+    summary.student.load_state_dict(flip.student.state_dict(), strict=False)
+    summary.views = lambda b, name, res, cl=False: Distiller.views(flip, b, name, res, cl).flip(-1)  # the same mirror
+    _, alone, _ = summary.loss(mirrored)
+    torch.testing.assert_close(per_teacher, alone)

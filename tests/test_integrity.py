@@ -390,6 +390,22 @@ def test_distill_never_writes_into_a_foreign_folder(clean_cache, run_args, tmp_p
     assert (notes / "config.json").read_text() == "my own config"
 
 
+def test_a_run_killed_while_writing_a_checkpoint_continues(clean_cache, run_args, tmp_path):
+    """A kill inside ``save_checkpoint`` leaves ``step-N.tmp/<file>.safetensors.tmp``: our own unfinished work, so the
+    same command continues from the last whole checkpoint (it was refused as another's files)."""
+    out = tmp_path / "run"
+    assert cli(*run_args(clean_cache, out, "--checkpoint-every", "1")).exit_code == 0
+    shutil.rmtree(out / "model")
+    (out / "heads.safetensors").unlink()
+    cut = out / "checkpoints" / "step-00000004.tmp"
+    cut.mkdir()
+    (cut / "model.safetensors").write_bytes(b"whole")
+    (cut / "optimizer.safetensors.tmp").write_bytes(b"half a fil")
+    again = cli(*run_args(clean_cache, out, "--checkpoint-every", "1"))
+    assert again.exit_code == 0, again.stderr
+    assert (out / "model" / "model.safetensors").exists()
+
+
 def test_a_zarr_group_of_someone_else_is_refused(shapes_dir, weights, tmp_path):
     theirs = tmp_path / "theirs.zarr"
     zarr.open_group(str(theirs), mode="w").attrs["project"] = "not ours"

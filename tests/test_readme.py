@@ -26,7 +26,7 @@ SHRINK = ["data.shapes.n=120", "cache.views=2", "teachers.shape-texture.train.ep
           "teachers.colour-geometry.train.epochs=1", "distill.epochs=1", "distill.workers=0"]
 SIZES = [("/data/", "{tmp}/data/"), ("{0000..1023}", "{0000..0001}"), ("base", "small"), ("--epochs 200", "--epochs 1"),
          ("epochs: 100", "epochs: 1"), ("epochs=10)", "epochs=1)"), ("epochs=20", "epochs=1"),
-         ("--batch-size 128", "--batch-size 4"), ("batch_size: 256", "batch_size: 4"),
+         ("--batch-size 128", "--batch-size 4"), ("--views 16", "--views 3"), ("batch_size: 256", "batch_size: 4"),
          ("--nproc-per-node 8", "--nproc-per-node 2"), ("http://10.0.0.5:9000", "{s3}"),
          ('--set "seeds=[0]"', '--set "seeds=[0]" ' + " ".join(f'--set "{s}"' for s in SHRINK)),
          ('["seeds=[0]"]', repr(["seeds=[0]", *SHRINK])),
@@ -63,7 +63,8 @@ def adapt(kind: str, text: str, tmp: Path, s3: str) -> str:
     command = text.split("  #")[0]
     if command.startswith("unic-cache extract"):
         hub = HUB.search(command) and "--weights" not in command
-        return f"{command} {EXTRACT_SIZES}{' --weights random' if hub else ''} --no-progress"
+        sizes = EXTRACT_SIZES if "--views" not in command else EXTRACT_SIZES.replace("--views 2 ", "")
+        return f"{command} {sizes}{' --weights random' if hub else ''} --no-progress"
     if " distill " in f" {command} ":
         return f"{command} {STUDENT_SIZES} --no-progress"
     if command.startswith("unic-cache run"):

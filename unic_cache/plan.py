@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 from .cache.codecs import codec_problem, kind_codecs
+from .cache.views import REPLAY_LIMIT, views_for
 from .cache.sizing import KEY_BYTES, ArrayPlan, TeacherSize, cache_arrays, plan_figures, plan_lines
 from .errors import UserError
 from .options import Options, at_least, comma_list, key_values, option, storage_option
@@ -28,7 +29,11 @@ class PlanOptions(Options):
                                     checks=(at_least(1),))
     model_args: dict = option(help="KEY=VALUE passed to timm.create_model (repeatable).", factory=dict,
                               flag="--model-arg", parse=key_values)
-    views: int = option(8, "Augmented views per sample.", checks=(at_least(1),))
+    views: int | None = option(None, "Augmented views per sample (default: enough for --epochs, else 8).",
+                               checks=(at_least(1),))
+    epochs: float | None = option(None, "The stage-2 schedule the cache is for: plans the views that keep each view's "
+                                        "replays (epochs / views) within what the reuse curve measured as safe.",
+                                  checks=(lambda v: None if v > 0 else f"must be > 0, got {v}",))
     patch: bool = option(True, "Store patch tokens as well as the summary.")
     codec: str = option("f16", "Feature codec, as extract's --codec.", checks=(codec_problem,))
     patch_codec: str | None = option(None, "Patch-token codec when it differs, as extract's --patch-codec.",
@@ -40,6 +45,11 @@ class PlanOptions(Options):
     unit_rows: int | None = option(None, "Extract's --unit-rows, when given there.", checks=(at_least(1),))
     json: bool = option(False, "Print the figures as one JSON object (bytes per array kind, totals, files).")
     storage_options: dict = storage_option()
+
+    @property
+    def planned_views(self) -> int:
+        """--views, or the views --epochs needs, or UNIC's 8."""
+        return self.views or (views_for(self.epochs) if self.epochs is not None else 8)
 
     def check_together(self) -> None:
         if not self.teachers:
@@ -69,14 +79,31 @@ def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
             info = teacher_shape(teacher, size, opts.resolution, opts.model_args)
         else:  # an alias: known without torch
             info = alias_shape(teacher, size, default_resolution(teacher, opts.resolution))
-        sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.views,
+        sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.planned_views,
                                  opts.shard_mb, opts.unit_rows))
-    return sizes, cache_arrays(samples, opts.views, key_bytes)
+    return sizes, cache_arrays(samples, opts.planned_views, key_bytes)
+
+
+def schedule_line(opts: PlanOptions) -> str | None:
+    """What --epochs means for the views: how often each is replayed, against the measured limit."""
+    if opts.epochs is None:
+        return None
+    views, replays = opts.planned_views, opts.epochs / opts.planned_views
+    line = (f"schedule: {opts.epochs:g} epochs over {views} views replay each view {replays:.1f} times "
+            f"(measured safe: up to {REPLAY_LIMIT:g}")
+    if replays > REPLAY_LIMIT:
+        return f"{line}); warning: plan --views {views_for(opts.epochs)} for this schedule"
+    return line + ")"
 
 
 def plan_report(opts: PlanOptions) -> list[str]:
     """The planner's lines for ``opts`` (one JSON line with --json)."""
     sizes, cache = plan(opts)
     if opts.json:
-        return [json.dumps(plan_figures(sizes, cache, opts.throughput))]
-    return plan_lines(sizes, cache, opts.throughput)
+        figures = plan_figures(sizes, cache, opts.throughput)
+        if opts.epochs is not None:
+            figures["schedule"] = {"epochs": opts.epochs, "replays_per_view": opts.epochs / opts.planned_views,
+                                   "replay_limit": REPLAY_LIMIT, "views_needed": views_for(opts.epochs)}
+        return [json.dumps(figures)]
+    schedule = schedule_line(opts)
+    return plan_lines(sizes, cache, opts.throughput) + ([schedule] if schedule else [])

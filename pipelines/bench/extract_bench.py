@@ -8,10 +8,14 @@
 - ``--marginal``: per image, the marginal wall time of ``unic-cache extract`` between a small and a large
   corpus (8 views, a near-free teacher: only its patch embedding) divided by a plain PIL decode of the
   same images; ``--baseline DIR`` measures another checkout the same way beside it (e.g. a git worktree
-  of an earlier version), so both figures come from one run.
+  of an earlier version), so both figures come from one run;
+- ``--grow K1``: views added to a cache: the wall time of ``extract --views K`` growing a K1-view cache, per added
+  sample-view, beside a fresh K-view extract's per sample-view, side by side in one run (and the grown teacher
+  read against the fresh one, array by array).
 
     python pipelines/bench/extract_bench.py --n 96 --arch vit_small_patch16_224 --res 224 --workers 1
     python pipelines/bench/extract_bench.py --marginal --baseline /tmp/before-split
+    python pipelines/bench/extract_bench.py --grow 4 --views 8 --n 64 --depth 4
 """
 
 from __future__ import annotations
@@ -123,6 +127,38 @@ def marginal(small: int, large: int, views: int, res: int, codes: dict[str, Path
             "| code | ms per image (8 views) | ÷ plain decode |", "|---|---|---|", *rows, ""]
 
 
+def grow(k1: int, views: int, n: int, arch: str, res: int, model_args: dict, common: dict) -> list[str]:
+    """Markdown lines: wall time per sample-view of a fresh ``views``-view extract, of a ``k1``-view one, and of
+    growing the latter to ``views`` (per added sample-view), all in this process; and whether they read the same."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        make_photos(data, n=n, seed=0, shard_size=max(1, n // 4))
+        opts = lambda k: ExtractOptions(teacher=f"timm:{arch}", model_args=model_args, **{**common, "views": k})  # noqa: E731
+        wall, loop = {}, {}
+        for name, cache, k in (("fresh", "fresh.zarr", views), ("small", "grown.zarr", k1), ("grow", "grown.zarr", views)):
+            start = time.perf_counter()
+            report = extract(str(data), str(Path(tmp) / cache), opts(k))
+            wall[name], loop[name] = time.perf_counter() - start, report.seconds
+            assert report.complete
+        fresh, grown = (Cache.open(str(Path(tmp) / c)).teacher(arch) for c in ("fresh.zarr", "grown.zarr"))
+        rows = slice(0, fresh.cache.n)
+        same = all(np.array_equal(fresh.read_stored(a, rows, v), grown.read_stored(a, rows, v))
+                   for kind in fresh.kinds for a in fresh.arrays(kind) for v in range(views))
+    computed = {"fresh": n * views, "small": n * k1, "grow": n * (views - k1)}
+    names = {"fresh": f"fresh, {views} views", "small": f"fresh, {k1} views",
+             "grow": f"grown {k1} -> {views} views (views {k1}-{views - 1} only)"}
+    per = {name: (wall[name] / computed[name], loop[name] / computed[name]) for name in computed}
+    return [f"Teacher {arch} (random weights, {model_args or 'full depth'}) at {res} px, {n} ImageNet-like JPEGs, batch "
+            f"{common['batch_size']}. Per sample-view computed: the wall time of each `extract` call (index, "
+            "calibration, model and writes included; a grown teacher reuses its codec, so it calibrates nothing) and "
+            "of its units alone (decode, views, forward, writes: `ExtractReport.seconds`):", "",
+            "| extract | sample-views computed | ms per sample-view, call | ÷ fresh | ms per sample-view, units | ÷ fresh |",
+            "|---|---|---|---|---|---|",
+            *(f"| {names[k]} | {computed[k]} | {per[k][0] * 1000:.1f} | {per[k][0] / per['fresh'][0]:.2f} | "
+              f"{per[k][1] * 1000:.1f} | {per[k][1] / per['fresh'][1]:.2f} |" for k in computed), "",
+            f"The grown teacher's stored arrays equal the fresh {views}-view extract's, every view: **{same}**.", ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=96, help="images of the corpus")
@@ -140,20 +176,26 @@ def main() -> None:
     ap.add_argument("--marginal", action="store_true", help="only the marginal per-image time against a plain decode")
     ap.add_argument("--small", type=int, default=48, help="--marginal: images of the small corpus")
     ap.add_argument("--baseline", type=Path, help="--marginal: another checkout measured beside this one")
+    ap.add_argument("--grow", type=int, metavar="K1", help="only the views added to a K1-view cache (up to --views)")
     ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     args = ap.parse_args()
     torch.manual_seed(0)
+    model_args = {"depth": args.depth} if args.depth is not None else {}
+    common = dict(resolution=args.res, weights="random", batch_size=args.batch_size, workers=args.workers,
+                  device=args.device, shard_mb=args.shard_mb, progress=False)
+    if args.grow:
+        publish(heading("Views added to a cache", args.device)
+                + grow(args.grow, args.views, args.n, args.arch, args.res, model_args, common), args.write)
+        return
     if args.marginal:
         codes = {"this checkout": ROOT, **({f"baseline ({args.baseline})": args.baseline} if args.baseline else {})}
         publish(heading("Extraction end to end per image against a plain decode", "cpu")
                 + marginal(args.small, args.n, args.views, args.res, codes), args.write)
         return
-    model_args = {"depth": args.depth} if args.depth is not None else {}
+    common["views"] = args.views
     with tempfile.TemporaryDirectory() as tmp:
         data, cache = Path(tmp) / "data", str(Path(tmp) / "cache.zarr")
         make_photos(data, n=args.n, seed=0, shard_size=max(1, args.n // 4))
-        common = dict(resolution=args.res, weights="random", views=args.views, batch_size=args.batch_size,
-                      workers=args.workers, device=args.device, shard_mb=args.shard_mb, progress=False)
         images = args.n * args.views
         before = forward_only(args.arch, args.res, images, args.batch_size, args.device, model_args)
         report = extract(str(data), cache, ExtractOptions(teacher=f"timm:{args.arch}", model_args=model_args, **common))

@@ -4,7 +4,7 @@ against its seal), ``find_damage`` / ``verify_cache`` (decode and check every ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import zarr
@@ -20,7 +20,7 @@ from .format import (ALWAYS_WRITE, INDEX_ARRAYS, checksummed, index_arrays, quic
                      write_plan)
 from .sizing import PARTIALS
 from .store import Cache
-from .teacher import TeacherStore, UnitDigest
+from .teacher import VIEW_BLOCK, TeacherStore, UnitDigest
 from .views import plan_views
 
 
@@ -144,7 +144,7 @@ def _remove_unit_shards(store: TeacherStore, unit: int) -> None:
 
 def _check_features(store: TeacherStore, kind: str, unit: int, bad: np.ndarray, digest: UnitDigest) -> list[str]:
     """Problems of ``unit``'s stored ``kind`` arrays, read shard by shard (their digest fed as they come)."""
-    k, zero, stored_bad = store.cache.views, False, False
+    k, zero, stored_bad = store.own_views, False, False
     for shard in store.unit_shards(unit):
         parts = {a: store.read_stored(a, slice(shard.start, shard.stop), slice(None)) for a in store.arrays(kind)}
         digest.add(parts)
@@ -159,7 +159,7 @@ def _check_features(store: TeacherStore, kind: str, unit: int, bad: np.ndarray, 
 def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage) -> None:
     rows = store.unit_rows(unit)
     good = ~bad[rows.start:rows.stop]
-    k = store.cache.views
+    k = store.own_views
     digest, fed = UnitDigest(store), set()
     for kind in store.kinds:
         where = f"teacher {store.name} {kind} rows {rows.start}-{rows.stop - 1} (unit {unit})"
@@ -216,10 +216,12 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
             damage.stats.add(store.name)
     for unit in tqdm(np.flatnonzero(done), desc=f"verify {store.name}", unit="unit", disable=not progress):
         _check_unit(store, int(unit), bad, damage)
+    if store.first_view:
+        _check_block_params(store, damage)
     if store.complete:
         for kind in store.kinds:
             try:
-                stats = store.stats(kind)
+                stats = store.own_stats(kind)
             except UserError as exc:
                 damage.problems.append(str(exc).split(";")[0])
                 damage.stats.add(store.name)
@@ -239,6 +241,26 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
                 damage.stats.add(store.name)
     elif done.all():
         damage.pending.append(f"teacher {store.name}: all units done but statistics not finalised; run extract again")
+
+
+def _check_block_params(block: TeacherStore, damage: Damage) -> None:
+    """A view block's stored view parameters against the plan; damaged or different ones make the block be removed by
+    repair and extracted again (its features were made from them)."""
+    image_size, step = block.cache.image_size, 65536
+    for a in range(0, block.cache.n, step):
+        rows = slice(a, min(block.cache.n, a + step))
+        try:
+            stored = block.own_params(rows)
+        except UserError as exc:
+            damage.problems.append(str(exc).split(";")[0])
+            damage.codec.add(block.name)
+            return
+        planned = plan_views(replace(block.cache.plan, views=block.own_views), np.arange(rows.start, rows.stop),
+                             image_size[rows], block.first_view)
+        if not np.array_equal(stored, planned):
+            damage.problems.append(f"teacher {block.name} params rows {rows.start}-{rows.stop - 1} differ from the view plan")
+            damage.codec.add(block.name)
+            return
 
 
 def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Damage) -> None:
@@ -322,7 +344,9 @@ def find_damage(cache: Cache, source: Source | None = None, progress: bool = Tru
         _check_plan(cache, damage)
         for name in cache.teacher_names():
             try:
-                _check_teacher(cache.teacher(name), cache.bad, progress, damage)
+                store = cache.teacher(name)
+                for group in (store, *store.blocks):  # the teacher, then the views added to it
+                    _check_teacher(group, cache.bad, progress, damage)
             except Exception as exc:  # metadata that does not parse, an array that cannot be opened
                 damage.problems.append(f"teacher {name}: cannot be read ({type(exc).__name__}: {str(exc)[:100]}); "
                                        "extract it again under a new --name")
@@ -361,9 +385,10 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
         done.append(f"rewrote views/params rows {rows.start}-{rows.stop - 1} from the view plan")
     for name in sorted(damage.codec):  # nothing of it decodes: the same extract command makes it again (new calibration)
         del cache.group["teachers"][name]
-        done.append(f"teacher {name}: removed (its codec parameters were damaged, so none of its features could be "
-                    "decoded); the same extract command extracts it again")
-    for name in sorted(set(damage.units) | damage.stats):
+        done.append(f"teacher {name}: removed (its codec or view parameters were damaged, so none of its features could "
+                    "be decoded); the same extract command extracts it again")
+    removed = lambda name: any(name == gone or name.startswith(f"{gone}/") for gone in damage.codec)  # noqa: E731
+    for name in sorted(n for n in set(damage.units) | damage.stats if not removed(n)):
         store = cache.teacher(name)
         for unit in sorted(damage.units.get(name, ())):
             store.group["progress"][unit] = 0
@@ -386,7 +411,9 @@ def _sealed_places(url: str) -> list[str]:
 
     prefix = "/".join(p for p in (root.path, "teachers") if p)
     names = sorted(n.strip("/") for n in sync(children(prefix)) if n.strip("/") != "zarr.json")
-    return [seal.ROOT_SEAL_AT, *(f"teachers/{n}" for n in names)]
+    blocks = [f"{n}/{b.strip('/')}" for n in names for b in sorted(sync(children(f"{prefix}/{n}")))
+              if b.startswith(VIEW_BLOCK)]
+    return [seal.ROOT_SEAL_AT, *(f"teachers/{n}" for n in sorted(names + blocks))]
 
 
 def metadata_damage(url: str) -> tuple[list[str], list[str]]:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import zarr
@@ -126,12 +127,15 @@ def index_arrays(index: DatasetIndex, bad: np.ndarray, version: int = FORMAT_VER
     return {**keys, "location": location, "image_size": index.image_size, "bad": bad, "digest": index.digest}
 
 
-def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray, rows: slice | None = None) -> None:
-    """Fill ``views/params`` (or its ``rows``) from the plan, a block of rows at a time (bounded memory)."""
+def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray, rows: slice | None = None,
+               first_view: int = 0) -> None:
+    """Fill ``views/params`` (or its ``rows``) from the plan, a block of rows at a time (bounded memory); a view
+    block's ``params`` hold its views, ``first_view`` on."""
     start, stop = (rows.start, rows.stop) if rows is not None else (0, params.shape[0])
+    plan = replace(plan, views=params.shape[1])
     for a in range(start, stop, _PLAN_BLOCK):
         b = min(stop, a + _PLAN_BLOCK)
-        params[a:b] = plan_views(plan, np.arange(a, b), image_size[a:b])
+        params[a:b] = plan_views(plan, np.arange(a, b), image_size[a:b], first_view)
 
 
 def seal_root(group: zarr.Group) -> None:

@@ -30,7 +30,7 @@ from .sources import DatasetIndex, Source
 from .views import P, PlanConfig
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
                      json_normal, local_path, quick_digest, read_checked, read_whole, seal_root, store_path, write_plan)
-from .teacher import TeacherInfo, TeacherStore, codec_record, create_teacher
+from .teacher import VIEW_BLOCK, TeacherInfo, TeacherStore, codec_record, create_teacher
 
 
 def _looks_like_data(url: str) -> bool:
@@ -216,8 +216,12 @@ class Cache:
         return "; ".join(parts) or "the shard order differs"
 
     def check_plan(self, plan: PlanConfig) -> None:
-        """Refuse another view plan than the cache's, naming what differs (views, seed, crop scale, ...)."""
-        have, want = self.attrs["plan"], json_normal(plan.to_dict())
+        """Refuse another view plan than the cache's, naming what differs (seed, crop scale, ...); more views than the
+        cache's are the same plan, grown (``add_views``), fewer are refused."""
+        if plan.views < self.views:
+            raise UserError(f"cache {self.url} has {self.views} views per sample; extract takes --views {self.views} or "
+                            "more (more adds views to its teachers), or a new --cache path")
+        have, want = {**self.attrs["plan"], "views": plan.views}, json_normal(plan.to_dict())
         if want != have:
             flat = lambda d: {**{k: v for k, v in d.items() if k != "policy"}, **d.get("policy", {})}  # noqa: E731
             a, b = flat(have), flat(want)
@@ -321,7 +325,7 @@ class Cache:
             self._teacher_sealed.pop(name)  # being added by another process, or its seal lost: look again next time
             raise UserError(f"cache {self.url}: teachers/{name}/{seal.SEAL} is missing, so the teacher's metadata cannot be "
                             f"checked; extract it again under a new --name")
-        return TeacherStore(group, self)
+        return TeacherStore(group, self, name)
 
     def _teacher_ready(self, name: str) -> bool:
         """True once a teacher's arrays exist: its seal is written last (``progress`` in caches of formats 1-3);
@@ -364,10 +368,36 @@ class Cache:
                        code_version)
         self.seal_teacher(name)
 
+    def add_views(self, store: TeacherStore, views: int, shard_mb: float = 256.0, unit_rows: int | None = None,
+                  code_version: str = "") -> TeacherStore:
+        """The view block of ``store`` (a complete teacher) holding its views ``store.views`` .. ``views - 1``, created
+        by one of the processes that race to add it (same codec, parameters from the plan), used by the others."""
+        first = store.views
+        name = f"{store.name}/{VIEW_BLOCK}{first}"
+
+        def create() -> None:
+            group = create_teacher(store.group, f"{VIEW_BLOCK}{first}", self.n, views - first, self.format, store.info,
+                                   store.codecs, shard_mb, unit_rows, code_version)
+            group.attrs["first_view"] = first
+            params = create_checked(group, "params", (self.n, views - first, P), "float32",
+                                    chunks=(min(self.n, 4096), views - first, P), compressors=(zarr.codecs.ZstdCodec(level=3),))
+            write_plan(params, self.plan, self.image_size, first_view=first)
+            self.seal_teacher(name)
+
+        claims.once(self.url, f"teacher-{store.name}-{VIEW_BLOCK}{first}", lambda: self._teacher_ready(name), create,
+                    lambda: None, f"adding views {first}-{views - 1} of teacher {store.name}")
+        block = self.teacher(name)
+        if block.own_views != views - first:
+            raise UserError(f"teacher {store.name} has views {first}-{first + block.own_views - 1} being added by another "
+                            f"extract; run it with --views {first + block.own_views} first")
+        return block
+
     def seal_teacher(self, name: str) -> None:
-        """Seal the metadata of teacher ``name`` as it is now (at creation, and again with its merged statistics)."""
-        seal.write_seal(self.group.store_path, f"teachers/{name}",
-                        seal.member_paths(self.group[f"teachers/{name}"], f"teachers/{name}"))
+        """Seal the metadata of teacher ``name`` (or a view block) as it is now (at creation, and again with its merged
+        statistics); a teacher's seal leaves out its view blocks, which have their own."""
+        at = f"teachers/{name}"
+        paths = [p for p in seal.member_paths(self.group[at], at) if not p.startswith(f"{at}/{VIEW_BLOCK}")]
+        seal.write_seal(self.group.store_path, at, paths)
 
 
 def check_cache_target(url: str, source: Source, mode: str = "r") -> Cache | None:

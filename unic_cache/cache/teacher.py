@@ -4,6 +4,11 @@ A teacher's rows are split into *units* of work, each one or more whole zarr sha
 (format 5: as many as keep the unit's partial statistics under 1/200 of its features; format 4: one). A writer
 owns whole units; a unit's features (shard by shard), then its partial statistics and digest, then its progress
 flag are written, so a unit whose flag is set is complete, and nothing else needs to be trusted on resume.
+
+Views added to a made cache (``extract --views K2`` on a cache of K1 views) form a *view block*,
+``teachers/<name>/views-<K1>/``: a group laid out as a teacher of K2 - K1 views (its own units, progress, digest,
+partial statistics and seal), with the base's fitted codec and its views' parameters (``params``); its merged
+statistics cover every view of the teacher up to its own. Readers of the base see the views of every complete block.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from ..errors import UserError
 from .format import KINDS, create_checked, json_normal, read_checked, read_whole
 from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
 from .statistics import Moments
+
+VIEW_BLOCK = "views-"  # a view block's group: teachers/<name>/views-<its first view>
 
 if TYPE_CHECKING:
     from .store import Cache
@@ -127,10 +134,9 @@ def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int
 class TeacherStore:
     """One teacher's arrays in a cache: features, progress per unit, and statistics."""
 
-    def __init__(self, group: zarr.Group, cache: Cache):
-        self.group, self.cache = group, cache
+    def __init__(self, group: zarr.Group, cache: Cache, name: str):
+        self.group, self.cache, self.name = group, cache, name  # name: "<teacher>", or "<teacher>/views-<K1>" (a block)
         self.attrs = json_normal(group.attrs.asdict())
-        self.name = group.basename
         self._arrays: dict[str, zarr.Array] = {}
 
     @property
@@ -208,8 +214,58 @@ class TeacherStore:
         """Re-read the attributes from the store (another process may have finished the teacher)."""
         self.group = self.cache.group[f"teachers/{self.name}"]
         self.attrs = json_normal(self.group.attrs.asdict())
-        self.__dict__.pop("codecs", None)
+        for cached in ("codecs", "blocks"):
+            self.__dict__.pop(cached, None)
         return self
+
+    # --- views: the group's own, and those of the view blocks added to the teacher since
+    @property
+    def first_view(self) -> int:
+        """The number of this group's first view: 0 for a teacher, K1 for a view block."""
+        return int(self.attrs.get("first_view", 0))
+
+    @property
+    def own_views(self) -> int:
+        """The views this group's arrays hold."""
+        return int(self.feature_array("summary").shape[1])
+
+    @functools.cached_property
+    def blocks(self) -> list["TeacherStore"]:
+        """The view blocks added to this teacher, in view order (finished or not); none for a block itself."""
+        if self.first_view:
+            return []
+        names = sorted((int(n.split("-")[1]), n) for n, _ in self.group.groups() if n.startswith(VIEW_BLOCK))
+        return [self.cache.teacher(f"{self.name}/{n}") for _, n in names]
+
+    def usable_blocks(self) -> list["TeacherStore"]:
+        """The complete view blocks that continue the teacher's views without a gap, in order."""
+        out, end = [], self.own_views
+        for block in self.blocks:
+            if block.first_view != end or not block.complete:
+                break
+            out.append(block)
+            end += block.own_views
+        return out
+
+    @property
+    def views(self) -> int:
+        """The views stage 2 can read of this teacher: its own and its complete view blocks'."""
+        return self.own_views + sum(b.own_views for b in self.usable_blocks())
+
+    def params(self, rows: slice) -> np.ndarray:
+        """(rows, views, P) view parameters of every view this teacher has (checked reads)."""
+        return np.concatenate([g.own_params(rows) for g in (self, *self.usable_blocks())], axis=1)
+
+    def own_params(self, rows: slice) -> np.ndarray:
+        """(rows, own_views, P) the parameters of this group's views: the cache's plan, or a view block's stored
+        ones; a missing chunk is an error."""
+        if not self.first_view:
+            return self.cache.params(rows)
+        what = f"teacher {self.name} params rows {rows.start}-{rows.stop - 1}"
+        values = read_checked(self.group["params"], rows, what)
+        if not np.isfinite(values).all():
+            raise UserError(f"{what}: missing values (a missing chunk); run `unic-cache verify --repair`")
+        return values
 
     def done(self) -> np.ndarray:
         """(units,) bool: which units are complete; the only source of truth for resume. A damaged
@@ -236,8 +292,14 @@ class TeacherStore:
         return bool(self.group.attrs.get("complete", False))
 
     def read_stored(self, array: str, rows: slice, view) -> np.ndarray:
-        """One stored array (``arrays(kind)``) of ``rows`` at ``view`` (an int or a slice), as stored;
-        damaged, missing or non-finite data is a one-line error naming the teacher, rows and unit."""
+        """One stored array (``arrays(kind)``) of ``rows`` at ``view`` (an int: any of ``views``; or a slice of the
+        group's own views), as stored; damaged, missing or non-finite data is a one-line error naming the teacher,
+        rows and unit."""
+        if isinstance(view, (int, np.integer)) and view >= self.own_views:
+            block = next((b for b in self.usable_blocks() if view < b.first_view + b.own_views), None)
+            if block is None:
+                raise UserError(f"view {view} out of range: teacher {self.name} has views 0 to {self.views - 1}")
+            return block.read_stored(array, rows, int(view) - block.first_view)
         first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
         units = f"unit {first}" if first == last else f"units {first}-{last}"
         what = f"teacher {self.name} {array} rows {rows.start}-{rows.stop - 1} ({units})"
@@ -249,7 +311,7 @@ class TeacherStore:
 
     def _check_selection(self, kind: str, rows: slice, view) -> None:
         """Arguments out of range are a usage error naming the valid range (never 'damaged data')."""
-        n, k = self.cache.n, self.cache.views
+        n, k = self.cache.n, self.views
         if kind not in self.kinds:
             raise UserError(f"teacher {self.name} stores {', '.join(self.kinds)}, not {kind!r}")
         if not (isinstance(rows.start, int) and isinstance(rows.stop, int) and 0 <= rows.start < rows.stop <= n):
@@ -259,12 +321,18 @@ class TeacherStore:
         else:
             inside = isinstance(view, (int, np.integer)) and 0 <= view < k
         if not inside:
-            raise UserError(f"view {view} out of range: the cache has views 0 to {k - 1}")
+            raise UserError(f"view {view} out of range: teacher {self.name} has views 0 to {k - 1}")
 
     def read(self, kind: str, rows: slice, view) -> np.ndarray:
-        """``kind`` features of ``rows`` at ``view`` rebuilt by the codec as float32 (..., dim), read checked."""
+        """``kind`` features of ``rows`` at ``view`` (an int or a slice of ``views``) rebuilt by the codec as float32
+        (..., dim), read checked."""
         self._check_selection(kind, rows, view)
-        parts = [self.read_stored(a, rows, view).astype(np.float32) for a in self.arrays(kind)]
+        picked = range(self.views)[view] if isinstance(view, slice) else None
+        if picked and max(picked) >= self.own_views:  # across the view blocks: stored values gathered, decoded at once
+            parts = [np.stack([self.read_stored(a, rows, v) for v in picked], axis=1).astype(np.float32)
+                     for a in self.arrays(kind)]
+        else:
+            parts = [self.read_stored(a, rows, view).astype(np.float32) for a in self.arrays(kind)]
         return self.codecs[kind].decode(*parts).astype(np.float32, copy=False)
 
     def feature_array(self, name: str) -> zarr.Array:
@@ -305,17 +373,24 @@ class TeacherStore:
         return Moments(float(count), mean, m2), float(cos)
 
     def fold(self, kind: str) -> tuple[Moments, float]:
-        """Dataset moments of ``kind`` and the summed codec cosine, merged over units in unit order."""
+        """Dataset moments of ``kind`` and the summed codec cosine over every view up to this group's last: the units
+        of the teacher, then of each view block before this one, then this group's, in unit order."""
+        chain = [self]
+        if self.first_view:  # a block: the teacher's views before it come first
+            base = self.cache.teacher(self.name.split("/")[0])
+            chain = [base, *(b for b in base.blocks if b.first_view < self.first_view), self]
         total, cos = Moments.empty(self.info.dim), 0.0
-        for unit in range(self.units):
-            m, c = self.unit_moments(kind, unit)
-            total, cos = total.merge(m), cos + c
+        for group in chain:
+            for unit in range(group.units):
+                m, c = group.unit_moments(kind, unit)
+                total, cos = total.merge(m), cos + c
         return total, cos
 
     def finalize(self) -> bool:
         """Once every unit is done, write ``stats/<kind>/{count, mean, var, cov}`` and mark complete
-        (one process merges; the others wait for it). False while units are missing."""
-        if not self.done().all():
+        (one process merges; the others wait for it). False while units are missing (for a view block: or the
+        teacher's own are, whose statistics its merge continues)."""
+        if not self.done().all() or (self.first_view and not self.cache.teacher(self.name.split("/")[0]).complete):
             return False
         claims.once(self.cache.url, f"finalize-{self.name}", lambda: self.refresh().complete, self._merge_stats,
                     lambda: None, f"merging the statistics of teacher {self.name}")
@@ -337,7 +412,13 @@ class TeacherStore:
         self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
 
     def stats(self, kind: str) -> dict[str, np.ndarray]:
-        """Exact float64 statistics of a complete teacher: count, mean, var, cov (population)."""
+        """Exact float64 statistics of a complete teacher over every view it has (``views``): count, mean, var, cov
+        (population)."""
+        blocks = self.usable_blocks() if self.complete else []
+        return (blocks[-1] if blocks else self).own_stats(kind)
+
+    def own_stats(self, kind: str) -> dict[str, np.ndarray]:
+        """The statistics this group stores (a view block's cover the teacher's views up to its last)."""
         if not self.complete:
             raise UserError(f"teacher {self.name} in {self.cache.url} is not complete; run extract again to finish it")
         out = {name: read_whole(self.group[f"stats/{kind}/{name}"], f"teacher {self.name} {kind} statistics ({name})")

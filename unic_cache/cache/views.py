@@ -23,6 +23,9 @@ PARAM_NAMES = (
     "solarize",
 )
 P = len(PARAM_NAMES)
+# how many times a cached view may be replayed (epochs / views) before a student distilled from the cache falls
+# behind the online one: measured by the reuse curve (RESULTS.md, pipelines/reuse*.yaml), in both worlds
+REPLAY_LIMIT = 25.0
 _DRAWS = 40  # uniforms consumed per view; fixed so that adding a parameter never shifts the others
 
 
@@ -81,6 +84,11 @@ def uniforms(seed: int, rows: np.ndarray, views: np.ndarray, draws: int) -> np.n
         z = _mix(z ^ views.astype(np.uint64)[None, :, None])
         z = _mix(z ^ np.arange(draws, dtype=np.uint64)[None, None, :])
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def views_for(epochs: float) -> int:
+    """The fewest cached views that keep each view's replays (``epochs / views``) within ``REPLAY_LIMIT``."""
+    return max(1, math.ceil(epochs / REPLAY_LIMIT - 1e-9))
 
 
 def _lerp(u: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -74,9 +74,11 @@ class DistillStream(Dataset):
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.online = online or {}
         cache = Cache.open(cache_url)
-        if views is not None and not 1 <= views <= cache.views:
-            raise UserError(f"--views must be between 1 and the {cache.views} views in the cache, got {views}")
-        self.views, good = views or cache.views, ~cache.bad
+        cached = cached_views(cache, selection)
+        if views is not None and not 1 <= views <= cached:
+            raise UserError(f"--views must be between 1 and the {cached} views the cache holds for "
+                            f"{', '.join(sorted({t for t, _ in selection.targets}))}, got {views}")
+        self.views, good = views or cached, ~cache.bad
         # what the workers read of the index, read once here and shared with the forked workers (never per worker)
         self.keys, self.location, self.digest = cache.keys, cache.location, cache.digest
         self.image_size = cache.image_size
@@ -137,7 +139,8 @@ class DistillStream(Dataset):
             params = plan_views(fresh, rows, self.image_size[rows], first_view=int(views_of_rows[0]))[:, 0]
             targets = {}
         else:
-            params = _gather(lambda r, v: cache.params(r)[:, v], window)
+            first = stores[self.selection.targets[0][0]]  # the plan's views: the same in every teacher holding them
+            params = _gather(lambda r, v: first.params(r)[:, v], window)
             targets = {f"{t}/{name}": _gather(functools.partial(stores[t].read_stored, name), window)
                        for t, kind in self.selection.targets for name in stores[t].arrays(kind)}  # decoded on the device
         order = np.random.default_rng([self.seed, epoch, number, 7]).permutation(len(rows))[skip:]
@@ -223,6 +226,11 @@ class _Endless(Sampler):
 
     def __iter__(self):
         return iter(self.make())
+
+
+def cached_views(cache: Cache, selection: Selection) -> int:
+    """The views every teacher of ``selection`` holds (a cache's own, plus those added to a teacher since)."""
+    return min(cache.teacher(t).views for t in {t for t, _ in selection.targets})
 
 
 def _gather(read, window: list[tuple[int, np.ndarray]]) -> np.ndarray:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from .. import __version__
 from ..cache.store import Cache
 from ..cache.teacher import TeacherInfo
+from ..cache.views import REPLAY_LIMIT, views_for
 from ..cache.format import json_normal
 from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
@@ -178,23 +179,30 @@ class Distiller:
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scalar loss, per-teacher loss (B, T), drop weights (B, T)) for one batch."""
-        preds = self.model(self.views(batch, "image", self.cfg.img_size, self.cfg.channels_last))
+        student_views = self.views(batch, "image", self.cfg.img_size, self.cfg.channels_last)
+        flipped = None  # --flip-p: mirrored samples keep their summary target, and lose their patch targets
+        if self.cfg.flip_p and not self.online:
+            flipped = torch.rand(len(student_views), generator=self.drop_gen, device=self.device) < self.cfg.flip_p
+            student_views = torch.where(flipped[:, None, None, None], student_views.flip(-1), student_views)
+        preds = self.model(student_views)
         for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
             summary, patch = teacher(self.views(batch, f"{t}/image", teacher.info.resolution))
             batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
         per_teacher = {t: 0.0 for t in self.teachers}  # over token kinds: mean (UNIC, drop_norm batch) or sum
-        kinds = {t: sum(1 for u, _ in self.selection.targets if u == t) for t in self.teachers}
+        kinds = {t: 0.0 for t in self.teachers}  # token kinds in each sample's loss
         for t, kind in self.selection.targets:
+            used = (~flipped).float() if flipped is not None and kind == "patch" else 1.0
+            kinds[t] = kinds[t] + used
             stored = [batch[f"{t}/{name}"].to(self.device, non_blocking=True) for name in self.arrays[t, kind]]
             target = self.norms[f"{t}__{kind}"](self.codecs[t, kind].decode(stored) if t not in self.online else stored[0])
             pred = preds[f"{t}/{kind}"].float()
             if self.cfg.loss == "unic":
-                per_teacher[t] = per_teacher[t] + unic_loss(pred, target)
+                per_teacher[t] = per_teacher[t] + used * unic_loss(pred, target)
             else:
                 mean, log_var = pred.chunk(2, dim=-1)
-                per_teacher[t] = per_teacher[t] + gaussian_nll(mean, log_var, target)
+                per_teacher[t] = per_teacher[t] + used * gaussian_nll(mean, log_var, target)
         if self.cfg.drop_norm == "batch":
-            per_teacher = {t: per_teacher[t] / kinds[t] for t in self.teachers}
+            per_teacher = {t: per_teacher[t] / torch.as_tensor(kinds[t]).clamp_min(1.0) for t in self.teachers}
         losses = torch.stack([per_teacher[t] for t in self.teachers], 1)
         weights = teacher_drop_weights(losses.detach().float(), self.cfg.teacher_drop, self.drop_gen, self.cfg.drop_norm)
         return (weights * losses).sum(), losses.detach(), weights
@@ -250,6 +258,9 @@ class Distiller:
         if self.rank == 0 and self.step < self.total and cfg.progress:  # beside the progress bar: a note for people
             print(self.checkpoint_plan(), file=sys.stderr, flush=True)
             print(self.replay_plan(), file=sys.stderr, flush=True)
+        if self.rank == 0 and self.step < self.total and self.replay_warning():  # said even without progress bars
+            print(self.replay_warning(), file=sys.stderr, flush=True)
+        if self.rank == 0 and self.step < self.total and cfg.progress:
             if self.cache.pixels.note():
                 print(self.cache.pixels.note(), file=sys.stderr, flush=True)
         metrics = self._metrics_file()
@@ -294,15 +305,32 @@ class Distiller:
                 f"{human(heads)}, optimizer {human(moments)}), every {self.checkpoint_interval} steps, the last "
                 f"{self.cfg.keep_checkpoints} kept (--keep-checkpoints)")
 
+    @property
+    def epochs(self) -> float:
+        """The run's length in passes over the usable samples."""
+        return self.total * self.cfg.batch_size * self.world / max(1, int((~self.cache.bad).sum()))
+
     def replay_plan(self) -> str:
         """One line: how often the run sees each cached view of a sample (Beyer et al. 2022 found students trained on
         precomputed teacher outputs overfit; UNIC's 200 epochs on 8 views see each 25 times)."""
-        epochs = self.total * self.cfg.batch_size * self.world / max(1, int((~self.cache.bad).sum()))
+        epochs = self.epochs
         if self.online:
             return f"views: {epochs:.1f} epochs, a fresh view of every sample in each (--online: nothing is replayed)"
-        views = self.cfg.views or self.cache.views
+        views = self.geometry["views"]
         return (f"views: {epochs:.1f} epochs over {views} cached view{'s' if views > 1 else ''} of each sample: each "
                 f"view is replayed {epochs / views:.1f} times")
+
+    def replay_warning(self) -> str | None:
+        """One line when each cached view is replayed more often than the reuse curve measured as safe
+        (``views.REPLAY_LIMIT``), naming the extract that adds the views the schedule needs; else None."""
+        replays = self.epochs / self.geometry["views"]
+        if self.online or replays <= REPLAY_LIMIT:
+            return None
+        need = views_for(self.epochs)
+        return (f"warning: each cached view will be replayed {replays:.0f} times, more than the {REPLAY_LIMIT:g} at which "
+                f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); `unic-cache extract "
+                f"{self.cfg.data} --cache {self.cfg.cache} --teacher ... --views {need}` for each teacher brings it to "
+                f"{self.epochs / need:.1f}, or use fewer --epochs")
 
     def metric_names(self) -> list[str]:
         """What ``train_step`` returns, in order."""
@@ -480,7 +508,7 @@ class Distiller:
         heads.update({f"norms.{k}": v.contiguous() for k, v in self.norms.state_dict().items()})
         save_tensors(heads, self.out / "heads.safetensors")
         dataset = {"samples": cache.n, "source": cache.attrs["source"], "fingerprint": cache.attrs["fingerprint"],
-                   "views": cache.views}
+                   "views": self.geometry["views"]}
         card = model_card(self.config_record(), {t: cache.teacher(t).attrs for t in self.teachers}, dataset, crop)
         export_model(self.student.encoder, self.out / "model", self.cfg.img_size, self.cfg.model_args, crop, card)
 

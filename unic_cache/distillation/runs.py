@@ -79,7 +79,7 @@ def _run_record(out: Path) -> dict | None:
 
 
 MODEL_FILES = {"config.json", "model.safetensors", "README.md"}
-CHECKPOINT_FILES = re.compile(r"(model|optimizer|norms|rng-\d+)\.safetensors|state\.json")
+CHECKPOINT_FILES = re.compile(r"((model|optimizer|norms|rng-\d+)\.safetensors|state\.json)(\.tmp)?")  # .tmp: cut mid-write
 CHECKPOINT_DIR = re.compile(r"step-\d{8}(\.tmp)?")
 
 
@@ -90,7 +90,8 @@ def _foreign(out: Path) -> list[str]:
     foreign = [p.name for p in out.iterdir() if p.name not in ours]
     for folder in ("model", tmp_name(Path("model")).name):
         if (out / folder).is_dir():
-            foreign += [f"{folder}/{p.name}" for p in (out / folder).iterdir() if p.name not in MODEL_FILES]
+            foreign += [f"{folder}/{p.name}" for p in (out / folder).iterdir()
+                        if p.name not in MODEL_FILES | {tmp_name(Path(n)).name for n in MODEL_FILES}]
     if (out / "checkpoints").is_dir():
         for step in (out / "checkpoints").iterdir():
             if not CHECKPOINT_DIR.fullmatch(step.name) or not step.is_dir():

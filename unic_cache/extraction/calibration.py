@@ -15,20 +15,24 @@ from ..cache.store import Cache
 from ..models.codecs import DeviceCodec, on_stored_grid, unpool_tokens
 from ..models.teachers import Teacher
 
+CALIBRATION_VIEWS = 8  # the plan's views 0..7 (UNIC's default count) feed every codec fit
+
 
 def calibration_views(cache: Cache, sample_views: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, views): ``sample_views`` sample-views spread evenly over the good rows, one view per row while
-    there are rows enough (distinct images fit a PCA far better than many views of a few), views cycling."""
+    there are rows enough (distinct images fit a PCA far better than many views of a few), views cycling over the
+    first ``CALIBRATION_VIEWS`` of the plan, whatever the cache's view count: a cache grown to more views keeps the
+    codec a cache made with them would have fitted."""
     good = np.flatnonzero(~cache.bad)
     picks = np.arange(sample_views)
-    return good[picks * len(good) // sample_views], picks % cache.views
+    return good[picks * len(good) // sample_views], picks % CALIBRATION_VIEWS
 
 
 def held_out_views(cache: Cache, sample_views: int, fit: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(rows, views): up to ``sample_views`` sample-views that are not among the ``fit`` ones, spread over the good
     rows as ``calibration_views`` spreads them (other views of the same rows first when rows run out); none when
-    the fit took every sample-view of the cache."""
-    good, k = np.flatnonzero(~cache.bad), cache.views
+    the fit took every one of the first ``CALIBRATION_VIEWS`` sample-views."""
+    good, k = np.flatnonzero(~cache.bad), CALIBRATION_VIEWS
     taken = set(zip(fit[0].tolist(), fit[1].tolist()))
     out: list[tuple[int, int]] = []
     rows, views = calibration_views(cache, min(sample_views, len(good)))

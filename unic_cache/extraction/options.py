@@ -33,7 +33,8 @@ class ExtractOptions(Options):
                               flag="--model-arg", parse=key_values)
     # the view plan: what is not given is the cache's when it exists (a second teacher needs none of them again)
     views: int | None = option(None, "Augmented views per sample (view 0 is the eval view; default: the cache's, or "
-                                     f"{PlanConfig.views} for a new cache).", checks=(at_least(1),))
+                                     f"{PlanConfig.views} for a new cache). More than a made cache's adds the views "
+                                     "K1..K-1 to this teacher, exactly those a K-view cache holds.", checks=(at_least(1),))
     seed: int | None = option(None, f"View-plan seed (default: the cache's, or {PlanConfig.seed}).")
     crop_scale: tuple[float, float] | None = option(None, "Area range of the random resized crops (views 1..K-1), e.g. "
                                                           "0.35 1 for small images (default: the cache's, or UNIC's "
@@ -111,9 +112,10 @@ class ExtractOptions(Options):
         want = {"model_id": timm_name or alias_model(self.teacher, self.size), "weights": self.weights or "hub",
                 "resolution": self.resolution or ALIAS_RESOLUTION, "model_args": self.model_args,
                 **codec_record(kind_codecs(self.codec, self.patch_codec, self.patch))}
+        plan = self.view_plan(cache.plan)
         if (not store.complete or json.loads(json.dumps(want)) != {k: store.attrs.get(k) for k in want}
-                or json.loads(json.dumps(self.view_plan(cache.plan).to_dict())) != cache.attrs["plan"]
-                or not store.done().all()):
+                or json.loads(json.dumps(plan.to_dict())) != {**cache.attrs["plan"], "views": plan.views}
+                or not cache.views <= plan.views <= store.views or not store.done().all()):
             return None
         file = self.weights and not self.weights.startswith("random")  # the file read last, and only when all else holds
         return store if not file or file_sha256(self.weights) == store.attrs.get("weights_sha256") else None

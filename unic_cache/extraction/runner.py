@@ -13,7 +13,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,12 +27,13 @@ from ..cache.sizing import check_free_space
 from ..cache.store import Cache, check_cache_target
 from ..cache.statistics import Moments
 from ..cache.teacher import TeacherStore, UnitDigest
+from ..cache.views import plan_views
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed, SharedRing, pack
 from ..models.pixels import channels_first, device_views
 from ..models.teachers import build_teacher
 from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
-from .calibration import calibrate, calibration_views, held_out_views
+from .calibration import CALIBRATION_VIEWS, calibrate, calibration_views, held_out_views
 from .options import ExtractOptions
 
 
@@ -62,23 +63,22 @@ _PREFETCH = 4  # batches in flight per DataLoader worker
 class ViewBatches(Dataset):
     """Rows -> (rows, pixels, valid (b,), view params (b, K, P)); an image is decoded once for its K views.
     ``pixels``: pipeline 3, the decoded images packed (``Packed``; the device cuts the views); pipelines 1 and
-    2, the views' geometry cut here, uint8 (b, K, 3, R, R). The photometric part runs on the device."""
+    2, the views' geometry cut here, uint8 (b, K, 3, R, R). The photometric part runs on the device. The views are
+    the ``views`` planned from ``first_view`` on (those of a teacher group: the cache's, or a view block's)."""
 
-    def __init__(self, source: Source, cache: Cache, resolution: int):
-        self.source, self.url, self.resolution, self.views = source, cache.url, resolution, cache.views
+    def __init__(self, source: Source, cache: Cache, resolution: int, views: int, first_view: int = 0):
+        self.source, self.url, self.resolution, self.views = source, cache.url, resolution, views
         self.keys, self.location, self.bad, self.digest = cache.keys, cache.location, cache.bad, cache.digest
-        self.pixels, self.image_size = cache.pixels, cache.image_size
-        self._cache = None
+        self.pixels, self.image_size, self.first_view = cache.pixels, cache.image_size, first_view
+        self.plan = replace(cache.plan, views=views)
         self._ring: SharedRing | None = None  # a worker's reused pixel buffers (pipeline 3)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitems__(self, rows: list[int]) -> tuple[np.ndarray, torch.Tensor | Packed, torch.Tensor, np.ndarray]:
-        if self._cache is None:  # opened lazily in each worker process
-            self._cache = Cache.open(self.url)
-        first, last = min(rows), max(rows)
-        params = self._cache.params(slice(first, last + 1))[np.asarray(rows) - first]
+        picked = np.asarray(rows)  # the plan is a pure function of (seed, row, view): what the cache stores
+        params = plan_views(self.plan, picked, self.image_size[picked], self.first_view)
         valid = torch.zeros(len(rows), dtype=torch.bool)
         good = [(i, row) for i, row in enumerate(rows) if not self.bad[row]]  # rows come in row order
         good_rows = np.array([row for _, row in good], dtype=int)
@@ -191,10 +191,10 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
     cache = _open_or_create_cache(source, cache_url, opts, existing)
-    k, res = cache.views, teacher.info.resolution
+    res, wanted = teacher.info.resolution, opts.view_plan(cache.plan).views
     if cache.pixels.note() and opts.progress and rank == 0:
         print(cache.pixels.note(), file=sys.stderr, flush=True)
-    rows_per_batch = max(1, opts.batch_size // k)
+
     def fit():
         fit_views = calibration_views(cache, opts.calibration)
         test_views = held_out_views(cache, max(16, opts.calibration // 4), fit_views)
@@ -203,28 +203,36 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
             return calibrate(teacher, _calibration_images(source, cache, res, fit_views, opts.batch_size, device),
                              codecs, device, bar, _calibration_images(source, cache, res, test_views, opts.batch_size, device))
 
-    store = cache.require_teacher(name, teacher.info, codecs, fit, opts.shard_mb, opts.unit_rows, __version__)
+    base = cache.require_teacher(name, teacher.info, codecs, fit, opts.shard_mb, opts.unit_rows, __version__)
+    # the teacher's own views, then the views added to it (a view block: a cache grown with --views)
+    groups = [base] + ([cache.add_views(base, wanted, opts.shard_mb, opts.unit_rows, __version__)]
+                       if wanted > base.views else [])
     clean_stale_temp_files(cache.url)
-    done = store.done()
-    check_free_space(cache.url, store.nbytes_encoded() * float((~done).mean()) if len(done) else 0.0, opts.force,
-                     f"teacher {name} ({res} px, {teacher.info.grid[0]}x{teacher.info.grid[1]} tokens of {teacher.info.dim}; "
-                     f"{', '.join(f'{kind} {c.spec}' for kind, c in store.codec_specs().items())})",
-                     quiet=not opts.progress or rank != 0)
-    pending = [u for u in range(store.units) if u % world == rank and not done[u]]
-    batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in store.unit_shards(u)
-               for i in range(0, len(rows), rows_per_batch)]
+    model = prepare_model(teacher, device, opts.compile, opts.channels_last)
     start = time.perf_counter()
-    report = ExtractReport(name, cache.url, store.units, int(done.sum()), 0, 0, 0.0, False, int(cache.bad.sum()))
-    if batches:
-        loader = DataLoader(ViewBatches(source, cache, res), batch_sampler=batches, num_workers=workers,
-                            collate_fn=_as_is, pin_memory=device.type == "cuda",
-                            prefetch_factor=_PREFETCH if workers else None)
-        bar = tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample", desc=f"extract {name}",
-                   disable=not opts.progress or rank != 0, smoothing=0.1)
-        _run_units(loader, prepare_model(teacher, device, opts.compile, opts.channels_last), store, pending, device,
-                   opts.channels_last, report, bar)
+    report = ExtractReport(name, cache.url, 0, 0, 0, 0, 0.0, False, int(cache.bad.sum()))
+    for store in groups:
+        done = store.done()
+        report.units_total, report.units_done_before = report.units_total + store.units, report.units_done_before + int(done.sum())
+        views = f"views {store.first_view}-{store.first_view + store.own_views - 1}"
+        check_free_space(cache.url, store.nbytes_encoded() * float((~done).mean()) if len(done) else 0.0, opts.force,
+                         f"teacher {name} {views} ({res} px, {teacher.info.grid[0]}x{teacher.info.grid[1]} tokens of "
+                         f"{teacher.info.dim}; {', '.join(f'{kind} {c.spec}' for kind, c in store.codec_specs().items())})",
+                         quiet=not opts.progress or rank != 0)
+        pending = [u for u in range(store.units) if u % world == rank and not done[u]]
+        rows_per_batch = max(1, opts.batch_size // store.own_views)
+        batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in store.unit_shards(u)
+                   for i in range(0, len(rows), rows_per_batch)]
+        if batches:
+            loader = DataLoader(ViewBatches(source, cache, res, store.own_views, store.first_view), batch_sampler=batches,
+                                num_workers=workers, collate_fn=_as_is, pin_memory=device.type == "cuda",
+                                prefetch_factor=_PREFETCH if workers else None)
+            bar = tqdm(total=sum(len(store.unit_rows(u)) for u in pending), unit="sample",
+                       desc=f"extract {name}" + (f" {views}" if store.first_view else ""),
+                       disable=not opts.progress or rank != 0, smoothing=0.1)
+            _run_units(loader, model, store, pending, device, opts.channels_last, report, bar)
     report.seconds = time.perf_counter() - start
-    report.complete = store.finalize() or store.complete
+    report.complete = all([store.finalize() or store.complete for store in groups])  # in order: a block's merge needs the teacher's
     return report
 
 
@@ -233,7 +241,7 @@ def _calibration_images(source: Source, cache: Cache, resolution: int, picked: t
     """uint8 batches (B, 3, R, R) on ``device`` of the sample-views ``picked`` (rows, views), replayed as the teacher
     sees them; a row picked twice (fewer rows than sample-views) gives two of its views."""
     rows, views = picked
-    replayed = ViewBatches(source, cache, resolution)
+    replayed = ViewBatches(source, cache, resolution, CALIBRATION_VIEWS)
     for i in range(0, len(rows), batch_size):
         unique, where = np.unique(rows[i:i + batch_size], return_inverse=True)
         _, images, _, params = replayed.__getitems__(unique.tolist())
@@ -247,7 +255,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
     on it, and the stored arrays of a batch are copied to the host while the next batch's forward is queued
     (``HostCopy``); a unit's statistics are waited for once, when it is complete. Host memory holds a few
     shards, however many a unit has."""
-    kinds, k, info = store.kinds, store.cache.views, store.info
+    kinds, k, info = store.kinds, store.own_views, store.info
     res = info.resolution
     d = info.dim
     codecs = {kind: DeviceCodec(store.codecs[kind], info.grid, device) for kind in kinds}
@@ -283,7 +291,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
                 for kind in kinds:  # statistics and fidelity of what stage 2 rebuilds from the stored arrays
                     vectors = codecs[kind].original(out[kind])
                     stored = codecs[kind].encode(vectors)
-                    decoded = codecs[kind].decode(stored)
+                    decoded = codecs[kind].decode(stored, torch.float64)
                     moments[kind] = moments[kind].merge(batch_moments(decoded.reshape(-1, d)))
                     cos[kind] = cos[kind] + cosine_sum(vectors, decoded)
                     queued += [(buffers[name], local[valid.numpy()], HostCopy(values.reshape(-1, *shapes[name])))

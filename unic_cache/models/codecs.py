@@ -48,18 +48,21 @@ def bitround(x: torch.Tensor, keepbits: int) -> torch.Tensor:
 
 class DeviceCodec:
     """One kind's fitted codec with its parameters on the device: ``encode`` gives the stored arrays,
-    ``decode`` what stage 2 rebuilds from them."""
+    ``decode`` what stage 2 rebuilds from them. Stage 1's projections and the statistics' decode run in float64, so
+    that what is stored and its statistics do not depend on how many vectors a batch holds (float32 GEMMs round
+    by their shape): a cache grown with more views stores what a cache made with them stores."""
 
     def __init__(self, fitted: FittedCodec, grid: tuple[int, int], device: torch.device):
         self.fitted, self.codec, self.grid = fitted, fitted.codec, grid
         self.params = {k: torch.as_tensor(v, device=device) for k, v in fitted.params.items()}
+        self.params64 = {k: v.double() for k, v in self.params.items()}
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stored arrays (values, then any per-vector scale) of vectors ``x`` already on the stored grid
         (``original``: pooled once, shared with the fidelity measure)."""
         y = x.float()
         if "basis" in self.params:
-            y = (y - self.params["center"]) @ self.params["basis"]
+            y = ((y.double() - self.params64["center"]) @ self.params64["basis"]).float()
         values = self.codec.values
         if values == "int8":
             scale = (y.abs().amax(-1) / 127).half()
@@ -72,8 +75,10 @@ class DeviceCodec:
             return [bitround(y, self.codec.keepbits)]
         return [y.to(getattr(torch, self.codec.dtype))]
 
-    def decode(self, stored: list[torch.Tensor]) -> torch.Tensor:
-        return self.fitted.decode(*(s.float() for s in stored), params=self.params)
+    def decode(self, stored: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The vectors rebuilt from ``stored``, computed in ``dtype`` (float64: for the statistics)."""
+        params = self.params64 if dtype == torch.float64 else self.params
+        return self.fitted.decode(*(s.to(dtype) for s in stored), params=params)
 
     def original(self, x: torch.Tensor) -> torch.Tensor:
         """What decoded vectors are compared with: the teacher's vectors, pooled as the codec pools them."""
