@@ -6,6 +6,10 @@ distill recipe's architecture, randomly initialised). A dense task on which thes
 teachers and students measures what the pixels show, not what was distilled.
 
     python pipelines/dense_references.py pipelines/shapes.yaml     # prints a markdown table
+    python pipelines/dense_references.py pipelines/reuse.yaml --all-tasks   # every task: is each one learnable?
+
+With ``--all-tasks`` the global tasks are scored too, on each reference's summary (the mean pixel patch; the
+untrained student's CLS token): a task a teacher does not clearly beat these on measures nothing distilled.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("pipeline", help="a pipeline YAML whose world and cache were made (unic-cache run)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained student")
+    parser.add_argument("--all-tasks", action="store_true", help="score the global tasks too (not only the dense ones)")
     args = parser.parse_args()
     config = load_config(args.pipeline)
     out = config["out"]
     cache = (config.get("cache") or {}).get("path") or f"{out}/cache.zarr"
     data = config["data"].get("path") or f"{out}/data"
     probe = Evaluator(EvalOptions(data=data, cache=cache, teachers=[], progress=False))
-    probe.tasks = probe.dense  # the references have no summary worth probing
+    if not args.all_tasks:
+        probe.tasks = probe.dense  # the dense tasks only
     distill = config["distill"]
     torch.manual_seed(args.seed)
     student = timm.create_model(distill["student"], pretrained=False, num_classes=0, img_size=distill["img_size"],
@@ -47,15 +53,19 @@ def main() -> None:
     patch, resolution = student.patch_embed.patch_size[0], distill["img_size"]
     views = EvalViews(data, probe.cache.keys, probe.cache.location, probe.cache.image_size, probe.rows, resolution,
                       probe.cache.plan.policy, probe.cache.digest)
-    pixels, untrained = [], []
+    pixels, untrained, summaries = [], [], []
     with torch.inference_mode():
         for images in views.batches(256, 0, progress=False):
             pixels.append(pixel_patches(images, patch))
-            untrained.append(student.forward_features(PixelNorm.of(student)(images))[:, student.num_prefix_tokens:])
+            features = student.forward_features(PixelNorm.of(student)(images))
+            untrained.append(features[:, student.num_prefix_tokens:])
+            summaries.append(features[:, 0] if student.num_prefix_tokens else features.mean(1))
     grid = tuple(student.patch_embed.grid_size)
     results = probe.results()
-    for name, tokens in (("pixels", torch.cat(pixels)), ("untrained student", torch.cat(untrained))):
-        results.add(name, "reference", probe.scores(Features(tokens.mean(1), tokens, grid, resolution)))
+    pixels = torch.cat(pixels)
+    for name, tokens, summary in (("pixels", pixels, pixels.mean(1)),
+                                  ("untrained student", torch.cat(untrained), torch.cat(summaries))):
+        results.add(name, "reference", probe.scores(Features(summary, tokens, grid, resolution)))
     print("\n".join(results.table("test") + ["", "Validation:", ""] + results.table("val")))
     print(f"\nrows: {len(probe.rows)}; grid {grid[0]}x{grid[1]} at {resolution} px; "
           f"foreground tokens: {np.mean([(probe.token_labels(t, resolution, grid) > 0).float().mean().item() for t in probe.dense]):.3f}")

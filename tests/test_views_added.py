@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from unic_cache import Cache, UserError, extract
-from unic_cache.cache.audit import verify
+from unic_cache.cache.audit import cache_info, verify
 from unic_cache.distillation.loader import DistillStream, Selection
 
 from .conftest import HANG_GUARD, SMALL8, TINY, opts, run_cli
@@ -53,6 +53,9 @@ def test_a_cache_grown_from_2_to_4_views_reads_as_one_made_with_4(four_views, sh
     assert cache.views == 2  # the cache's own plan is untouched: the teacher holds the added views
     assert [b.name for b in cache.teacher(TINY).blocks] == [f"{TINY}/views-2"]
     assert verify(grown, progress=False).problems == []
+    row = cache_info(cache)[1][0]  # `info` counts the added views and their bytes
+    assert (row["views"], row["units done"], row["units"], row["complete"]) == (4, 12, 12, True)
+    assert row["bytes on disk"] == sum(g.nbytes_stored() for g in (cache.teacher(TINY), *cache.teacher(TINY).blocks))
     again = extract(str(shapes_dir), grown, opts(weights, views=4, codec="pca-32+int8"))  # nothing left to do
     assert again.complete and again.extra == {"already_complete": True}
 

@@ -264,8 +264,8 @@ def _info(opts) -> None:
     if not teachers:
         typer.echo("no teachers yet")
         return
-    cols = ("teacher", "model", "dim", "grid", "codec", "on disk", "per sample-view", "vs float32", "units", "state")
-    cells = [[t["teacher"], t["model"], str(t["dim"]), t["grid"] or "-", t["codec"], human(t["bytes on disk"]),
+    cols = ("teacher", "model", "dim", "grid", "views", "codec", "on disk", "per sample-view", "vs float32", "units", "state")
+    cells = [[t["teacher"], t["model"], str(t["dim"]), t["grid"] or "-", str(t["views"]), t["codec"], human(t["bytes on disk"]),
               human(t["bytes per sample-view"]), f"{t['vs float32']:.3f}", f"{t['units done']}/{t['units']}",
               "complete" if t["complete"] else "incomplete"] for t in teachers]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]

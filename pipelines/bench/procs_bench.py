@@ -1,5 +1,6 @@
 """Many processes: extract and distill under torchrun (gloo) at 1, 2 and 4 processes on the same rows, the cache
-compared bit for bit across process counts, and the S3 requests of a stage-2 epoch on a loopback server.
+compared bit for bit across process counts, the requests the same extracts make of a loopback S3 server (what
+coordination costs, counted, not timed), and the S3 requests of a stage-2 epoch there.
 
     python pipelines/bench/procs_bench.py --rows 100000 --procs 1 2 4 --write
 
@@ -66,7 +67,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     data = str(tmp / "data")
     write_rows(Path(data), n)
-    rows, reference = [], None
+    rows, reference, on_s3 = [], None, {}
+    server = start_s3("procs")
     for i, procs in enumerate(args.procs):
         cache = str(tmp / f"cache-{procs}.zarr")
         wall, cpu = torchrun(procs, extract_args(data, cache, args.views), 29600 + i)
@@ -79,9 +81,11 @@ def main() -> None:
         samples = args.steps * batch * procs  # the steps beyond the first, all processes together
         rows.append((procs, cpu / n, wall / n, "yes" if same else "**no**", first[1], first[0],
                      (more[1] - first[1]) / samples, (more[0] - first[0]) / samples))
-        print(rows[-1], flush=True)
+        server.requests.clear()  # the same extract into the loopback S3 server: what coordination costs in requests
+        torchrun(procs, extract_args(data, f"s3://procs/extract-{procs}.zarr", args.views), 29640 + i)
+        on_s3[procs] = dict(server.requests)
+        print(rows[-1], on_s3[procs], flush=True)
 
-    server = start_s3("procs")
     import s3fs
 
     s3 = s3fs.S3FileSystem()
@@ -105,7 +109,11 @@ def main() -> None:
         f"A stage-2 epoch ({epoch_steps} steps of {batch}, one process) reading the cache from the loopback S3 "
         f"server (moto): {sum(requests.values()):,} requests for {n:,} samples, "
         f"{sum(requests.values()) / n:.4f} per sample ({', '.join(f'{m} {c:,}' for m, c in sorted(requests.items()))}).",
-        ""]
+        "", "The same extracts with the cache on the loopback S3 server: every request the processes made together "
+        "(claims, index and seal reads, shard and statistics writes, the merge), by method:", "",
+        "| processes | requests | per sample | by method |", "|---|---|---|---|",
+        *[f"| {p} | {sum(r.values()):,} | {sum(r.values()) / n:.4f} | "
+          f"{', '.join(f'{m} {c:,}' for m, c in sorted(r.items()))} |" for p, r in on_s3.items()], ""]
     publish(lines, args.write)
 
 

@@ -43,17 +43,19 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
     for name in cache.teacher_names():
         store = cache.teacher(name)
         info, done = store.info, store.done()
-        stored = store.nbytes_stored()
-        per_view = stored / max(1, cache.n * cache.views)
+        groups = (store, *store.blocks)  # the teacher and the views added to it
+        stored = sum(g.nbytes_stored() for g in groups)
+        per_view = stored / max(1, cache.n * sum(g.own_views for g in groups))
         f32 = f32_bytes(info.dim, info.tokens if store.has_patch else 0)
         grid = store.stored_grid
         teachers.append({
             "teacher": name, "model": info.model_id, "model args": info.model_args, "weights": info.weights,
-            "weights sha256": info.weights_sha256, "dim": info.dim,
+            "weights sha256": info.weights_sha256, "dim": info.dim, "views": store.views,
             "grid": f"{grid[0]}x{grid[1]}" if store.has_patch else None, "resolution": info.resolution,
             "summary": info.summary_kind, "codec": " / ".join(c.spec for c in store.codec_specs().values()),
             "bytes on disk": stored, "bytes per sample-view": round(per_view), "vs float32": round(per_view / f32, 4),
-            "units done": int(done.sum()), "units": store.units, "complete": store.complete,
+            "units done": int(done.sum()) + sum(int(g.done().sum()) for g in store.blocks),
+            "units": sum(g.units for g in groups), "complete": store.complete and all(g.complete for g in store.blocks),
             "checksums": checksummed(store.group["summary"]),
             "fidelity": {kind: {**f.fidelity, **({"kept_variance": f.kept_variance, "stored_dim": f.stored_dim}
                                                  if f.kept_variance is not None else {})}
