@@ -15,7 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from unic_cache import Cache, UserError, extract, open_source
-from unic_cache.cache.audit import cache_info
+from unic_cache.cache.info import cache_info
 
 from .conftest import HANG_GUARD, opts
 

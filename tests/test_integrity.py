@@ -510,7 +510,8 @@ sys.meta_path.insert(0, Blocked())
 
 def test_the_cache_core_and_the_cli_front_run_without_torch(clean_cache, shapes_dir):
     code = BLOCK_TORCH + f"""
-from unic_cache.cache.audit import cache_info, find_damage
+from unic_cache.cache.audit import find_damage
+from unic_cache.cache.info import cache_info
 from unic_cache.cache.sources import open_source
 from unic_cache.cache.store import Cache
 cache = Cache.open({str(clean_cache)!r})

@@ -103,7 +103,7 @@ def test_a_teacher_with_constant_features_has_no_relative_error():
     x = np.tile(np.arange(4.0), (10, 1))
     got = fidelity(x, x + 1e-3, x.mean(0), np.sqrt(x.var(0) + 1e-6))
     assert math.isnan(got["std_rel_err"]) and got["cos_mean"] > 0.99
-    from unic_cache.cache.audit import fidelity_text
+    from unic_cache.cache.info import fidelity_text
 
     assert "n/a (the features do not vary)" in fidelity_text({**got, "vectors": 10})
 

@@ -212,7 +212,7 @@ def test_a_ring_buffer_overwritten_before_it_was_copied_is_an_error(monkeypatch)
 
 
 def test_an_old_cache_says_which_path_replays_it(clean_cache):
-    from unic_cache.cache.audit import cache_info
+    from unic_cache.cache.info import cache_info
 
     assert "in the loader workers, per image" in PIPELINES[2].note() and PIPELINES[3].note() is None
     dataset, _ = cache_info(Cache.open(str(clean_cache)))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from unic_cache import Cache, UserError, extract
-from unic_cache.cache.audit import cache_info, verify
+from unic_cache.cache.audit import verify
+from unic_cache.cache.info import cache_info
 from unic_cache.distillation.loader import DistillStream, Selection
 
 from .conftest import HANG_GUARD, SMALL8, TINY, opts, run_cli

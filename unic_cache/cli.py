@@ -238,7 +238,7 @@ def _demo(opts) -> None:
 
 
 def _info(opts) -> None:
-    from .cache.audit import cache_info, fidelity_text
+    from .cache.info import cache_info, fidelity_text
     from .cache.sizing import human
     from .cache.store import Cache
 

@@ -44,7 +44,8 @@ import yaml
 
 from .cache.codecs import kind_codecs
 from .cache.store import Cache
-from .cache.teacher import TeacherStore, codec_record
+from .cache.layout import codec_record
+from .cache.teacher import TeacherStore
 from .cache.format import json_normal
 from .distillation.options import DistillConfig
 from .distillation.recipe import distill

@@ -36,7 +36,7 @@ from PIL import Image
 
 from report import ROOT, heading, publish
 from unic_cache import Cache, ExtractOptions, build_teacher, extract
-from unic_cache.cache.audit import cache_info
+from unic_cache.cache.info import cache_info
 from unic_cache.cache.pixels import CURRENT
 from unic_cache.cache.sources import open_source
 from unic_cache.cache.views import PlanConfig, plan_views

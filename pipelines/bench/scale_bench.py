@@ -23,7 +23,8 @@ import zarr
 
 from report import heading, publish, write_rows
 from unic_cache import Cache, DistillConfig, EvalOptions, Evaluator, ExtractOptions, distill, extract, open_source
-from unic_cache.cache.audit import cache_info, verify_cache
+from unic_cache.cache.audit import verify_cache
+from unic_cache.cache.info import cache_info
 from unic_cache.cache.sizing import array_kind
 
 TEACHER = "timm:vit_tiny_patch16_224"

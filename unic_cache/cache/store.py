@@ -30,7 +30,8 @@ from .sources import DatasetIndex, Source
 from .views import P, PlanConfig
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
                      json_normal, local_path, quick_digest, read_checked, read_whole, seal_root, store_path, write_plan)
-from .teacher import VIEW_BLOCK, TeacherInfo, TeacherStore, codec_record, create_teacher
+from .layout import VIEW_BLOCK, TeacherInfo, codec_record, create_teacher
+from .teacher import TeacherStore
 
 
 def _looks_like_data(url: str) -> bool:

@@ -1,4 +1,5 @@
-"""One teacher in a cache: its record, its arrays' layout, and reading and writing them unit by unit.
+"""One teacher in a cache: reading and writing its arrays unit by unit (its record and the arrays it is created with:
+``layout``).
 
 A teacher's rows are split into *units* of work, each one or more whole zarr shards of every feature array
 (format 5: as many as keep the unit's partial statistics under 1/200 of its features; format 4: one). A writer
@@ -14,7 +15,6 @@ statistics cover every view of the teacher up to its own. Readers of the base se
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import google_crc32c
@@ -22,46 +22,15 @@ import numpy as np
 import zarr
 
 from . import claims, seal
-from .codecs import INT8_MISSING, ZSTD_LEVEL, Codec, FittedCodec
+from .codecs import INT8_MISSING, Codec, FittedCodec
 from ..errors import UserError
 from .format import KINDS, create_checked, json_normal, read_checked, read_whole
-from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
+from .layout import VIEW_BLOCK, TeacherInfo
+from .sizing import PARTIALS
 from .statistics import Moments
-
-VIEW_BLOCK = "views-"  # a view block's group: teachers/<name>/views-<its first view>
 
 if TYPE_CHECKING:
     from .store import Cache
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
-
-    model_id: str
-    weights: str  # "hub", "random[:SEED]", or the weight file's path
-    weights_sha256: str
-    resolution: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    grid: tuple[int, int]
-    prefix_tokens: int
-    dim: int
-    summary_kind: str  # "cls" or "pooled"
-    model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
-
-    @property
-    def tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def codec_record(codecs: dict[str, Codec]) -> dict:
-    """What identifies a teacher's storage: the codec spec per kind (None: patch tokens not stored)."""
-    patch = codecs.get("patch")
-    return {"codec": codecs["summary"].spec, "patch_codec": patch.spec if patch else None, "has_patch": patch is not None}
 
 
 class UnitDigest:
@@ -82,53 +51,6 @@ class UnitDigest:
     def value(self) -> np.ndarray:
         """(len(digest_arrays),) uint32, in the order of ``digest_arrays``."""
         return np.array(list(self.crc.values()), np.uint32)
-
-
-def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int, info: TeacherInfo,
-               fitted: dict[str, FittedCodec], shard_mb: float, unit_rows: int | None, code_version: str) -> zarr.Group:
-    """Create the arrays of a new teacher in ``teachers`` (replacing our own unfinished ones) for ``n`` rows of ``k``
-    views in a cache of format ``version``; sizes are fixed here, so every rank computes the same layout."""
-    d = info.dim
-    shapes = {"summary": (), "patch": ()}
-    if "patch" in fitted:
-        grid = fitted["patch"].codec.stored_grid(info.grid)
-        shapes["patch"] = (grid[0] * grid[1],)
-    vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
-    row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
-    patch_row = shapes["patch"][0] * vector["patch"] if "patch" in fitted else None
-    stats_bytes = partial_stats_bytes(d, len(fitted)) if version >= 5 else 0  # format 4: one shard per unit
-    layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows, stats_bytes)
-    unit_rows, units, chunk_rows, summary_rows = layout.unit_rows, layout.units, layout.chunk_rows, layout.summary_rows
-    group = teachers.create_group(name, overwrite=True)
-    zstd = (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
-    digested = []  # what each unit's digest covers: its feature arrays, then its partial statistics
-    for kind, f in fitted.items():
-        rows = summary_rows if kind == "summary" else chunk_rows
-        vectors = (n, k, *shapes[kind])
-        digested += [kind, *(f"{kind}_{part}" for part in f.parts)]
-        create_checked(group, kind, (*vectors, f.stored_dim), f.codec.dtype, chunks=(rows, 1, *shapes[kind], f.stored_dim),
-                       shards=(layout.shard_rows, k, *shapes[kind], f.stored_dim), compressors=zstd)
-        for part in f.parts:  # per-vector int8 scales, chunked and sharded as the values
-            create_checked(group, f"{kind}_{part}", vectors, "float16", chunks=(rows, 1, *shapes[kind]),
-                           shards=(layout.shard_rows, k, *shapes[kind]), compressors=zstd)
-        for param, value in f.params.items():
-            create_checked(group.require_group(f"codec/{kind}"), param, value.shape, "float32")[...] = value
-    stats = group.create_group("stats/partial")
-    digested += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
-    for kind in fitted:
-        create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
-        create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
-        create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)
-        create_checked(stats, f"{kind}_m2", (units, d, d), "float64", chunks=(1, d, d), compressors=zstd)
-    specs = {kind: f.codec for kind, f in fitted.items()}
-    group.attrs.update({**info.to_dict(), **codec_record(specs), "codecs": {kind: f.describe(kind) for kind, f in fitted.items()},
-                        "unit_rows": unit_rows, "units": units, "shard_rows": layout.shard_rows,
-                        "code_version": code_version, "complete": False,
-                        "digest_arrays": digested})
-    create_checked(group, "digest", (units, len(digested)), "uint32", chunks=(1, len(digested)))
-    # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
-    create_checked(group, "progress", (units,), "uint8", chunks=(1,))
-    return group
 
 
 class TeacherStore:
@@ -298,7 +220,7 @@ class TeacherStore:
         if isinstance(view, (int, np.integer)) and view >= self.own_views:
             block = next((b for b in self.usable_blocks() if view < b.first_view + b.own_views), None)
             if block is None:
-                raise UserError(f"view {view} out of range: teacher {self.name} has views 0 to {self.views - 1}")
+                raise UserError(f"view {view} out of range: the cache has views 0 to {self.views - 1} of teacher {self.name}")
             return block.read_stored(array, rows, int(view) - block.first_view)
         first, last = self.unit_of(rows.start), self.unit_of(rows.stop - 1)
         units = f"unit {first}" if first == last else f"units {first}-{last}"
@@ -321,7 +243,7 @@ class TeacherStore:
         else:
             inside = isinstance(view, (int, np.integer)) and 0 <= view < k
         if not inside:
-            raise UserError(f"view {view} out of range: teacher {self.name} has views 0 to {k - 1}")
+            raise UserError(f"view {view} out of range: the cache has views 0 to {k - 1} of teacher {self.name}")
 
     def read(self, kind: str, rows: slice, view) -> np.ndarray:
         """``kind`` features of ``rows`` at ``view`` (an int or a slice of ``views``) rebuilt by the codec as float32

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from .. import __version__
 from ..cache.store import Cache
-from ..cache.teacher import TeacherInfo
+from ..cache.layout import TeacherInfo
 from ..cache.views import REPLAY_LIMIT, views_for
 from ..cache.format import json_normal
 from ..errors import RunInterrupted, UserError

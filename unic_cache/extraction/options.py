@@ -99,7 +99,7 @@ class ExtractOptions(Options):
         (judged from the records, torch-free); else None (extract then builds the teacher and compares in full,
         refusing other settings in one line)."""
         from ..cache.codecs import kind_codecs
-        from ..cache.teacher import codec_record
+        from ..cache.layout import codec_record
         from ..models.registry import ALIAS_RESOLUTION, file_sha256
 
         timm_name = self.teacher[5:] if self.teacher.startswith("timm:") else None

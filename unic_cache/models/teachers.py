@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..cache.teacher import TeacherInfo
+from ..cache.layout import TeacherInfo
 from ..errors import UserError
 from .converters import from_efficientnet_pytorch, is_efficientnet_pytorch
 from .pixels import PixelNorm
