@@ -6,7 +6,7 @@ distill recipe's architecture, randomly initialised). A dense task on which thes
 teachers and students measures what the pixels show, not what was distilled.
 
     python pipelines/dense_references.py pipelines/shapes.yaml     # prints a markdown table
-    python pipelines/dense_references.py pipelines/reuse.yaml --all-tasks   # every task: is each one learnable?
+    python pipelines/dense_references.py pipelines/reuse.yaml --all-tasks --out runs/reuse/references
 
 With ``--all-tasks`` the global tasks are scored too, on each reference's summary (the mean pixel patch; the
 untrained student's CLS token): a task a teacher does not clearly beat these on measures nothing distilled.
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("pipeline", help="a pipeline YAML whose world and cache were made (unic-cache run)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained student")
     parser.add_argument("--all-tasks", action="store_true", help="score the global tasks too (not only the dense ones)")
+    parser.add_argument("--out", help="also write the table as references.{json,md,png} into this folder")
     args = parser.parse_args()
     config = load_config(args.pipeline)
     out = config["out"]
@@ -67,6 +68,8 @@ def main() -> None:
                                   ("untrained student", torch.cat(untrained), torch.cat(summaries))):
         results.add(name, "reference", probe.scores(Features(summary, tokens, grid, resolution)))
     print("\n".join(results.table("test") + ["", "Validation:", ""] + results.table("val")))
+    if args.out:
+        results.save(args.out, "references")
     print(f"\nrows: {len(probe.rows)}; grid {grid[0]}x{grid[1]} at {resolution} px; "
           f"foreground tokens: {np.mean([(probe.token_labels(t, resolution, grid) > 0).float().mean().item() for t in probe.dense]):.3f}")
 

@@ -4,11 +4,13 @@ Reads the results ``train_rows_only.py`` wrote for the reuse grids (``pipelines/
 ``pipelines/reuse-world1.yaml``): arms ``k<K>-e<E>`` (K cached views, E epochs; ``-<remedy>`` after it for a
 remedy arm) beside ``online-e<E>``. For each world, schedule and arm: the reuse ratio E / K (how many times each
 cached view is replayed) and the gap to the online arm of the same schedule, per seed (seed i against online seed
-i), on the val average (the choice) and the test average (reported), over the tasks kept (``--leave-out`` the
-tasks no model learns). Prints a markdown table and writes a plot of the val gap against the ratio.
+i), on the val average (the choice) and the test average (reported), over the tasks the world's teachers learn:
+a task is kept when its best teacher scores at least ``MARGIN`` points above both references of
+``dense_references.py --all-tasks`` (raw pixels, an untrained student) on val and on test. Prints the tasks left
+out, a markdown table, and writes a plot of the val gap against the ratio.
 
-    python pipelines/reuse_curve.py A=runs/reuse/train-rows/train-rows.json \\
-        B=runs/reuse-world1/train-rows/train-rows.json --leave-out shape,shape-seg --plot reuse-curve.png
+    python pipelines/reuse_curve.py A=runs/reuse/train-rows/train-rows.json:runs/reuse/references/references.json \\
+        B=runs/reuse-world1/train-rows/train-rows.json:runs/reuse-world1/references/references.json --plot curve.png
 """
 
 from __future__ import annotations
@@ -21,12 +23,27 @@ import numpy as np
 
 from unic_cache.evaluation.results import Results
 
+MARGIN = 3.0  # points: how far a teacher must be above the references for a task to count as learnt
 ARM = re.compile(r"k(?P<views>\d+)-e(?P<epochs>\d+)(?:-(?P<remedy>[\w-]+))?")
 
 
 def average(results: Results, model: str, tasks: list[str], split: str) -> np.ndarray:
     """Per seed, the mean headline score over ``tasks`` on ``split``."""
     return np.mean([results.values(model, t, results.headline(t, split)) for t in tasks], axis=0)
+
+
+def unlearnt(results: Results, references: Results) -> list[str]:
+    """The tasks on which no teacher is ``MARGIN`` points above every reference, on val and on test."""
+    out = []
+    for task in results.tasks:
+        for split in ("val", "test"):
+            metric = results.headline(task, split)
+            best = max(float(results.values(t, task, metric).mean()) for t in results.of_kind("teacher"))
+            ref = max(float(references.values(r, task, metric).mean()) for r in references.models)
+            if not best >= ref + MARGIN:
+                out.append(task)
+                break
+    return out
 
 
 def gaps(results: Results, leave_out: set[str]) -> list[dict]:
@@ -83,23 +100,26 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("results", nargs="+", help="WORLD=path/to/train-rows.json")
-    parser.add_argument("--leave-out", default="", help="comma-separated tasks no model learns (left out of the averages)")
+    parser.add_argument("results", nargs="+", help="WORLD=path/to/train-rows.json:path/to/references.json")
     parser.add_argument("--plot", type=Path, help="where to write the plot (PNG)")
     args = parser.parse_args()
-    leave_out = {t for t in args.leave_out.split(",") if t}
-    curves = {}
+    curves, left_out = {}, {}
     for spec in args.results:
-        world, _, path = spec.partition("=")
-        curves[world] = gaps(Results.load(path), leave_out)
+        world, _, paths = spec.partition("=")
+        results, references = (Results.load(p) for p in paths.split(":"))
+        left_out[world] = unlearnt(results, references)
+        curves[world] = gaps(results, set(left_out[world]))
+        print(f"world {world}: left out (no teacher {MARGIN:g} points above the references on val and test): "
+              f"{', '.join(left_out[world]) or 'none'}")
+    print()
     print("| world | arm | cached views | epochs | reuse (epochs / views) | val gap to online | test gap to online |")
     print("|---|---|---|---|---|---|---|")
     for world, rows in curves.items():
         for r in rows:
             print(f"| {world} | {r['arm']} | {r['views']} | {r['epochs']} | {r['reuse']:g} | {cell(r['val'])} | "
                   f"{cell(r['test'])} |")
-    print(f"\nGaps in points of the average over the tasks kept (left out: {', '.join(sorted(leave_out)) or 'none'}), "
-          "mean ± std over seeds of (arm seed i) - (online seed i).")
+    print("\nGaps in points of the average over each world's learnt tasks, mean ± std over seeds of (arm seed i) - "
+          "(online seed i).")
     if args.plot:
         plot(curves, args.plot)
 
