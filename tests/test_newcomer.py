@@ -146,6 +146,12 @@ def test_an_interrupted_demo_continues_and_a_finished_one_probes_nothing_again(t
     assert not (run / "model").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
     assert again.returncode == 0, again.stderr[-1500:]
+    for model in ("shape-texture", "colour-geometry", "student"):  # what the finished demo shows (its quick mode)
+        assert f"| {model} |" in again.stdout
+    assert (demo / "results.png").stat().st_size > 1000
+    summary = json.loads((demo / "results.json").read_text())
+    assert set(summary["tasks"]) == {"shape", "colour", "texture", "count", "size", "x", "y", "shape-seg", "colour-seg"}
+    assert summary["dense"] == ["shape-seg", "colour-seg"] and "student" in summary["claims"]
     record = json.loads((run / "config.json").read_text())
     straight = {k: v for k, v in record.items() if k in DistillConfig.__dataclass_fields__}
     distill(DistillConfig(**{**straight, "out": str(tmp_path / "straight"), "betas": tuple(straight["betas"])}))

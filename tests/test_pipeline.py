@@ -107,18 +107,6 @@ def test_run_cli_with_overrides_and_bad_keys(tmp_path):
     assert r.returncode == 2 and "unknown pipeline key(s) bogus" in r.stderr
 
 
-def test_demo_quick_mode(tmp_path):
-    r = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
-    assert r.returncode == 0, r.stderr[-2000:]
-    for model in ("shape-texture", "colour-geometry", "student"):
-        assert f"| {model} |" in r.stdout
-    assert (tmp_path / "demo" / "results.png").stat().st_size > 1000
-    summary = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert set(summary["tasks"]) == {"shape", "colour", "texture", "count", "size", "x", "y", "shape-seg", "colour-seg"}
-    assert summary["dense"] == ["shape-seg", "colour-seg"]
-    assert "student" in summary["claims"]
-
-
 def test_train_teacher_cli_gives_a_working_extract_command(shapes_dir, tmp_path):
     out = tmp_path / "t.safetensors"
     r = run_cli("train-teacher", str(shapes_dir), "--out", str(out), "--task", "colour", "--task", "size", "--epochs", "1",

@@ -54,10 +54,12 @@ def start_s3(bucket: str) -> "object":
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     server.requests = collections.Counter()
+    server.paths = collections.Counter()  # (method, what the key is: a cache's top-level entry, a teacher's array)
     app = server._server.app  # the WSGI app each request is handed to: counted on its way in
 
     def counted(environ, start_response):
         server.requests[environ["REQUEST_METHOD"]] += 1
+        server.paths[environ["REQUEST_METHOD"], _key_class(environ)] += 1
         return app(environ, start_response)
     server._server.app = counted
     host, port = server.get_host_and_port()
@@ -65,6 +67,17 @@ def start_s3(bucket: str) -> "object":
                       AWS_ENDPOINT_URL=f"http://{host}:{port}")
     s3fs.S3FileSystem().mkdir(bucket)
     return server
+
+
+def _key_class(environ: dict) -> str:
+    """What a request to ``/<bucket>/<cache>/...`` touches: ``(list)``, the cache's top-level entry (``index``,
+    ``views``, claims...), or ``teachers/<array>``."""
+    parts = environ.get("PATH_INFO", "").strip("/").split("/")
+    if len(parts) < 3:
+        return "(list)" if "list-type" in environ.get("QUERY_STRING", "") else "/".join(parts[1:]) or "(bucket)"
+    if parts[2] == "teachers" and len(parts) > 4:
+        return f"teachers/{parts[4]}"
+    return parts[2]
 
 
 def write_rows(folder: Path, n: int, shard_rows: int = 10_000) -> None:

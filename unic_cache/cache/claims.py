@@ -27,7 +27,8 @@ from ..errors import UserError
 
 HEARTBEAT = 10.0  # seconds between rewrites of a held claim
 STALE_AFTER = float(os.environ.get("UNIC_CACHE_STALE_AFTER", 120.0))  # a claim not rewritten for this long is abandoned
-POLL = 0.5
+POLL = 0.5  # seconds before a waiter looks again, doubled after each look up to MAX_POLL, so that a wait of
+MAX_POLL = 2.0  # t seconds costs about t / 2 looks (a few requests each on an object store), not 2t
 CLAIM_DIR = ".unic-cache"
 
 
@@ -139,7 +140,7 @@ def once(url: str, what: str, done: Callable[[], bool], work: Callable[[], None]
     """
     fs, root = fsspec.core.url_to_fs(url)
     path = f"{root.rstrip('/')}/{CLAIM_DIR}/{what}.lock"
-    told = False
+    told, delay = False, POLL
     while True:
         if done():
             return False
@@ -164,7 +165,8 @@ def once(url: str, what: str, done: Callable[[], bool], work: Callable[[], None]
         if not told and record and sys.stderr.isatty():  # a note for people watching; logs get the outcome only
             print(f"waiting for {record.get('host')}:{record.get('pid')}, which is {label}", file=sys.stderr)
             told = True
-        time.sleep(POLL)
+        time.sleep(delay)
+        delay = min(2 * delay, MAX_POLL)
 
 
 def check_writable_target(url: str, ours: set[str]) -> None:

@@ -327,10 +327,11 @@ class Distiller:
         if self.online or replays <= REPLAY_LIMIT:
             return None
         need = views_for(self.epochs)
-        return (f"warning: each cached view will be replayed {replays:.0f} times, more than the {REPLAY_LIMIT:g} at which "
+        return (f"warning: each cached view will be replayed {replays:.1f} times, more than the {REPLAY_LIMIT:g} at which "
                 f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); `unic-cache extract "
-                f"{self.cfg.data} --cache {self.cfg.cache} --teacher ... --views {need}` for each teacher brings it to "
-                f"{self.epochs / need:.1f}, or use fewer --epochs")
+                f"{self.cfg.data} --cache {self.cfg.cache} --teacher T --views {need}` for each teacher T "
+                f"({', '.join(self.teachers)}; with its own options) brings it to {self.epochs / need:.1f}, or use fewer "
+                "--epochs")
 
     def metric_names(self) -> list[str]:
         """What ``train_step`` returns, in order."""
