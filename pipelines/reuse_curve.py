@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unic_cache.evaluation.results import Results
+from unic_cache.evaluation.results import TOLERANCE, Results
 
 MARGIN = 3.0  # points: how far a teacher must be above the references for a task to count as learnt
 ARM = re.compile(r"k(?P<views>\d+)-e(?P<epochs>\d+)(?:-(?P<remedy>[\w-]+))?")
@@ -88,6 +88,7 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
             ax.errorbar([r["reuse"]], [r["val"].mean()], yerr=[r["val"].std(ddof=1)], marker="*", markersize=11,
                         capsize=3, linestyle="none", label=f"world {world}, {r['arm']}")
     ax.axhline(0, color="black", lw=0.8)
+    ax.axhline(-TOLERANCE, color="grey", lw=0.8, ls="--", label=f"{TOLERANCE:g} points below online")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("reuse ratio: epochs / cached views (times each cached view is replayed)")
     ax.set_ylabel("val average, cached minus online (points)")

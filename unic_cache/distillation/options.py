@@ -77,8 +77,10 @@ class DistillConfig(Options):
                                checks=(positive,))
     flip_p: float = option(0.0, "Stage-2 flip: each sample's student view mirrored left-right with this probability, "
                                 "its cached summary target kept and its patch targets left out (a mirrored teacher "
-                                "map is far from the teacher's output on the mirrored image: RESULTS.md). 0 in UNIC; "
-                                "a remedy measured for cached views replayed many times.", checks=(in_range(0, 1),))
+                                "map is far from the teacher's output on the mirrored image). 0 in UNIC. Measured as a "
+                                "remedy for views replayed many times, it failed: it teaches that a mirrored image has "
+                                "the same summary, and so erases left-right position (RESULTS.md, the reuse curve).",
+                     checks=(in_range(0, 1),))
     online: bool = option(False, "Reference mode: run the teachers on fresh views every step instead of reading "
                                  "the cache (slow; never the default).", flag="--online/--cached")
     epochs: float | None = option(None, "Training length in epochs (or --steps).", checks=(_positive_float,))
