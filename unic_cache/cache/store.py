@@ -389,8 +389,8 @@ class Cache:
                     lambda: None, f"adding views {first}-{views - 1} of teacher {store.name}")
         block = self.teacher(name)
         if block.own_views != views - first:
-            raise UserError(f"teacher {store.name} has views {first}-{first + block.own_views - 1} being added by another "
-                            f"extract; run it with --views {first + block.own_views} first")
+            raise UserError(f"teacher {store.name} has views {first}-{first + block.own_views - 1} being added (by another "
+                            f"extract, or one that was interrupted); run it with --views {first + block.own_views} first")
         return block
 
     def seal_teacher(self, name: str) -> None:
