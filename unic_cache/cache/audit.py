@@ -177,24 +177,35 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
         damage.pending.append(f"teacher {store.name}: all units done but statistics not finalised; run extract again")
 
 
+def _params_against_plan(group: TeacherStore | Cache, step: int, damage: Damage) -> tuple[list[slice], list[slice]]:
+    """Stored view parameters (the cache's, or a view block's) against the plan, ``step`` rows at a time: (row blocks
+    that cannot be read, each a problem added to ``damage``; intact row blocks that differ from the plan)."""
+    cache, first = (group, 0) if isinstance(group, Cache) else (group.cache, group.first_view)
+    read = group.params if isinstance(group, Cache) else group.own_params
+    damaged, differ = [], []
+    for a in range(0, cache.n, step):
+        rows = slice(a, min(cache.n, a + step))
+        try:
+            stored = read(rows)
+        except UserError as exc:
+            damage.problems.append(str(exc).split(";")[0])
+            damaged.append(rows)
+            continue
+        plan = replace(cache.plan, views=stored.shape[1])
+        if not np.array_equal(stored, plan_views(plan, np.arange(rows.start, rows.stop), cache.image_size[rows], first)):
+            differ.append(rows)
+    return damaged, differ
+
+
 def _check_block_params(block: TeacherStore, damage: Damage) -> None:
     """A view block's stored view parameters against the plan; damaged or different ones make the block be removed by
     repair and extracted again (its features were made from them)."""
-    image_size, step = block.cache.image_size, 65536
-    for a in range(0, block.cache.n, step):
-        rows = slice(a, min(block.cache.n, a + step))
-        try:
-            stored = block.own_params(rows)
-        except UserError as exc:
-            damage.problems.append(str(exc).split(";")[0])
-            damage.codec.add(block.name)
-            return
-        planned = plan_views(replace(block.cache.plan, views=block.own_views), np.arange(rows.start, rows.stop),
-                             image_size[rows], block.first_view)
-        if not np.array_equal(stored, planned):
-            damage.problems.append(f"teacher {block.name} params rows {rows.start}-{rows.stop - 1} differ from the view plan")
-            damage.codec.add(block.name)
-            return
+    damaged, differ = _params_against_plan(block, 65536, damage)
+    if differ:
+        damage.problems.append(f"teacher {block.name} params rows {differ[0].start}-{differ[-1].stop - 1} differ from "
+                               "the view plan")
+    if damaged or differ:
+        damage.codec.add(block.name)
 
 
 def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Damage) -> None:
@@ -246,18 +257,7 @@ def _check_plan(cache: Cache, damage: Damage) -> None:
     if params.shape[:2] != (cache.n, cache.views):
         damage.unrepairable("views/params has the wrong shape")
         return
-    step = params.chunks[0] * 16
-    damaged, differ = [], []
-    for a in range(0, cache.n, step):
-        rows = slice(a, min(cache.n, a + step))
-        try:
-            stored = cache.params(rows)
-        except UserError as exc:
-            damage.problems.append(str(exc).split(";")[0])
-            damaged.append(rows)
-            continue
-        if not np.array_equal(stored, plan_views(cache.plan, np.arange(rows.start, rows.stop), cache.image_size[rows])):
-            differ.append(rows)
+    damaged, differ = _params_against_plan(cache, params.chunks[0] * 16, damage)
     if differ and not cache.sealed:
         damage.unrepairable(f"views/params rows {differ[0].start}-{differ[-1].stop - 1} are intact (checksummed) but differ "
                             "from the view plan in the root attributes: the plan was edited? (rows not rewritten)")

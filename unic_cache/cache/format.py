@@ -91,6 +91,15 @@ def read_checked(array: zarr.Array, selection, what: str):
         raise UserError(f"{what}: damaged data ({reason}); run `unic-cache verify --repair` and re-run extract") from None
 
 
+def read_params(array: zarr.Array, rows: slice, what: str) -> np.ndarray:
+    """Stored view parameters of ``rows`` (``views/params`` or a view block's ``params``), read checked; a missing
+    chunk (NaN) is an error, never pixels cut from NaN."""
+    values = read_checked(array, rows, what)
+    if not np.isfinite(values).all():
+        raise UserError(f"{what}: missing values (a missing chunk); run `unic-cache verify --repair`")
+    return values
+
+
 def store_path(url: str, mode: str = "r") -> StorePath:
     """The store at ``url`` (local path or fsspec URL), opened without reading any of its metadata."""
     return sync(make_store_path(local_path(url), mode=mode))

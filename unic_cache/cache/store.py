@@ -29,7 +29,8 @@ from .pixels import CURRENT, PixelPipeline, pixel_pipeline
 from .sources import DatasetIndex, Source
 from .views import P, PlanConfig
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
-                     json_normal, local_path, quick_digest, read_checked, read_whole, seal_root, store_path, write_plan)
+                     json_normal, local_path, quick_digest, read_params, read_whole, seal_root, store_path,
+                     write_plan)
 from .layout import VIEW_BLOCK, TeacherInfo, codec_record, create_teacher
 from .teacher import TeacherStore
 
@@ -287,11 +288,7 @@ class Cache:
 
     def params(self, rows: slice) -> np.ndarray:
         """The stored view parameters of ``rows``; a missing chunk (NaN) is an error, never pixels cut from NaN."""
-        what = f"views/params rows {rows.start}-{rows.stop - 1}"
-        values = read_checked(self._params, rows, what)
-        if not np.isfinite(values).all():
-            raise UserError(f"{what}: missing values (a missing chunk); run `unic-cache verify --repair`")
-        return values
+        return read_params(self._params, rows, f"views/params rows {rows.start}-{rows.stop - 1}")
 
     # --- teachers
     def teacher_names(self) -> list[str]:

@@ -24,7 +24,7 @@ import zarr
 from . import claims, seal
 from .codecs import INT8_MISSING, Codec, FittedCodec
 from ..errors import UserError
-from .format import KINDS, create_checked, json_normal, read_checked, read_whole
+from .format import KINDS, create_checked, json_normal, read_checked, read_params, read_whole
 from .layout import VIEW_BLOCK, TeacherInfo
 from .sizing import PARTIALS
 from .statistics import Moments
@@ -183,11 +183,7 @@ class TeacherStore:
         ones; a missing chunk is an error."""
         if not self.first_view:
             return self.cache.params(rows)
-        what = f"teacher {self.name} params rows {rows.start}-{rows.stop - 1}"
-        values = read_checked(self.group["params"], rows, what)
-        if not np.isfinite(values).all():
-            raise UserError(f"{what}: missing values (a missing chunk); run `unic-cache verify --repair`")
-        return values
+        return read_params(self.group["params"], rows, f"teacher {self.name} params rows {rows.start}-{rows.stop - 1}")
 
     def done(self) -> np.ndarray:
         """(units,) bool: which units are complete; the only source of truth for resume. A damaged

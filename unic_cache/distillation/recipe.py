@@ -258,8 +258,9 @@ class Distiller:
         if self.rank == 0 and self.step < self.total and cfg.progress:  # beside the progress bar: a note for people
             print(self.checkpoint_plan(), file=sys.stderr, flush=True)
             print(self.replay_plan(), file=sys.stderr, flush=True)
-        if self.rank == 0 and self.step < self.total and self.replay_warning():  # said even without progress bars
-            print(self.replay_warning(), file=sys.stderr, flush=True)
+        warning = self.replay_warning() if self.rank == 0 and self.step < self.total else None
+        if warning:  # said even without progress bars
+            print(warning, file=sys.stderr, flush=True)
         if self.rank == 0 and self.step < self.total and cfg.progress:
             if self.cache.pixels.note():
                 print(self.cache.pixels.note(), file=sys.stderr, flush=True)
