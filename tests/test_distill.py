@@ -362,3 +362,29 @@ def test_flipped_samples_keep_their_summary_target_and_lose_their_patch_targets(
     summary.views = lambda b, name, res, cl=False: Distiller.views(flip, b, name, res, cl).flip(-1)  # the same mirror
     _, alone, _ = summary.loss(mirrored)
     torch.testing.assert_close(per_teacher, alone)
+
+
+def test_mixed_samples_learn_the_mix_of_their_cached_targets(world, tmp_path):
+    """--mix-p 1 mixes every sample with the one before it: the loss is UNIC's loss on the mixed views against the
+    same mix of the cached targets (mixing stored values first is the same, standardisation being affine); the
+    weights come from the run's generator, so the two steps draw the same. --flip-p with --mix-p is refused."""
+    mixer = Distiller(config(world, tmp_path / "mix", mix_p=1.0, teacher_drop=0.0))
+    plain = Distiller(config(world, tmp_path / "plain", teacher_drop=0.0))
+    mixer.student.eval(), plain.student.eval()
+    plain.student.load_state_dict(mixer.student.state_dict())
+    batch = next(iter(mixer.loader()))
+    state = mixer.drop_gen.get_state()
+    mix = mixer._mix(len(batch["params"]))
+    mixer.drop_gen.set_state(state)
+    _, per_teacher, _ = mixer.loss({**batch})
+    mixed = {**batch}
+    for t, kind in plain.selection.targets:
+        assert plain.arrays[t, kind] == (kind,)  # float16 stored values: the decode is a cast
+        mixed[f"{t}/{kind}"] = mix(batch[f"{t}/{kind}"].float())
+    plain.views = lambda b, name, res, cl=False: mix(Distiller.views(mixer, b, name, res, cl).float()).round().to(torch.uint8)
+    _, alone, _ = plain.loss(mixed)
+    torch.testing.assert_close(per_teacher, alone)
+    _, unmixed, _ = Distiller.loss(plain, {**batch})
+    assert not torch.allclose(per_teacher, unmixed)
+    with pytest.raises(UserError, match="cannot be combined"):
+        config(world, tmp_path / "both", mix_p=0.5, flip_p=0.5).check_together()

@@ -197,9 +197,9 @@ def test_shipped_pipelines_are_valid(name):
         assert config["arms"] == {"views-1": {"views": 1}, "all-views": {}}
         assert config["seeds"] == base["seeds"] and config["teachers"] == base["teachers"]
     if name in ("reuse", "reuse-world1"):  # the grid of world A in both worlds (B: the arms it ran), the teachers of its
-        grid = load_config(folder / "reuse.yaml")["arms"]  # benchmark world; the 13 arms it ran and 2 of the remedy
-        assert len(grid) == 15 and config["arms"].items() <= grid.items() and len(config["arms"]) >= 10
-        assert {"k1-e25", "online-e25", "k1-e100", "online-e100", "k1-e25-flip", "k4-e100-flip"} <= set(config["arms"])
+        grid = load_config(folder / "reuse.yaml")["arms"]  # benchmark world; the 13 arms it ran and 3 of the remedy
+        assert len(grid) == 16 and config["arms"].items() <= grid.items() and len(config["arms"]) >= 10
+        assert {"k1-e25", "online-e25", "k1-e100", "online-e100", "k8-e100", "k4-e100-mix"} <= set(config["arms"])
         assert config["distill"] == load_config(folder / "shapes.yaml")["distill"]
         world = "shapes" if name == "reuse" else "shapes-world1"
         assert [spec["weights"] for spec in config["teachers"].values()] == [

@@ -81,6 +81,12 @@ class DistillConfig(Options):
                                 "remedy for views replayed many times, it failed: it teaches that a mirrored image has "
                                 "the same summary, and so erases left-right position (RESULTS.md, the reuse curve).",
                      checks=(in_range(0, 1),))
+    mix_p: float = option(0.0, "Stage-2 MixUp: each sample's student view mixed with the next sample's with this "
+                               "probability, at a weight drawn uniformly in [0, 1], and its cached summary and patch "
+                               "targets mixed with the same weight (the teachers' outputs are close to linear in "
+                               "such mixes for the shapes ViTs, 0.88-0.94 cosine, less so for EfficientNet-Lite0: "
+                               "RESULTS.md). 0 in UNIC; a remedy for views replayed many times.",
+                          checks=(in_range(0, 1),))
     online: bool = option(False, "Reference mode: run the teachers on fresh views every step instead of reading "
                                  "the cache (slow; never the default).", flag="--online/--cached")
     epochs: float | None = option(None, "Training length in epochs (or --steps).", checks=(_positive_float,))
@@ -129,6 +135,9 @@ class DistillConfig(Options):
             raise UserError("give exactly one of --epochs or --steps")
         if not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"--betas must be in [0, 1), got {self.betas}")
+        if self.flip_p and self.mix_p:
+            raise UserError("--flip-p and --mix-p cannot be combined (a flipped sample has no patch target to mix); "
+                            "give one of them")
         if self.norm_stats == "running" and self.norm != "standard":
             raise UserError(f"--norm-stats running applies to --norm standard (UNIC's rule), not --norm {self.norm}")
         from ..cache.store import Cache  # here: --help and value errors need no zarr

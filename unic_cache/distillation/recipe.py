@@ -184,6 +184,9 @@ class Distiller:
         if self.cfg.flip_p and not self.online:
             flipped = torch.rand(len(student_views), generator=self.drop_gen, device=self.device) < self.cfg.flip_p
             student_views = torch.where(flipped[:, None, None, None], student_views.flip(-1), student_views)
+        mix = self._mix(len(student_views)) if self.cfg.mix_p and not self.online else None
+        if mix is not None:
+            student_views = mix(student_views.float()).round().to(torch.uint8)
         preds = self.model(student_views)
         for t, teacher in self.online.items():  # reference mode: targets computed now, on this step's views
             summary, patch = teacher(self.views(batch, f"{t}/image", teacher.info.resolution))
@@ -195,6 +198,7 @@ class Distiller:
             kinds[t] = kinds[t] + used
             stored = [batch[f"{t}/{name}"].to(self.device, non_blocking=True) for name in self.arrays[t, kind]]
             target = self.norms[f"{t}__{kind}"](self.codecs[t, kind].decode(stored) if t not in self.online else stored[0])
+            target = mix(target) if mix is not None else target
             pred = preds[f"{t}/{kind}"].float()
             if self.cfg.loss == "unic":
                 per_teacher[t] = per_teacher[t] + used * unic_loss(pred, target)
@@ -206,6 +210,18 @@ class Distiller:
         losses = torch.stack([per_teacher[t] for t in self.teachers], 1)
         weights = teacher_drop_weights(losses.detach().float(), self.cfg.teacher_drop, self.drop_gen, self.cfg.drop_norm)
         return (weights * losses).sum(), losses.detach(), weights
+
+    def _mix(self, n: int):
+        """--mix-p: the MixUp of a batch of ``n`` samples, as a function of a (n, ...) tensor: sample i mixed with
+        sample i - 1 at weight w_i ~ U(0, 1) with probability ``mix_p`` (w_i = 1, unmixed, otherwise)."""
+        mixed = torch.rand(n, generator=self.drop_gen, device=self.device) < self.cfg.mix_p
+        weight = torch.where(mixed, torch.rand(n, generator=self.drop_gen, device=self.device), 1.0)
+        partner = torch.arange(n, device=self.device).roll(1)
+
+        def mix(x: torch.Tensor) -> torch.Tensor:
+            w = weight.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
+            return w * x + (1 - w) * x[partner]
+        return mix
 
     def views(self, batch: dict[str, torch.Tensor], name: str, resolution: int, channels_last: bool = False) -> torch.Tensor:
         """A batch's views ``name`` on the device: the loader's crops, or its decoded images cut there (pipeline 3),
