@@ -3,9 +3,10 @@ code at REV (a git worktree) and by the working tree, compared array by array an
 
     python pipelines/same_outputs.py HEAD~1            # exit 0 and "identical" when nothing differs
 
-The cache's arrays are compared bit for bit (NaN equal to NaN) with every attribute but those that name when
-and by which version it was made; the students' exported weights tensor by tensor. For refactors, which must
-change neither.
+The cache holds the teacher under the default codec and under every other kind (``CODECS``), and the student
+learns from all four; the cache's arrays are compared bit for bit (NaN equal to NaN) with every attribute but
+those that name when and by which version it was made, the students' exported weights tensor by tensor. For
+refactors, which must change neither.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from safetensors.numpy import load_file
 ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", message="Object at .* is not recognized")  # seals and claims beside the arrays
 WHEN = {"created", "code_version"}  # attributes that say when and by which version, not what
+CODECS = [("int8", "int8", "pool-2+int8c"), ("pca", "pca-16+int8c", "pca-0.9+int8"),  # every kind of codec, beside
+          ("bits", "bitround-6", "pool-2+pca-8+f32")]                                 # the default (f16)
 
 
 def build(code: Path, out: Path) -> None:
@@ -34,9 +37,10 @@ def build(code: Path, out: Path) -> None:
     cli = [sys.executable, "-m", "unic_cache"]
     teacher = ["--teacher", "timm:vit_tiny_patch16_224", "--weights", "random:3", "--resolution", "32",
                "--model-arg", "depth=2"]
-    for args in (["make-shapes", str(out / "data"), "--n", "24", "--size", "32"],
-                 ["extract", str(out / "data"), "--cache", str(out / "c.zarr"), *teacher, "--views", "3",
-                  "--unit-rows", "8", "--workers", "0", "--no-progress"],
+    extract = ["extract", str(out / "data"), "--cache", str(out / "c.zarr"), *teacher, "--views", "3", "--unit-rows", "8",
+               "--workers", "0", "--no-progress", "--calibration", "48"]
+    for args in (["make-shapes", str(out / "data"), "--n", "24", "--size", "32"], extract,
+                 *([*extract, "--name", name, "--codec", codec, "--patch-codec", patch] for name, codec, patch in CODECS),
                  ["distill", str(out / "data"), "--cache", str(out / "c.zarr"), "--out", str(out / "run"),
                   "--student", "vit_tiny_patch16_224", "--img-size", "32", "--model-arg", "depth=2", "--steps", "4",
                   "--batch-size", "8", "--workers", "0", "--no-progress"]):
