@@ -172,7 +172,8 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
 
 
 @pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",
-                                  "views", "views-world1", "codecs", "unic_in1k", "reuse", "reuse-world1"])
+                                  "views", "views-world1", "codecs", "unic_in1k", "reuse", "reuse-world1",
+                                  "reuse-pca", "reuse-pca-world1"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 
@@ -206,6 +207,11 @@ def test_shipped_pipelines_are_valid(name):
             f"runs/{world}/teachers/{t}.safetensors" for t in load_config(folder / f"{world}.yaml")["teachers"]]
         used = max(o.get("views", 1) for o in config["arms"].values())  # world B cached 32; the arms it ran use 8
         assert used == config["cache"]["views"] if name == "reuse" else used <= config["cache"]["views"]
+    if name.startswith("reuse-pca"):  # the same world, teachers and recipe as its reuse world, in a cheaper codec
+        same = load_config(folder / ("reuse.yaml" if name == "reuse-pca" else "reuse-world1.yaml"))
+        assert {k: config[k] for k in ("data", "cache", "distill", "seeds")} == {k: same[k] for k in ("data", "cache", "distill", "seeds")}
+        assert {t: {k: v for k, v in spec.items() if k != "extract"} for t, spec in config["teachers"].items()} == same["teachers"]
+        assert all(spec["extract"] == {"codec": "f16", "patch_codec": "pca-32+int8"} for spec in config["teachers"].values())
     # the pipelines whose RESULTS.md runs predate UNIC's defaults pin what those runs had; the benchmark and the
     # ablations run UNIC's defaults, with the earlier recipe as an arm
     recipe = DistillConfig.from_dict(config["distill"])
