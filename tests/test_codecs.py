@@ -11,11 +11,12 @@ import pytest
 import torch
 import zarr
 
-from unic_cache.cache.codecs import parse_codec, fit_codec
+from unic_cache.cache.codec_kinds import bitround
+from unic_cache.cache.codecs import fit_codec, parse_codec
 from unic_cache.cache.sizing import TeacherSize, check_free_space
 from unic_cache.cache.store import Cache
 from unic_cache.errors import UserError
-from unic_cache.models.codecs import DeviceCodec, bitround, pool_tokens
+from unic_cache.models.codecs import DeviceCodec, pool_tokens
 from unic_cache.extraction.runner import extract
 
 from .conftest import HANG_GUARD, TINY, VIEWS, extract_in_ranks, opts
@@ -289,3 +290,45 @@ def test_plan_takes_the_schedule_and_sizes_the_views_it_needs():
     lines = plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs, views=4))
     assert lines[-1].endswith("warning: plan --views 5 for this schedule")
     assert "warning" not in plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs))[-1]
+
+
+def test_a_new_kind_of_values_is_one_registered_class(shapes_dir, weights, tmp_path):
+    """A kind registered in ``VALUE_KINDS`` is a codec everywhere, with nothing else changed: parsed, planned,
+    extracted on the device, read back and decoded in stage 2, described for foreign readers."""
+    from dataclasses import dataclass
+
+    from unic_cache.cache.codec_kinds import VALUE_KINDS, StoredValues, register
+
+    @register
+    @dataclass(frozen=True)
+    class Halved(StoredValues):  # float16 of half each value: the same numbers as f16, stored another way
+        name, syntax, dtype = "half16", "half16", "float16"
+
+        def encode(self, y, params):
+            return [(y / 2).half()]
+
+        def decode(self, values, parts, params):
+            return values * 2
+
+        def reader_steps(self, kind):
+            return ["v = v * 2"]
+
+    try:
+        with pytest.raises(UserError, match="half16"):  # the error lists the registered kinds
+            parse_codec("pca-8+nothing")
+        urls = {spec: str(tmp_path / f"{spec}.zarr") for spec in ("half16", "f16")}
+        for spec, url in urls.items():
+            extract(str(shapes_dir), url, opts(weights, codec=spec))
+        half, ref = (Cache.open(url).teacher(TINY) for url in urls.values())
+        assert half.codec_specs()["patch"].spec == "half16" and half.attrs["codecs"]["patch"]["decode"].endswith("v = v * 2")
+        for kind in half.kinds:
+            np.testing.assert_allclose(half.read(kind, slice(0, 24), slice(None)), ref.read(kind, slice(0, 24), slice(None)),
+                                       rtol=1e-3, atol=1e-6)
+            stored = [torch.from_numpy(half.read_stored(a, slice(0, 4), 0).astype(np.float32)) for a in half.arrays(kind)]
+            rebuilt = DeviceCodec(half.codecs[kind], half.info.grid, torch.device("cpu")).decode(stored)
+            np.testing.assert_array_equal(rebuilt.numpy(), half.read(kind, slice(0, 4), 0))
+        planned = TeacherSize("t", half.info.dim, half.info.grid, parse_codec("half16"), parse_codec("half16"), 24, VIEWS)
+        assert planned.per_sample_view == TeacherSize("t", ref.info.dim, ref.info.grid, parse_codec("f16"), parse_codec("f16"), 24,
+                                               VIEWS).per_sample_view
+    finally:
+        VALUE_KINDS.pop("half16")

@@ -1,4 +1,4 @@
-"""How teacher features are stored, and rebuilt (torch-free: the extraction runner encodes on the device).
+"""How teacher features are stored, and rebuilt: one class per kind of codec, behind one interface.
 
 A codec is a spec ``[TRANSFORM+...]VALUES`` (``f16``, ``int8``, ``pca-32+int8``, ``pool-2+int8``, ...):
 
@@ -10,6 +10,10 @@ A codec is a spec ``[TRANSFORM+...]VALUES`` (``f16``, ``int8``, ``pca-32+int8``,
   compresses it), ``int8`` (int8 in [-127, 127] times a float16 scale per vector) or ``int8c`` (int8
   around a per-channel centre, times a per-channel scale fitted on calibration vectors: robust to the
   outlier channels of DINO-like features, which spoil a per-vector scale).
+
+Each kind is one class (``cache.codec_kinds``: the values' ``StoredValues`` subclasses registered in
+``VALUE_KINDS``, the transforms ``Pool`` and ``PCA``); ``Codec`` is a parsed chain of them, ``FittedCodec`` one
+fitted to a teacher's kind.
 
 Stored arrays stay plain zarr (integers, coefficients, scales; every chain ends in crc32c, ``checked``);
 a fitted codec (``FittedCodec``: spec, parameters such as the PCA basis, fidelity) is described
@@ -25,8 +29,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import UserError
+from .codec_kinds import PCA, TRANSFORMS, VALUE_KINDS, Float16, Pool, StoredValues
 
-VALUES = {"f32": "float32", "f16": "float16", "bitround": "float16", "int8": "int8", "int8c": "int8"}
 LEGACY = {"f16-zstd": "f16", "f32-zstd": "f32"}
 INT8_MISSING = -128  # the fill value of int8 arrays: never written (values are clipped to +-127), so it marks a missing chunk
 ZSTD_LEVEL = 3
@@ -42,33 +46,35 @@ def checked(*compressors) -> tuple:
 
 @dataclass(frozen=True)
 class Codec:
-    """A parsed codec spec: ``transforms`` (("pool", F) / ("pca", K or fraction)) then ``values``."""
+    """A parsed codec spec: ``transforms`` (``Pool`` / ``PCA``, in order) then ``values``."""
 
-    values: str
-    keepbits: int | None = None
-    transforms: tuple[tuple[str, float], ...] = ()
+    values: StoredValues
+    transforms: tuple[Pool | PCA, ...] = ()
 
     @property
     def spec(self) -> str:
-        parts = [f"{name}-{int(arg) if name == 'pool' or arg >= 1 else arg}" for name, arg in self.transforms]
-        parts.append(f"bitround-{self.keepbits}" if self.values == "bitround" else self.values)
-        return "+".join(parts)
+        return "+".join([*(f"{t.name}-{t.arg}" for t in self.transforms), self.values.spec])
 
     @property
     def dtype(self) -> str:
-        return VALUES[self.values]
+        return self.values.dtype
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Stored arrays besides the values: "scale" for per-vector int8."""
+        return self.values.parts
 
     @property
     def pool(self) -> int:
-        return int(next((arg for name, arg in self.transforms if name == "pool"), 1))
+        return next((t.factor for t in self.transforms if isinstance(t, Pool)), 1)
 
     @property
-    def pca(self) -> float | None:
-        return next((arg for name, arg in self.transforms if name == "pca"), None)
+    def pca(self) -> PCA | None:
+        return next((t for t in self.transforms if isinstance(t, PCA)), None)
 
     def for_kind(self, kind: str) -> "Codec":
         """This codec as applied to ``kind``: the summary has no grid to pool."""
-        return self if kind == "patch" else replace(self, transforms=tuple(t for t in self.transforms if t[0] != "pool"))
+        return self if kind == "patch" else replace(self, transforms=tuple(t for t in self.transforms if not isinstance(t, Pool)))
 
     def stored_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
         """The token grid stored for a teacher grid (pooled cells cover a partial edge too)."""
@@ -76,41 +82,45 @@ class Codec:
 
     def bytes_per_vector(self, stored_dim: int) -> int:
         """Uncompressed bytes of one stored vector (values, and a per-vector scale for int8)."""
-        return stored_dim * np.dtype(self.dtype).itemsize + (2 if self.values == "int8" else 0)
+        return self.values.bytes_per_vector(stored_dim)
 
     def planned_dim(self, dim: int) -> int:
         """Stored width before fitting: K for pca-K, else ``dim`` (an upper bound for pca-FRACTION)."""
+        for t in self.transforms:
+            dim = t.planned_dim(dim)
+        return dim
+
+    def param_shapes(self, dim: int, stored_dim: int) -> dict[str, tuple[int, ...]]:
+        """The shapes of the fitted parameters of vectors ``dim`` wide stored ``stored_dim`` wide."""
         pca = self.pca
-        return dim if pca is None or pca < 1 else min(dim, int(pca))
+        return {**(pca.param_shapes(dim, stored_dim) if pca else {}), **self.values.param_shapes(stored_dim)}
+
+
+def value_kinds() -> str:
+    """The registered kinds of values as a spec writes them: ``f32, f16, bitround-B, int8, int8c``."""
+    return ", ".join(kind.syntax for kind in VALUE_KINDS.values())
 
 
 def parse_codec(spec: str) -> Codec:
     """A codec spec as a ``Codec``; a bad one is a one-line error listing examples."""
     spec = LEGACY.get(spec, spec)
     parts = spec.split("+") if spec else [""]
-    values, keepbits = parts[-1], None
-    if values not in VALUES and not values.startswith("bitround-"):
-        parts, values = [*parts, "f16"], "f16"  # "pca-32" alone stores float16 coefficients
-    if values.startswith("bitround-"):
-        bits = values.partition("-")[2]
-        if not bits.isdigit() or not 1 <= int(bits) <= 9:
-            raise UserError(f"codec {spec!r}: bitround-B keeps B of float16's 10 mantissa bits, 1 <= B <= 9")
-        values, keepbits = "bitround", int(bits)
-    transforms = []
+    values = next((v for kind in VALUE_KINDS.values() if (v := kind.from_spec(parts[-1])) is not None), None)
+    if values is None:
+        parts, values = [*parts, "f16"], Float16()  # "pca-32" alone stores float16 coefficients
+    transforms: list[Pool | PCA] = []
     for part in parts[:-1]:
         name, _, arg = part.partition("-")
         try:
             value = float(arg)
         except ValueError:
             value = float("nan")
-        if name == "pool" and value.is_integer() and value >= 2 and not transforms:
-            transforms.append(("pool", int(value)))
-        elif name == "pca" and (0 < value < 1 or (value.is_integer() and value >= 1)) and not any(t[0] == "pca" for t in transforms):
-            transforms.append(("pca", value if value < 1 else int(value)))
-        else:
+        transform = TRANSFORMS[name].from_arg(value, tuple(transforms)) if name in TRANSFORMS else None
+        if transform is None:
             raise UserError(f"unknown codec {spec!r}: write [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES one of "
-                            f"f32, f16, bitround-B, int8, int8c (pool first, at most one pca); e.g. {EXAMPLES}")
-    return Codec(values, keepbits, tuple(transforms))
+                            f"{value_kinds()} (pool first, at most one pca); e.g. {EXAMPLES}")
+        transforms.append(transform)
+    return Codec(values, tuple(transforms))
 
 
 def kind_codecs(codec: str, patch_codec: str | None, patch: bool) -> dict[str, Codec]:
@@ -147,14 +157,15 @@ class FittedCodec:
     @property
     def parts(self) -> tuple[str, ...]:
         """Stored arrays besides the values: "scale" for per-vector int8."""
-        return ("scale",) if self.codec.values == "int8" else ()
+        return self.codec.parts
 
     def describe(self, kind: str = "summary") -> dict:
         """Everything that defines the stored values of ``kind``, for the teacher's attrs (parameters live in
         arrays), with how a foreign reader rebuilds the vectors: the arrays used, the decode formula, the
         pooled grid's token order and the values that mean "missing"."""
-        return {"spec": self.codec.spec, "values": self.codec.values, "dtype": self.codec.dtype,
-                "keepbits": self.codec.keepbits, "transforms": [list(t) for t in self.codec.transforms],
+        values = self.codec.values
+        return {"spec": self.codec.spec, "values": values.name, "dtype": self.codec.dtype,
+                "keepbits": getattr(values, "keepbits", None), "transforms": [[t.name, t.arg] for t in self.codec.transforms],
                 "dim": self.dim, "stored_dim": self.stored_dim, "params": sorted(self.params),
                 "kept_variance": self.kept_variance, "fidelity": self.fidelity, "zstd_level": ZSTD_LEVEL,
                 "scale_dtype": "float16" if self.parts else None, "int8_range": [-127, 127] if self.codec.dtype == "int8" else None,
@@ -164,13 +175,8 @@ class FittedCodec:
         """The arrays, the decode formula, the token order and the missing-value marks of ``kind``."""
         arrays = {"values": kind, **{part: f"{kind}_{part}" for part in self.parts},
                   **{name: f"codec/{kind}/{name}" for name in sorted(self.params)}}
-        steps = [f"v = float32({kind})"]
-        if self.codec.values == "int8":
-            steps.append(f"v = v * float32({kind}_scale)[..., None]  (one scale per stored vector)")
-        elif self.codec.values == "int8c":
-            steps.append(f"v = v * codec/{kind}/scale + codec/{kind}/offset  (per channel)")
-        if "basis" in self.params:
-            steps.append(f"v = v @ codec/{kind}/basis.T + codec/{kind}/center  (PCA coefficients -> {self.dim} dims)")
+        pca = self.codec.pca
+        steps = [f"v = float32({kind})", *self.codec.values.reader_steps(kind), *([pca.reader_step(kind, self.dim)] if pca else [])]
         pool = self.codec.pool
         return {"arrays": arrays, "decode": "; ".join(steps),
                 "tokens": "one vector per sample-view" if kind == "summary" else
@@ -192,54 +198,36 @@ class FittedCodec:
             codec = parse_codec(attrs["spec"])
         except UserError:
             codec = None
-        if codec is None or codec.values != attrs.get("values") or sorted(params) != sorted(attrs.get("params", [])):
+        if codec is None or codec.values.name != attrs.get("values") or sorted(params) != sorted(attrs.get("params", [])):
             raise UserError(f"teacher {teacher} uses codec {attrs.get('spec')!r}, which this version of unic-cache does not "
                             "know; upgrade unic-cache to read it")
         return cls(codec, int(attrs["dim"]), int(attrs["stored_dim"]), params, attrs.get("fidelity", {}),
                    attrs.get("kept_variance"))
 
-    def decode(self, values, scale=None, params: dict | None = None):
-        """Vectors (..., dim) from stored values (..., stored_dim) already cast to float32, as numpy or torch
-        arrays alike; ``params`` (default: this codec's numpy ones) must be of the same kind and device."""
+    def encode(self, y, params: dict, params64: dict) -> list:
+        """The stored arrays of float32 torch vectors ``y`` already on the stored grid (``params``: this codec's on
+        the vectors' device, ``params64`` the same in float64)."""
+        pca = self.codec.pca
+        return self.codec.values.encode(pca.encode(y, params64) if pca else y, params)
+
+    def decode(self, values, *parts, params: dict | None = None):
+        """Vectors (..., dim) from stored values (..., stored_dim) and their parts already cast to float32, as numpy
+        or torch arrays alike; ``params`` (default: this codec's numpy ones) must be of the same kind and device."""
         p = self.params if params is None else params
-        if self.codec.values == "int8":
-            values = values * scale[..., None]
-        elif self.codec.values == "int8c":
-            values = values * p["scale"] + p["offset"]
-        if "basis" in p:
-            values = values @ p["basis"].T + p["center"]
-        return values
+        values = self.codec.values.decode(values, parts, p)
+        pca = self.codec.pca
+        return pca.decode(values, p) if pca else values
 
 
 def fit_codec(codec: Codec, x: np.ndarray) -> FittedCodec:
-    """Fit ``codec`` on calibration vectors ``x`` (M, D), after any pooling: the PCA basis in float64
-    (components sorted by variance, sign fixed so that each has a positive largest entry), then the
-    int8c channel ranges on the projected vectors."""
+    """Fit ``codec`` on calibration vectors ``x`` (M, D), after any pooling: the PCA basis in float64, then the
+    values' parameters (int8c's channel ranges) on the projected vectors."""
     x = np.asarray(x, np.float64)
     dim, params, kept = x.shape[1], {}, None
-    stored = dim
     if codec.pca is not None:
-        center = x.mean(0)
-        xc = x - center
-        eigval, eigvec = np.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
-        eigval, eigvec = eigval[::-1].clip(min=0), eigvec[:, ::-1]
-        eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(0), np.arange(dim)])
-        total = max(eigval.sum(), 1e-300)
-        if codec.pca < 1:
-            stored = int(min(dim, np.searchsorted(np.cumsum(eigval) / total, codec.pca) + 1))
-        elif codec.pca > dim:
-            raise UserError(f"{codec.spec} keeps {codec.pca} components, but these features are {dim} wide; use "
-                            f"pca-K with K <= {dim}, or pca-0.FF to keep a fraction of the variance")
-        else:
-            stored = int(codec.pca)
-        kept = float(eigval[:stored].sum() / total)
-        params.update(center=center.astype(np.float32), basis=np.ascontiguousarray(eigvec[:, :stored]).astype(np.float32))
-        x = xc @ eigvec[:, :stored]
-    if codec.values == "int8c":
-        offset = x.mean(0)
-        reach = np.abs(x - offset).max(0) * 1.1  # 10% headroom for values past the calibration range
-        params.update(offset=offset.astype(np.float32), scale=(np.maximum(reach, 1e-12) / 127).astype(np.float32))
-    return FittedCodec(codec, dim, stored, params, kept_variance=kept)
+        params, x, kept = codec.pca.fit(x, codec.spec)
+    params.update(codec.values.fit(x))
+    return FittedCodec(codec, dim, x.shape[1], params, kept_variance=kept)
 
 
 def fidelity(original: np.ndarray, decoded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:

@@ -109,7 +109,7 @@ def teacher_arrays(name: str, n: int, views: int, dim: int, kinds: dict[str, tup
     for kind, (codec, stored, tokens, params) in kinds.items():
         vectors = (n, views, *((tokens,) if kind == "patch" else ()))
         out.append(_chunked(at + kind, (*vectors, stored), np.dtype(codec.dtype).itemsize, layout.shard_rows))
-        parts = ("scale",) if codec.values == "int8" else ()
+        parts = codec.parts
         out += [_chunked(f"{at}{kind}_{part}", vectors, 2, layout.shard_rows) for part in parts]
         out += [_chunked(f"{at}codec/{kind}/{param}", shape, 4) for param, shape in sorted(params.items())]
         partial = {"count": (), "cos": (), "mean": (dim,), "m2": (dim, dim)}
@@ -148,8 +148,7 @@ class TeacherSize:
         for kind, codec in (("summary", self.codec), ("patch", self.patch_codec)):
             if codec is not None:
                 stored = codec.planned_dim(self.dim)
-                params = {"center": (self.dim,), "basis": (self.dim, stored)} if codec.pca is not None else {}
-                params |= {"offset": (stored,), "scale": (stored,)} if codec.values == "int8c" else {}
+                params = codec.param_shapes(self.dim, stored)
                 tokens = self.stored_grid[0] * self.stored_grid[1] if kind == "patch" else 1
                 out[kind] = (codec, stored, tokens, params)
         return out
@@ -190,7 +189,7 @@ class TeacherSize:
     @property
     def upper_bound(self) -> bool:
         """True when a PCA keeps a variance fraction: its width is only known after calibration."""
-        return any(c is not None and c.pca is not None and c.pca < 1 for c in (self.codec, self.patch_codec))
+        return any(c is not None and c.pca is not None and c.pca.keep < 1 for c in (self.codec, self.patch_codec))
 
 
 def array_kind(path: str) -> str:

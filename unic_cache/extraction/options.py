@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from ..cache.codecs import EXAMPLES, codec_problem
+from ..cache.codecs import EXAMPLES, codec_problem, value_kinds
 from ..cache.views import PlanConfig, ViewPolicy
 from ..errors import UserError
 from ..models.registry import alias_model, split_alias, weights_problem
@@ -40,8 +40,8 @@ class ExtractOptions(Options):
                                                           "0.35 1 for small images (default: the cache's, or UNIC's "
                                                           f"{' '.join(f'{v:g}' for v in ViewPolicy.scale)}).")
     patch: bool = option(True, "Store patch tokens as well as the summary.")
-    codec: str = option("f16", f"Feature codec, [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES f32, f16, bitround-B, int8 "
-                               f"or int8c (e.g. {EXAMPLES}); pool applies to patch tokens only.", checks=(codec_problem,))
+    codec: str = option("f16", f"Feature codec, [pool-F+][pca-K|pca-0.FF+]VALUES with VALUES one of {value_kinds()} "
+                               f"(e.g. {EXAMPLES}); pool applies to patch tokens only.", checks=(codec_problem,))
     patch_codec: str | None = option(None, "Codec of the patch tokens when it differs from --codec (e.g. keep the "
                                            "summary f16 and store patch tokens as pca-0.9+int8).", checks=(codec_problem,))
     calibration: int = option(256, "Sample-views run in float32 before extraction to fit the codec (PCA basis, int8c "

@@ -1,7 +1,6 @@
-"""Stored features on the device: ``DeviceCodec`` encodes teacher outputs into a fitted codec's stored
-arrays (stage 1) and rebuilds vectors from them (stage 2, on the GPU: int8 scales, PCA bases), with the
-pooling and bit rounding the codecs use. The format itself (specs, fitting, numpy decoding) is
-``cache.codecs``; this is its torch side, shared by both stages.
+"""Stored features on the device: ``DeviceCodec`` holds a fitted codec's parameters there, to encode teacher
+outputs into its stored arrays (stage 1) and rebuild vectors from them (stage 2, on the GPU), and the token-grid
+pooling the ``pool-F`` codecs use. The codecs themselves (specs, fit, encode, decode) are ``cache.codecs``.
 """
 
 from __future__ import annotations
@@ -36,16 +35,6 @@ def unpool_tokens(pooled: torch.Tensor, grid: tuple[int, int], factor: int) -> t
     return fmap[:, :, :grid[0], :grid[1]].flatten(2).transpose(1, 2)
 
 
-def bitround(x: torch.Tensor, keepbits: int) -> torch.Tensor:
-    """float16 values with only ``keepbits`` of their 10 mantissa bits, rounded to nearest (ties to even),
-    as numcodecs' BitRound does."""
-    drop = 10 - keepbits
-    bits = x.half().view(torch.int16).to(torch.int32) & 0xFFFF
-    half = (1 << (drop - 1)) - 1
-    bits = (bits + half + ((bits >> drop) & 1)) & (0xFFFF & ~((1 << drop) - 1))
-    return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(torch.float16)
-
-
 class DeviceCodec:
     """One kind's fitted codec with its parameters on the device: ``encode`` gives the stored arrays,
     ``decode`` what stage 2 rebuilds from them. Stage 1's projections and the statistics' decode run in float64, so
@@ -60,20 +49,7 @@ class DeviceCodec:
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stored arrays (values, then any per-vector scale) of vectors ``x`` already on the stored grid
         (``original``: pooled once, shared with the fidelity measure)."""
-        y = x.float()
-        if "basis" in self.params:
-            y = ((y.double() - self.params64["center"]) @ self.params64["basis"]).float()
-        values = self.codec.values
-        if values == "int8":
-            scale = (y.abs().amax(-1) / 127).half()
-            q = torch.round(y / scale.float().clamp_min(2.0 ** -24)[..., None]).clamp(-127, 127)
-            return [q.to(torch.int8), scale]
-        if values == "int8c":
-            q = torch.round((y - self.params["offset"]) / self.params["scale"]).clamp(-127, 127)
-            return [q.to(torch.int8)]
-        if values == "bitround":
-            return [bitround(y, self.codec.keepbits)]
-        return [y.to(getattr(torch, self.codec.dtype))]
+        return self.fitted.encode(x.float(), self.params, self.params64)
 
     def decode(self, stored: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The vectors rebuilt from ``stored``, computed in ``dtype`` (float64: for the statistics)."""
