@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..cache.sources import FolderSource, ParquetSource, Source, key_bytes, member_key
+from ..cache.sources import Source, key_bytes
 
 SPLITS = ("train", "val", "test")
 IGNORE = 255  # a label-map pixel that belongs to no class
@@ -91,9 +90,8 @@ def write_split(folder: str | Path, rule: SplitRule) -> None:
 
 
 def _beside_shards(source: Source, name: str) -> str:
-    """``name`` in the dataset's folder: an image folder's root, or the folder of the first tar shard."""
-    folder = source.root if isinstance(source, FolderSource) else source.shards[0].url.rsplit("/", 1)[0]
-    return f"{folder}/{name}"
+    """``name`` in the dataset's folder (``Source.folder``)."""
+    return f"{source.folder}/{name}"
 
 
 def read_split(source: Source) -> SplitRule:
@@ -112,52 +110,6 @@ def read_split(source: Source) -> SplitRule:
     return rule
 
 
-def _tar_labels(source: Source, rows: dict[str, int], dense: set[str]) -> tuple[dict[int, dict], dict[str, dict[int, bytes]]]:
-    """(row -> label dict from the ``.json`` / ``.cls`` members, dense task -> row -> ``.<task>.png`` bytes)."""
-    found: dict[int, dict] = {}
-    maps: dict[str, dict[int, bytes]] = {t: {} for t in dense}
-    for shard in source.shards:
-        with source.fs.open(shard.url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            for info in tar:
-                split = member_key(info.name) if info.isfile() else None
-                if split is None or split[0] not in rows:
-                    continue
-                ext = split[1].lower()
-                if ext.endswith(".png") and ext[:-4] in dense:
-                    maps[ext[:-4]][rows[split[0]]] = tar.extractfile(info).read()
-                    continue
-                if ext not in ("json", "cls"):
-                    continue
-                raw = tar.extractfile(info).read()
-                try:
-                    value = json.loads(raw) if ext == "json" else {"class": int(raw.strip())}
-                except (ValueError, UnicodeDecodeError):
-                    raise UserError(f"unreadable label member {info.name} in {shard.name}") from None
-                if isinstance(value, dict):
-                    found.setdefault(rows[split[0]], {}).update(value)
-    return found, maps
-
-
-def _parquet_labels(source: ParquetSource, rows: dict[str, int]) -> tuple[dict[int, dict], dict[str, int]]:
-    """(row -> label dict from the integer and float columns, classes of each ``ClassLabel`` column: the number
-    of its names in the file's Hugging Face metadata)."""
-    import pyarrow as pa
-
-    found: dict[int, dict] = {}
-    classes: dict[str, int] = {}
-    for shard in range(len(source.shards)):
-        file = source.parquet(shard)
-        features = json.loads((file.schema_arrow.metadata or {}).get(b"huggingface", b"{}")).get("info", {}).get("features", {})
-        columns = [c.name for c in file.schema_arrow if pa.types.is_integer(c.type) or pa.types.is_floating(c.type)]
-        classes.update({c: len(features[c]["names"]) for c in columns if features.get(c, {}).get("_type") == "ClassLabel"})
-        table = file.read(columns=columns)
-        for i, values in enumerate(zip(*(table.column(c).to_pylist() for c in columns))):
-            row = rows.get(source.key(shard, i))
-            if row is not None:
-                found[row] = {c: v for c, v in zip(columns, values) if v is not None}
-    return found, classes
-
-
 def _declared_tasks(source: Source) -> list[Task] | None:
     """Tasks from ``tasks.json`` in the folder of the first shard, if present."""
     path = _beside_shards(source, "tasks.json")
@@ -168,21 +120,11 @@ def _declared_tasks(source: Source) -> list[Task] | None:
 
 
 def read_labels(source: Source, keys: np.ndarray) -> Labels:
-    """Labels for the samples ``keys`` (the cache's row order) of ``source``."""
-    if isinstance(source, FolderSource):
-        names = [s.name for s in source.shards]
-        if len(names) < 2:
-            raise UserError(f"{source.spec} has no class folders; put each class's images in its own folder")
-        folder = {name: i for i, name in enumerate(names)}
-        classes = np.array([folder[k.rsplit("/", 1)[0] if "/" in k else ""] for k in keys], np.int64)
-        return Labels([Task("class", len(names))], {"class": classes}, len(keys))
-    rows = {str(k): i for i, k in enumerate(keys)}
-    tasks = _declared_tasks(source)
-    classes: dict[str, int] = {}
-    if isinstance(source, ParquetSource):
-        (found, classes), maps = _parquet_labels(source, rows), {}
-    else:
-        found, maps = _tar_labels(source, rows, {t.name for t in tasks or () if t.dense})
+    """Labels for the samples ``keys`` (the cache's row order) of ``source``: the tasks of its ``tasks.json``, else
+    those its records hold (integer values from 0 a classification, other numbers a regression)."""
+    tasks = _declared_tasks(source) if source.tasks_file else None
+    found, maps, classes = source.label_records({str(k): i for i, k in enumerate(keys)},
+                                                {t.name for t in tasks or () if t.dense})
     if not found:
         raise UserError(f"no labels in {source.spec}: samples need a .json (task -> value) or .cls member, or parquet "
                         "rows an integer label column")
