@@ -330,7 +330,9 @@ def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix
     steps = int(REPLAY_LIMIT * VIEWS * 32 / 8) + 4  # 32 samples, batches of 8: just above the limit
     warning = Distiller(config(world, tmp_path / "a", steps=steps)).replay_warning()
     need = views_for(steps * 8 / 32)
-    assert need == VIEWS + 1 and f"--views {need}`" in warning and "\n" not in warning
+    assert need == VIEWS + 1 and f"--teacher T --views {need}`" in warning and "\n" not in warning
+    fewer = Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)).replay_warning()  # the cache has them
+    assert f"`--views {views_for(steps // VIEWS * 8 / 32)}` (the cache holds {VIEWS})" in fewer and "extract" not in fewer
     assert Distiller(config(world, tmp_path / "a", steps=steps - 8)).replay_warning() is None
     assert Distiller(config(world, tmp_path / "b", steps=steps, online=True)).replay_warning() is None
     proc = subprocess.Popen([sys.executable, "-m", "unic_cache", "distill", str(world[0] / "data"), "--cache", world[1],

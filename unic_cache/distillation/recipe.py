@@ -343,12 +343,13 @@ class Distiller:
         replays = self.epochs / self.geometry["views"]
         if self.online or replays <= REPLAY_LIMIT:
             return None
-        need = views_for(self.epochs)
+        need, held = views_for(self.epochs), min(self.cache.teacher(t).views for t in self.teachers)
+        fix = (f"`--views {need}` (the cache holds {held})" if held >= need else
+               f"`unic-cache extract {self.cfg.data} --cache {self.cfg.cache} --teacher T --views {need}` for each teacher "
+               f"T ({', '.join(self.teachers)}; with its own options)")
         return (f"warning: each cached view will be replayed {replays:.1f} times, more than the {REPLAY_LIMIT:g} at which "
-                f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); `unic-cache extract "
-                f"{self.cfg.data} --cache {self.cfg.cache} --teacher T --views {need}` for each teacher T "
-                f"({', '.join(self.teachers)}; with its own options) brings it to {self.epochs / need:.1f}, or use fewer "
-                "--epochs")
+                f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); {fix} brings it to "
+                f"{self.epochs / need:.1f}, or use fewer --epochs")
 
     def metric_names(self) -> list[str]:
         """What ``train_step`` returns, in order."""
