@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from unic_cache import Cache, build_teacher, open_source
 from unic_cache.cache.pixels import CURRENT
-from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.distillation.recipe import rebuild_teacher
 from unic_cache.models.pixels import replay
 from unic_cache.photos import make_photos
@@ -87,7 +87,7 @@ def measure(teacher, images: torch.Tensor, seed: int = 0) -> dict[str, tuple]:
 
 def _views(blobs: list[bytes], sizes: np.ndarray, seed: int, res: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Views 1 and 2 (UNIC's policy) of each image at ``res``, uint8."""
-    params = plan_views(PlanConfig(views=3, seed=seed), np.arange(len(blobs)), sizes)
+    params = plan_views(ViewPlan(views=3, seed=seed), np.arange(len(blobs)), sizes)
     images = [CURRENT.decode(b) for b in blobs]
     return tuple(torch.stack([replay(im, p[v], res) for im, p in zip(images, params)]) for v in (1, 2))
 

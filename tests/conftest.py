@@ -143,13 +143,13 @@ def world(tmp_path_factory, weights):
 
 
 def config(world, out, **kw):
-    """DistillConfig of a short run on ``world`` (6 steps of 8, the tests' student), with ``kw`` on top."""
-    from unic_cache import DistillConfig
+    """DistillOptions of a short run on ``world`` (6 steps of 8, the tests' student), with ``kw`` on top."""
+    from unic_cache import DistillOptions
 
     root, cache = world
     base = dict(data=str(root / "data"), cache=cache, out=str(out), student=STUDENT, img_size=32,
                 model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02)
-    return DistillConfig(**{**base, **kw})
+    return DistillOptions(**{**base, **kw})
 
 
 @contextlib.contextmanager

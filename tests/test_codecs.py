@@ -207,7 +207,7 @@ def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_di
     """The loader ships int8 values, scales and coefficients; the recipe rebuilds exactly what the store reads;
     a student trains on a pooled grid."""
     from unic_cache.distillation.loader import DistillStream, Selection
-    from unic_cache.distillation.recipe import DistillConfig, Distiller
+    from unic_cache.distillation.recipe import DistillOptions, Distiller
 
     url = str(tmp_path / "c.zarr")
     extract(str(shapes_dir), url, opts(weights, codec="int8", patch_codec="pool-2+pca-0.9+int8"))
@@ -222,7 +222,7 @@ def test_stage_two_reads_stored_values_and_rebuilds_them_on_the_device(shapes_di
         dc = DeviceCodec(store.codecs[kind], store.info.grid, torch.device("cpu"))
         rebuilt = dc.decode([sample[f"{TINY}/{name}"] for name in store.arrays(kind)])
         assert np.allclose(rebuilt.numpy(), store.read(kind, slice(row, row + 1), view)[0], atol=1e-5)
-    cfg = DistillConfig(data=str(shapes_dir), cache=url, out=str(tmp_path / "run"), student=TINY, img_size=32,
+    cfg = DistillOptions(data=str(shapes_dir), cache=url, out=str(tmp_path / "run"), student=TINY, img_size=32,
                         model_args={"depth": 2}, steps=3, batch_size=8, workers=0, progress=False)
     distiller = Distiller(cfg)
     assert distiller.grids[TINY] == (1, 1)

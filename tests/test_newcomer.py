@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from unic_cache import Cache, DistillConfig, ExtractOptions, UserError, make_shapes, open_source
+from unic_cache import Cache, DistillOptions, ExtractOptions, UserError, make_shapes, open_source
 from unic_cache.cache.codecs import fidelity
-from unic_cache.cache.views import PlanConfig
+from unic_cache.cache.views import ViewPlan
 from unic_cache.cli import app
 
 from .conftest import HANG_GUARD, TINY, popen_for_ctrl_c, run_cli
@@ -29,14 +29,14 @@ def one_line(result, message: str, code: int = 2) -> None:
 
 
 def test_yaml_1_1_floats_and_numbers_for_text_options(tmp_path):
-    cfg = DistillConfig.from_dict({"data": "d", "cache": "c", "lr": "1e-3", "lop_hidden": 768})
+    cfg = DistillOptions.from_dict({"data": "d", "cache": "c", "lr": "1e-3", "lop_hidden": 768})
     assert cfg.lr == 0.001 and cfg.lop_hidden == "768"
     (tmp_path / "run.yaml").write_text("lr: 1e-3\nweight_decay: 5e-2\n")
     import yaml
 
-    assert DistillConfig.from_dict({"data": "d", "cache": "c", **yaml.safe_load((tmp_path / "run.yaml").read_text())}).weight_decay == 0.05
+    assert DistillOptions.from_dict({"data": "d", "cache": "c", **yaml.safe_load((tmp_path / "run.yaml").read_text())}).weight_decay == 0.05
     with pytest.raises(UserError, match="takes a float"):
-        DistillConfig.from_dict({"data": "d", "cache": "c", "lr": "fast"})
+        DistillOptions.from_dict({"data": "d", "cache": "c", "lr": "fast"})
 
 
 def test_alias_size_and_typos_before_torch(shapes_dir, tmp_path):
@@ -85,7 +85,7 @@ def test_eval_names_a_missing_teacher_and_what_there_is(shapes_dir, clean_cache,
 def test_distill_on_a_cache_without_teachers_is_one_line_and_writes_nothing(shapes_dir, tmp_path):
     source = open_source(str(shapes_dir))
     url = str(tmp_path / "empty.zarr")
-    Cache.open_or_create(url, lambda: source.index(progress=False), source, PlanConfig(views=2))
+    Cache.open_or_create(url, lambda: source.index(progress=False), source, ViewPlan(views=2))
     out = tmp_path / "run"
     one_line(runner.invoke(app, ["distill", str(shapes_dir), "--cache", url, "--out", str(out), "--steps", "2"]),
              "holds no teacher yet")
@@ -153,8 +153,8 @@ def test_an_interrupted_demo_continues_and_a_finished_one_probes_nothing_again(t
     assert set(summary["tasks"]) == {"shape", "colour", "texture", "count", "size", "x", "y", "shape-seg", "colour-seg"}
     assert summary["dense"] == ["shape-seg", "colour-seg"] and "student" in summary["claims"]
     record = json.loads((run / "config.json").read_text())
-    straight = {k: v for k, v in record.items() if k in DistillConfig.__dataclass_fields__}
-    distill(DistillConfig(**{**straight, "out": str(tmp_path / "straight"), "betas": tuple(straight["betas"])}))
+    straight = {k: v for k, v in record.items() if k in DistillOptions.__dataclass_fields__}
+    distill(DistillOptions(**{**straight, "out": str(tmp_path / "straight"), "betas": tuple(straight["betas"])}))
     a, b = (load_file(str(folder / "model" / "model.safetensors")) for folder in (run, tmp_path / "straight"))
     assert all((a[k] == b[k]).all() for k in a)
     reused = run_pipeline(demo_config(str(demo), quick=True), progress=False)

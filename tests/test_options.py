@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from unic_cache.cache.options import InfoOptions, VerifyOptions
 from unic_cache.cli import options_command
 from unic_cache.demo import DemoOptions
-from unic_cache.distillation.options import DistillConfig
-from unic_cache.evaluation.options import EvalOptions, TeacherTrainConfig
+from unic_cache.distillation.options import DistillOptions
+from unic_cache.evaluation.options import EvalOptions, TeacherTrainOptions
 from unic_cache.extraction.options import ExtractOptions
 from unic_cache.plan import PlanOptions
 from unic_cache.shapes import ShapesOptions
@@ -23,7 +23,7 @@ from unic_cache.shapes import ShapesOptions
 from .conftest import HANG_GUARD
 from .test_integrity import BLOCK_TORCH
 
-CLASSES = {"extract": ExtractOptions, "distill": DistillConfig, "eval": EvalOptions, "train-teacher": TeacherTrainConfig,
+CLASSES = {"extract": ExtractOptions, "distill": DistillOptions, "eval": EvalOptions, "train-teacher": TeacherTrainOptions,
            "make-shapes": ShapesOptions, "demo": DemoOptions, "info": InfoOptions, "verify": VerifyOptions, "plan": PlanOptions}
 
 
@@ -130,3 +130,14 @@ def test_bad_input_is_one_line_before_torch_is_imported(args, message, shapes_di
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
     assert message in lines[0], lines[0]
+
+
+def test_the_options_names_before_0_2_still_import():
+    """One suffix for every command's options; code written for the old names gets the same classes."""
+    import unic_cache
+
+    from unic_cache import DistillConfig, DistillOptions, PlanConfig, TeacherTrainConfig, TeacherTrainOptions, ViewPlan
+
+    assert (DistillConfig, TeacherTrainConfig, PlanConfig) == (DistillOptions, TeacherTrainOptions, ViewPlan)
+    assert all(name.endswith("Options") for module, names in unic_cache._EXPORTS.items() if module.endswith("options")
+               for name in names)

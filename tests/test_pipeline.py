@@ -14,11 +14,11 @@ from unic_cache import UserError
 from unic_cache.distillation.options import BEFORE_0_2
 
 PINNED = {k: v for k, v in BEFORE_0_2.items() if k != "norm_stats"}  # what the pipelines pin (exact stats: the default)
-from unic_cache.distillation.recipe import DistillConfig, Distiller
+from unic_cache.distillation.recipe import DistillOptions, Distiller
 from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.pipeline import run_pipeline
 from unic_cache.cache.store import Cache
-from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models.photometric import photometric
 from unic_cache.models.pixels import replay
 
@@ -152,14 +152,14 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     from unic_cache import decode_image, open_source
 
     row = sample["row"]
-    params = plan_views(PlanConfig(views=1, seed=cache.plan.seed), np.array([row]), cache.image_size[[row]],
+    params = plan_views(ViewPlan(views=1, seed=cache.plan.seed), np.array([row]), cache.image_size[[row]],
                         first_view=cache.views)[0, 0]
     image = decode_image(open_source(data).read(cache.location[row], str(cache.keys[row])))
     assert np.array_equal(sample["params"].numpy(), params)  # the loader gives the crop; the device its colours
     assert torch.equal(photometric(sample["image"][None], sample["params"][None])[0], replay(image, params, 32))
     assert not np.allclose(params, cache.params(slice(row, row + 1))[0, 1])  # not a cached view
 
-    cfg = DistillConfig(data=data, cache=cache_url, out=str(trained_cache / "online"), student="vit_tiny_patch16_224",
+    cfg = DistillOptions(data=data, cache=cache_url, out=str(trained_cache / "online"), student="vit_tiny_patch16_224",
                         img_size=32, model_args=TINY_ARGS, steps=2, batch_size=8, workers=0, online=True, progress=False)
     distiller = Distiller(cfg)
     batch = next(iter(distiller.loader()))
@@ -182,7 +182,7 @@ def test_shipped_pipelines_are_valid(name):
 
     config = load_config(Path(__file__).parents[1] / "pipelines" / f"{name}.yaml")
     for arm, overrides in config["arms"].items():
-        DistillConfig.from_dict({**config["distill"], **(overrides or {})})  # unknown options raise
+        DistillOptions.from_dict({**config["distill"], **(overrides or {})})  # unknown options raise
     for teacher, spec in config["teachers"].items():
         ExtractOptions(teacher=spec["teacher"], **spec.get("extract", {}))
     folder = Path(__file__).parents[1] / "pipelines"
@@ -214,12 +214,12 @@ def test_shipped_pipelines_are_valid(name):
         assert all(spec["extract"] == {"codec": "f16", "patch_codec": "pca-32+int8"} for spec in config["teachers"].values())
     # the pipelines whose RESULTS.md runs predate UNIC's defaults pin what those runs had; the benchmark and the
     # ablations run UNIC's defaults, with the earlier recipe as an arm
-    recipe = DistillConfig.from_dict(config["distill"])
+    recipe = DistillOptions.from_dict(config["distill"])
     earlier = {k: getattr(recipe, k) for k in BEFORE_0_2}
     if name in ("crops", "dense", "views", "views-world1", "codecs"):
         assert earlier == BEFORE_0_2
     else:
-        assert earlier == {k: getattr(DistillConfig, k) for k in BEFORE_0_2} != BEFORE_0_2
+        assert earlier == {k: getattr(DistillOptions, k) for k in BEFORE_0_2} != BEFORE_0_2
     if name in ("ablations", "ablations-world1"):
         assert config["arms"]["before-0.2"] == PINNED
     if name == "dense":  # 64 px for every model (an 8x8 grid at patch 8), with and without patch targets

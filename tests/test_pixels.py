@@ -11,7 +11,7 @@ from PIL import Image
 
 from unic_cache import Cache, UserError
 from unic_cache.cache.pixels import CURRENT, PIPELINES, decode_image, pixel_pipeline
-from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models.photometric import photometric, reference
 from unic_cache.models.pixels import channels_first, replay
 
@@ -26,7 +26,7 @@ def photos() -> list[np.ndarray]:
 def _crops(photos, res: int, n: int):
     """n (uint8 (3, res, res) geometry-only crops, view params) of real photos under UNIC's policy."""
     sizes = np.array([[p.shape[1], p.shape[0]] for p in photos])
-    params = plan_views(PlanConfig(views=8), np.arange(n // 8), sizes[np.arange(n // 8) % len(photos)]).reshape(-1, 16)
+    params = plan_views(ViewPlan(views=8), np.arange(n // 8), sizes[np.arange(n // 8) % len(photos)]).reshape(-1, 16)
     images = [Image.fromarray(photos[(i // 8) % len(photos)]) for i in range(n)]
     crops = np.stack([CURRENT.crop(image, p, res) for image, p in zip(images, params)])
     return channels_first(crops), params
@@ -143,7 +143,7 @@ def _views(photos, n_views: int, seed: int = 0):
 
     images = [*photos, np.ascontiguousarray(photos[1][:, :90]), photos[5][:9, :13]]  # 512x90: the vertical pass first
     sizes = np.array([[im.shape[1], im.shape[0]] for im in images])
-    params = plan_views(PlanConfig(views=n_views, seed=seed), np.arange(len(images)), sizes).reshape(-1, 16)
+    params = plan_views(ViewPlan(views=n_views, seed=seed), np.arange(len(images)), sizes).reshape(-1, 16)
     which = np.repeat(np.arange(len(images)), n_views)
     data, shapes = pack([torch.from_numpy(np.ascontiguousarray(im)) for im in images])[:2]
     return images, data, shapes, which, params
@@ -169,7 +169,7 @@ def test_pipeline_2_and_3_caches_and_students_are_bit_identical(tmp_path, weight
     students distilled from the two caches (1 and 2 workers, with an online teacher too) equal weight for weight."""
     from safetensors.torch import load_file
 
-    from unic_cache import DistillConfig, distill, extract, open_source
+    from unic_cache import DistillOptions, distill, extract, open_source
     from unic_cache.cache.audit import array_values
     from unic_cache.photos import make_photos
 
@@ -187,7 +187,7 @@ def test_pipeline_2_and_3_caches_and_students_are_bit_identical(tmp_path, weight
         assert Cache.open(url).pixels == PIPELINES[version]
         for workers, online in ((1, False), (2, True)):
             out = tmp_path / f"run{version}-{workers}"
-            distill(DistillConfig(data=data, cache=url, out=str(out), student=STUDENT, img_size=32, model_args={"depth": 2},
+            distill(DistillOptions(data=data, cache=url, out=str(out), student=STUDENT, img_size=32, model_args={"depth": 2},
                                   steps=3, batch_size=4, workers=workers, progress=False, online=online))
             students[version, workers] = load_file(str(out / "model" / "model.safetensors"))
     two, three = (array_values(zarr.open_group(str(tmp_path / f"v{v}.zarr"), mode="r")) for v in (2, 3))

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unic_cache.cache.views import PARAM_NAMES, PlanConfig, plan_views, uniforms
+from unic_cache.cache.views import PARAM_NAMES, ViewPlan, plan_views, uniforms
 from unic_cache.models.pixels import replay
 
 
@@ -16,7 +16,7 @@ def test_uniforms_are_a_pure_function_of_seed_row_view():
 
 
 def test_plan_is_independent_of_blocking_and_view0_is_the_centre_crop():
-    cfg = PlanConfig(views=6, seed=1)
+    cfg = ViewPlan(views=6, seed=1)
     sizes = np.array([[64, 48]] * 40 + [[30, 90]] * 40, np.int32)
     full = plan_views(cfg, np.arange(80), sizes)
     part = plan_views(cfg, np.arange(33, 80), sizes[33:])
@@ -37,7 +37,7 @@ def test_plan_is_independent_of_blocking_and_view0_is_the_centre_crop():
 def test_replay_is_deterministic_and_follows_the_params():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
-    params = plan_views(PlanConfig(views=8, seed=0), np.arange(10), np.array([[60, 40]] * 10))
+    params = plan_views(ViewPlan(views=8, seed=0), np.arange(10), np.array([[60, 40]] * 10))
     for p in params.reshape(-1, params.shape[-1])[:30]:
         x = replay(image, p, 24)
         assert x.dtype == torch.uint8 and x.shape == (3, 24, 24)

@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "demo": ["run_demo"],
-    "distillation.options": ["DistillConfig"],
+    "distillation.options": ["DistillOptions"],
     "distillation.recipe": ["distill"],
     "errors": ["UserError"],
-    "evaluation.options": ["EvalOptions", "TeacherTrainConfig"],
+    "evaluation.options": ["EvalOptions", "TeacherTrainOptions"],
     "evaluation.evaluate": ["Evaluator", "Features", "evaluate"],
     "evaluation.dense": ["dense_probe", "miou", "pool_majority"],
     "extraction.options": ["ExtractOptions"],
@@ -34,7 +34,7 @@ _EXPORTS = {
     "models.teachers": ["Teacher", "build_teacher", "resolve"],
     "models.registry": ["FAMILIES"],
     "evaluation.train_teacher": ["train_teacher"],
-    "cache.views": ["PARAM_NAMES", "PlanConfig", "ViewPolicy", "plan_views"],
+    "cache.views": ["PARAM_NAMES", "ViewPlan", "ViewPolicy", "plan_views"],
     "models.pixels": ["replay", "device_views"],
     "models.geometry": ["cut_views"],
     "models.photometric": ["photometric"],
@@ -44,9 +44,12 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *_WHERE]
+RENAMED = {"DistillConfig": "DistillOptions", "TeacherTrainConfig": "TeacherTrainOptions", "PlanConfig": "ViewPlan"}  # 0.2
 
 
 def __getattr__(name: str):
+    if name in RENAMED:  # the names before one suffix for every command's options: code written for them runs
+        return __getattr__(RENAMED[name])
     if name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
         globals()[name] = value

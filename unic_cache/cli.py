@@ -345,11 +345,11 @@ def _eval_args() -> list:
 OPTION_COMMANDS: dict[str, tuple[str, str, Callable, str, Callable[[], list] | None]] = {
     "extract": ("extraction.options", "ExtractOptions", _extract,
                 "Run a teacher once over every (sample, view) and store its features. Re-run to resume.", _extract_args),
-    "distill": ("distillation.options", "DistillConfig", _distill,
+    "distill": ("distillation.options", "DistillOptions", _distill,
                 "Train a student from the cache alone (no teacher is loaded). Runs under torchrun for DDP.", None),
     "eval": ("evaluation.options", "EvalOptions", _eval, "Probe students and cached teachers per task: kNN, linear probe "
              "and k-means NMI (classes), ridge R² (targets).", _eval_args),
-    "train-teacher": ("evaluation.options", "TeacherTrainConfig", _train_teacher, "Train a small specialised teacher on "
+    "train-teacher": ("evaluation.options", "TeacherTrainOptions", _train_teacher, "Train a small specialised teacher on "
                       "some tasks (never on eval's test rows); prints the extract command.", None),
     "make-shapes": ("shapes", "ShapesOptions", _make_shapes, "Write a procedural multi-task image world (shapes, "
                     "colours, textures, counts, sizes, positions).", None),

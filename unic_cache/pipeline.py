@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -47,22 +47,22 @@ from .cache.store import Cache
 from .cache.layout import codec_record
 from .cache.teacher import TeacherStore
 from .cache.format import json_normal
-from .distillation.options import DistillConfig
+from .distillation.options import DistillOptions
 from .distillation.recipe import distill
 from .distillation.runs import add_scores_to_card, is_finished, recipe_differences, recorded, student_weights
 from .errors import UserError, check_options
 from .cache.sources import open_source
-from .cache.views import PlanConfig, ViewPolicy
+from .cache.views import ViewPlan, ViewPolicy
 from .evaluation.evaluate import EVAL_FORMAT, Evaluator, score_card
 from .evaluation.labels import read_split
-from .evaluation.options import EvalOptions, TeacherTrainConfig
+from .evaluation.options import EvalOptions, TeacherTrainOptions
 from .evaluation.results import Results, check_results_folder
 from .evaluation.train_teacher import train_teacher
 from .extraction.options import ExtractOptions
 from .extraction.runner import extract
 from .models.teachers import build_teacher, file_sha256, resolve
 from .options import set_value
-from .shapes import WORLD_FORMAT, make_shapes
+from .shapes import WORLD_FORMAT, ShapesOptions, make_shapes
 
 PIPELINE_FOLDERS = ("data", "teachers", "runs", "eval-teachers", "train-rows", "*.zarr")  # all a pipeline's out holds
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
@@ -115,9 +115,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         if bad or "teacher" not in spec:
             raise UserError(f"teacher {name}: needs 'teacher' and takes only {', '.join(sorted(_TEACHER_KEYS))} (got {', '.join(bad)})")
         check_options(ExtractOptions, spec.get("extract", {}), "extract")
-        check_options(TeacherTrainConfig, spec.get("train", {}), "train-teacher")
+        check_options(TeacherTrainOptions, spec.get("train", {}), "train-teacher")
     for overrides in [config["distill"], *(config.get("arms") or {}).values()]:
-        check_options(DistillConfig, overrides or {}, "distill")
+        check_options(DistillOptions, overrides or {}, "distill")
     check_options(EvalOptions, config.get("eval", {}), "eval")  # every key is checked before anything runs
     return config
 
@@ -186,7 +186,7 @@ class Pipeline:
         self.run = PipelineRun(self.out)
         cache = config.get("cache", {}) or {}
         self.cache_url = cache.get("path") or str(self.out / "cache.zarr")
-        self.views, self.view_seed = int(cache.get("views", PlanConfig.views)), int(cache.get("seed", PlanConfig.seed))
+        self.views, self.view_seed = int(cache.get("views", ViewPlan.views)), int(cache.get("seed", ViewPlan.seed))
         self.crop_scale = tuple(cache.get("crop_scale", ViewPolicy.scale))
         self.unit_rows = cache.get("unit_rows")
 
@@ -195,7 +195,7 @@ class Pipeline:
         spec = self.config["data"]
         if "path" in spec:
             return str(spec["path"])
-        world = {"n": 2000, "size": 64, "seed": 0, "shard_size": 500, "split_seed": 0, **spec.get("shapes", {})}
+        world = {**{f.name: f.default for f in fields(ShapesOptions) if f.name != "out"}, **spec.get("shapes", {})}
         folder = self.out / "data"
         marker = folder / "world.json"
         record = {**world, "format": WORLD_FORMAT}
@@ -217,7 +217,7 @@ class Pipeline:
             if not spec["teacher"].startswith("timm:"):
                 raise UserError(f"teacher {name}: only timm:<arch> teachers can be trained here")
             weights = str(self.out / "teachers" / f"{spec.get('same_as', name)}.safetensors")  # trained once
-            cfg = TeacherTrainConfig(**{"data": data, "out": weights, "arch": spec["teacher"][5:],
+            cfg = TeacherTrainOptions(**{"data": data, "out": weights, "arch": spec["teacher"][5:],
                                         "img_size": spec.get("resolution") or 224,
                                         "model_args": spec.get("model_args", {}), "progress": self.progress,
                                         **spec["train"]})
@@ -250,7 +250,7 @@ class Pipeline:
         folder = self.out / "runs" / self.config.get("name", "") / arm / f"seed-{seed}"
         values = {**self.config["distill"], **(overrides or {}), "data": data, "cache": self.cache_url,
                   "out": str(folder), "seed": seed, "progress": self.progress}
-        cfg = DistillConfig.from_dict(values)
+        cfg = DistillOptions.from_dict(values)
         want = {**json_normal(asdict(cfg)), "teachers": cfg.teachers or Cache.open(self.cache_url).teacher_names()}
         have = recorded(folder)
         if have is not None and recipe_differences(have, want):

@@ -34,7 +34,7 @@ from report import heading, publish, start_s3
 from unic_cache import ExtractOptions, extract
 from unic_cache.options import key_values
 from unic_cache.photos import make_photos
-from unic_cache.distillation.recipe import DistillConfig, Distiller
+from unic_cache.distillation.recipe import DistillOptions, Distiller
 
 TEACHERS = (("t192", "vit_tiny_patch16_224"), ("t384", "vit_small_patch16_224"), ("t768", "vit_base_patch16_224"))
 
@@ -54,8 +54,8 @@ def rate(fn, batches: int, batch_size: int) -> float:
 
 def peak_rss_mb(cfg: dict) -> float:
     """Max RSS (MB) of a fresh process that runs distill with ``cfg``."""
-    code = ("import json, resource, sys; from unic_cache.distillation.recipe import DistillConfig, distill; "
-            "distill(DistillConfig.from_dict(json.loads(sys.argv[1]))); "
+    code = ("import json, resource, sys; from unic_cache.distillation.recipe import DistillOptions, distill; "
+            "distill(DistillOptions.from_dict(json.loads(sys.argv[1]))); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -103,7 +103,7 @@ def main() -> None:
                         model_args=key_values(args.model_arg), img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, steps=10**6,
                         progress=False)
             for codec in codecs:  # the loader reads stored values; the train step decodes them on the device
-                cfg = DistillConfig.from_dict({**base, "teachers": [teacher_name(n, codec) for n, _ in TEACHERS]})
+                cfg = DistillOptions.from_dict({**base, "teachers": [teacher_name(n, codec) for n, _ in TEACHERS]})
                 distiller = Distiller(cfg)
                 loader_iter = iter(distiller.loader())
                 loader_rate = rate(lambda: next(loader_iter), args.batches * 5, args.batch_size)  # past the prefetch
@@ -113,7 +113,7 @@ def main() -> None:
                 headroom[where, codec] = (loader_rate / memory_rate, memory_rate / fed_rate)
         base.update(data=places["local"][0], cache=places["local"][1])  # memory is measured on local disk
         first = {**base, "teachers": [teacher_name(n, codecs[0]) for n, _ in TEACHERS]}
-        head_mb = {k: sum(p.numel() for p in Distiller(DistillConfig.from_dict({**first, **extra})).student.heads.parameters())
+        head_mb = {k: sum(p.numel() for p in Distiller(DistillOptions.from_dict({**first, **extra})).student.heads.parameters())
                    * 16 / 2**20 for k, extra in (("one", {"teachers": [teacher_name("t768", codecs[0])]}), ("three", {}))}
         one = peak_rss_mb({**first, "teachers": [teacher_name("t768", codecs[0])], "steps": args.batches,
                            "out": str(Path(tmp) / "m1")})
@@ -152,7 +152,7 @@ def step_option_speeds(cfg: dict, args) -> dict[str, float]:
                "--compile": {"compile": True}}
     speeds = {}
     for name, extra in options.items():
-        distiller = Distiller(DistillConfig.from_dict({**cfg, **extra}))
+        distiller = Distiller(DistillOptions.from_dict({**cfg, **extra}))
         batch = next(iter(distiller.loader()))
         distiller.train_step(batch)  # the compiler's first call, outside the clock
         speeds[name] = rate(lambda: distiller.train_step(batch), args.batches, args.batch_size)
@@ -168,7 +168,7 @@ def online_speed_up(data: str, cache: str, base: dict, args) -> tuple[float, flo
                                             weights=f"random:{i}", views=4, progress=False))
     fed, memory = {}, {}
     for online in (False, True):
-        distiller = Distiller(DistillConfig.from_dict({**base, "cache": cache, "teachers": names, "online": online}))
+        distiller = Distiller(DistillOptions.from_dict({**base, "cache": cache, "teachers": names, "online": online}))
         batches = iter(distiller.loader())
         fed[online] = rate(lambda: distiller.train_step(next(batches)), args.batches, args.batch_size)
         batch = next(batches)

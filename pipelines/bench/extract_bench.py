@@ -39,7 +39,7 @@ from unic_cache import Cache, ExtractOptions, build_teacher, extract
 from unic_cache.cache.info import cache_info
 from unic_cache.cache.pixels import CURRENT
 from unic_cache.cache.sources import open_source
-from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models.photometric import photometric
 from unic_cache.models.pixels import channels_first
 from unic_cache.photos import make_photos
@@ -68,7 +68,7 @@ def bf16_fidelity(arch: str, res: int, data: str, device: str, views: int = 256)
     source = open_source(data)
     index = source.index(progress=False)
     rows = np.flatnonzero(~np.isin(np.arange(index.n), list(index.bad)))[:views]
-    params = plan_views(PlanConfig(views=1), rows, index.image_size[rows])[:, 0]
+    params = plan_views(ViewPlan(views=1), rows, index.image_size[rows])[:, 0]
     crops = np.stack([CURRENT.crop(CURRENT.decode(source.read(index.location[r], str(index.keys[r]))), p, res)
                       for r, p in zip(rows, params)])
     x = photometric(channels_first(crops).to(device), params)

@@ -40,7 +40,7 @@ import torch
 
 from report import heading, publish
 from unic_cache.cache.pixels import CURRENT, PIPELINES
-from unic_cache.cache.views import PlanConfig, plan_views
+from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models import geometry
 from unic_cache.models.photometric import photometric, reference
 from unic_cache.models.geometry import Packed
@@ -184,7 +184,7 @@ def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: i
     decoded = [CURRENT.decode_array(b) for b in blobs]
     same_decode = [np.array_equal(p.numpy(), np.asarray(im)) for p, im in zip(decoded, images)]
     sizes = np.array([im.size for im in images])
-    params = plan_views(PlanConfig(views=views), np.arange(n), sizes)  # (n, K, P): UNIC's policy
+    params = plan_views(ViewPlan(views=views), np.arange(n), sizes)  # (n, K, P): UNIC's policy
     flat = params.reshape(-1, params.shape[-1])
     which = np.repeat(np.arange(n), views)
     crops = np.empty((len(flat), res, res, 3), np.uint8)

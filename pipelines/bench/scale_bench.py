@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from report import heading, publish, write_rows
-from unic_cache import Cache, DistillConfig, EvalOptions, Evaluator, ExtractOptions, distill, extract, open_source
+from unic_cache import Cache, DistillOptions, EvalOptions, Evaluator, ExtractOptions, distill, extract, open_source
 from unic_cache.cache.audit import verify_cache
 from unic_cache.cache.info import cache_info
 from unic_cache.cache.sizing import array_kind
@@ -110,7 +110,7 @@ def measure(root: Path, n: int, views: int, workers: int) -> dict[str, float]:
                                                                                    progress=False))
     assert problems == [], problems
     name = cache.teacher_names()[0]
-    cfg = DistillConfig(data=str(data), cache=url, out=str(root / "run"), student="vit_tiny_patch16_224", img_size=16,
+    cfg = DistillOptions(data=str(data), cache=url, out=str(root / "run"), student="vit_tiny_patch16_224", img_size=16,
                         model_args=MODEL_ARGS, steps=1, batch_size=256, workers=workers, progress=False)
     with WorkerMemory() as memory:
         figures["distill, one step (start-up)"], _ = timed(lambda: distill(cfg))

@@ -25,7 +25,7 @@ from . import claims, seal
 from .codecs import INT8_MISSING, checked
 from ..errors import UserError
 from .sources import DatasetIndex, Source, key_bytes
-from .views import PlanConfig, plan_views
+from .views import ViewPlan, plan_views
 
 # a cache holds two kinds of files that are not zarr nodes: claims (CLAIM_DIR) and seals; listing a group says so
 warnings.filterwarnings("ignore", message=rf"Object at (.*/)?({re.escape(seal.SEAL)}|{re.escape(claims.CLAIM_DIR)}) is not "
@@ -136,7 +136,7 @@ def index_arrays(index: DatasetIndex, bad: np.ndarray, version: int = FORMAT_VER
     return {**keys, "location": location, "image_size": index.image_size, "bad": bad, "digest": index.digest}
 
 
-def write_plan(params: zarr.Array, plan: PlanConfig, image_size: np.ndarray, rows: slice | None = None,
+def write_plan(params: zarr.Array, plan: ViewPlan, image_size: np.ndarray, rows: slice | None = None,
                first_view: int = 0) -> None:
     """Fill ``views/params`` (or its ``rows``) from the plan, a block of rows at a time (bounded memory); a view
     block's ``params`` hold its views, ``first_view`` on."""

@@ -27,7 +27,7 @@ from .codecs import Codec, FittedCodec
 from ..errors import UserError
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
 from .sources import DatasetIndex, Source
-from .views import P, PlanConfig
+from .views import P, ViewPlan
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
                      json_normal, local_path, quick_digest, read_params, read_whole, seal_root, store_path,
                      write_plan)
@@ -117,7 +117,7 @@ class Cache:
         return cache
 
     @classmethod
-    def open_or_create(cls, url: str, make_index, source: Source, plan: PlanConfig,
+    def open_or_create(cls, url: str, make_index, source: Source, plan: ViewPlan,
                        pixels: PixelPipeline = CURRENT) -> "Cache":
         """Open the cache at ``url``, or create it there for ``source`` and ``plan``.
 
@@ -141,7 +141,7 @@ class Cache:
         return cls.open(url, mode="a")
 
     @classmethod
-    def _create(cls, url: str, index: DatasetIndex, source: Source, plan: PlanConfig, pixels: PixelPipeline) -> None:
+    def _create(cls, url: str, index: DatasetIndex, source: Source, plan: ViewPlan, pixels: PixelPipeline) -> None:
         """Write the index and the view plan; the seal is written last, so a crash leaves no half-cache in use."""
         # our marker first: a creation that fails is taken over by the next run (``claims.check_writable_target``)
         group = zarr.open_group(local_path(url), mode="a", zarr_format=3, attributes={"format": "unic-cache"})
@@ -171,8 +171,8 @@ class Cache:
         return int(self.attrs["samples"])
 
     @property
-    def plan(self) -> PlanConfig:
-        return PlanConfig.from_dict(self.attrs["plan"])
+    def plan(self) -> ViewPlan:
+        return ViewPlan.from_dict(self.attrs["plan"])
 
     @property
     def views(self) -> int:
@@ -217,7 +217,7 @@ class Cache:
             parts += [f"shard {n}: {have[n]} bytes when the cache was made, {now[n]} now" for n in resized[:3]]
         return "; ".join(parts) or "the shard order differs"
 
-    def check_plan(self, plan: PlanConfig) -> None:
+    def check_plan(self, plan: ViewPlan) -> None:
         """Refuse another view plan than the cache's, naming what differs (seed, crop scale, ...); more views than the
         cache's are the same plan, grown (``add_views``), fewer are refused."""
         if plan.views < self.views:

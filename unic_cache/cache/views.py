@@ -50,7 +50,7 @@ class ViewPolicy:
 
 
 @dataclass(frozen=True)
-class PlanConfig:
+class ViewPlan:
     """What a view plan is made from; stored in the cache root and checked on every reuse."""
 
     views: int = 8
@@ -61,7 +61,7 @@ class PlanConfig:
         return {"views": self.views, "seed": self.seed, "policy": asdict(self.policy), "params": list(PARAM_NAMES)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PlanConfig":
+    def from_dict(cls, d: dict) -> "ViewPlan":
         pol = {k: tuple(v) if isinstance(v, list) else v for k, v in d["policy"].items()}
         return cls(views=int(d["views"]), seed=int(d["seed"]), policy=ViewPolicy(**pol))
 
@@ -96,7 +96,7 @@ def _lerp(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + (hi - lo) * u
 
 
-def plan_views(config: PlanConfig, rows: np.ndarray, image_size: np.ndarray, first_view: int = 0) -> np.ndarray:
+def plan_views(config: ViewPlan, rows: np.ndarray, image_size: np.ndarray, first_view: int = 0) -> np.ndarray:
     """View parameters (len(rows), K, P) float32 for ``rows`` with image sizes (len(rows), 2) = (w, h).
 
     The views are numbers ``first_view`` .. ``first_view + K - 1`` of each row; number 0 is the eval view.

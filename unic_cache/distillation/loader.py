@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import UserError
 from ..cache.sources import open_source
 from ..cache.store import Cache
-from ..cache.views import PlanConfig, plan_views, uniforms
+from ..cache.views import ViewPlan, plan_views, uniforms
 from ..models.geometry import SharedRing, cut_views, join, offsets, pack, settle
 from ..models.pixels import channels_first
 
@@ -135,7 +135,7 @@ class DistillStream(Dataset):
         views_of_rows = np.concatenate([np.full(len(r), v) for v, r in window])
         if self.online:  # view numbers past the cached ones: never a view the cache holds
             views_of_rows[:] = self.cached_views + epoch
-            fresh = PlanConfig(views=1, seed=self.plan.seed, policy=self.plan.policy)
+            fresh = ViewPlan(views=1, seed=self.plan.seed, policy=self.plan.policy)
             params = plan_views(fresh, rows, self.image_size[rows], first_view=int(views_of_rows[0]))[:, 0]
             targets = {}
         else:

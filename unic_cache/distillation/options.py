@@ -31,7 +31,7 @@ def _positive_float(v: float) -> str | None:
 
 
 @dataclass
-class DistillConfig(Options):
+class DistillOptions(Options):
     """Every option of ``unic-cache distill``; the CLI, --config YAML and --set are made from these fields."""
 
     command = "distill"

@@ -39,7 +39,7 @@ from ..runtime import autocast_for, init_distributed, prepare_model, to_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import RunningNorm, TargetNorm, running_momentum
-from .options import DistillConfig, recorded_config
+from .options import DistillOptions, recorded_config
 from .runs import (RUN_FORMAT, RunLock, check_run_folder, checkpoints, export_model, is_finished, model_card,
                    prune_checkpoints, recipe_differences, recorded, save_tensors, tmp_name, write_atomic)
 
@@ -91,7 +91,7 @@ class Distiller:
     everything its position and meaning depend on (``resume_record``), and a resume with other settings
     is refused in one line."""
 
-    def __init__(self, cfg: DistillConfig):
+    def __init__(self, cfg: DistillOptions):
         cfg.check()
         self.cfg, self.out = cfg, Path(cfg.out)
         check_run_folder(self.out)
@@ -572,6 +572,6 @@ class _StopOnSignals:
             signal.signal(sig, handler)
 
 
-def distill(cfg: DistillConfig) -> dict:
+def distill(cfg: DistillOptions) -> dict:
     """Train a student from the cache; returns the last step's metrics."""
     return Distiller(cfg).run()

@@ -8,14 +8,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..cache.pixels import CURRENT, PixelPipeline
 from ..cache.sources import open_source
-from ..cache.views import PlanConfig, ViewPolicy, plan_views
+from ..cache.views import ViewPlan, ViewPolicy, plan_views
 from ..models.photometric import photometric
 from ..models.pixels import cut
 
 
 def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:
     """The eval view's parameters (view 0 of ``policy``) of each of ``rows``."""
-    return plan_views(PlanConfig(views=1, policy=policy), rows, image_size[rows])[:, 0]
+    return plan_views(ViewPlan(views=1, policy=policy), rows, image_size[rows])[:, 0]
 
 
 class EvalViews(Dataset):

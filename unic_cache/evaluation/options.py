@@ -68,7 +68,7 @@ class EvalOptions(Options):
 
 
 @dataclass
-class TeacherTrainConfig(Options):
+class TeacherTrainOptions(Options):
     """Options of ``unic-cache train-teacher``; the CLI, --config YAML and --set are made from these fields."""
 
     command = "train-teacher"

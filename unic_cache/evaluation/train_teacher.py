@@ -25,7 +25,7 @@ from ..models.student import pooled
 from ..runtime import pick_device
 from .images import EvalViews
 from .labels import Labels, read_labels, read_split
-from .options import TeacherTrainConfig
+from .options import TeacherTrainOptions
 from .probes import r2_score
 
 
@@ -58,7 +58,7 @@ def _score(pred: torch.Tensor, target: torch.Tensor, classification: bool) -> fl
     return r2_score(pred[:, 0], target)
 
 
-def train_teacher(cfg: TeacherTrainConfig) -> dict:
+def train_teacher(cfg: TeacherTrainOptions) -> dict:
     """Train, write ``cfg.out`` (encoder safetensors) and ``<out>.json`` (how it was made); return that record."""
     import timm
     from tqdm import tqdm
@@ -141,7 +141,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> dict:
     return record
 
 
-def extract_command(cfg: TeacherTrainConfig) -> str:
+def extract_command(cfg: TeacherTrainOptions) -> str:
     """The ``unic-cache extract`` arguments that load this teacher."""
     args = "".join(f" --model-arg {k}={json.dumps(v)}" for k, v in cfg.model_args.items())
     return (f"unic-cache extract {cfg.data} --cache CACHE --teacher timm:{cfg.arch} --weights {cfg.out} "

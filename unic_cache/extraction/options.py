@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..cache.codecs import EXAMPLES, codec_problem, value_kinds
-from ..cache.views import PlanConfig, ViewPolicy
+from ..cache.views import ViewPlan, ViewPolicy
 from ..errors import UserError
 from ..models.registry import alias_model, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
@@ -33,9 +33,9 @@ class ExtractOptions(Options):
                               flag="--model-arg", parse=key_values)
     # the view plan: what is not given is the cache's when it exists (a second teacher needs none of them again)
     views: int | None = option(None, "Augmented views per sample (view 0 is the eval view; default: the cache's, or "
-                                     f"{PlanConfig.views} for a new cache). More than a made cache's adds the views "
+                                     f"{ViewPlan.views} for a new cache). More than a made cache's adds the views "
                                      "K1..K-1 to this teacher, exactly those a K-view cache holds.", checks=(at_least(1),))
-    seed: int | None = option(None, f"View-plan seed (default: the cache's, or {PlanConfig.seed}).")
+    seed: int | None = option(None, f"View-plan seed (default: the cache's, or {ViewPlan.seed}).")
     crop_scale: tuple[float, float] | None = option(None, "Area range of the random resized crops (views 1..K-1), e.g. "
                                                           "0.35 1 for small images (default: the cache's, or UNIC's "
                                                           f"{' '.join(f'{v:g}' for v in ViewPolicy.scale)}).")
@@ -85,12 +85,12 @@ class ExtractOptions(Options):
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise UserError(f"--rank must be in [0, --world-size); got rank {self.rank} of {self.world_size}")
 
-    def view_plan(self, cache_plan: PlanConfig | None) -> PlanConfig:
+    def view_plan(self, cache_plan: ViewPlan | None) -> ViewPlan:
         """The view plan: --views, --seed and --crop-scale where given, else the cache's (``cache_plan``), else the
         defaults of a new cache."""
-        base = cache_plan or PlanConfig()
+        base = cache_plan or ViewPlan()
         policy = base.policy if self.crop_scale is None else replace(base.policy, scale=tuple(self.crop_scale))
-        return PlanConfig(views=base.views if self.views is None else self.views,
+        return ViewPlan(views=base.views if self.views is None else self.views,
                           seed=base.seed if self.seed is None else self.seed, policy=policy)
 
     def complete_in(self, cache: "Cache | None") -> "TeacherStore | None":
