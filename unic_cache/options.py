@@ -12,7 +12,33 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError, check_options, yaml_value
+from .errors import UserError
+
+
+def check_options(cls: type, values: dict, command: str) -> None:
+    """Refuse keys that are not fields of the options dataclass ``cls`` of ``unic-cache <command>``."""
+    import difflib
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        hints = []
+        for key in unknown:  # --set batch-size=4 means batch_size; --set lrr=1e-3 probably lr
+            close = [key.replace("-", "_")] if key.replace("-", "_") in names else difflib.get_close_matches(key, names, 1)
+            hints += [f"{key} -> {close[0]}"] if close else []
+        mean = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise UserError(f"unknown {command} option(s) {', '.join(unknown)}{mean}; see `unic-cache {command} --help`")
+
+
+def yaml_value(text: str, what: str):
+    """``text`` read as a plain YAML value (no python tags: those are refused), for ``what`` (e.g. --set a=b)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what}: not a plain YAML value ({' '.join(str(exc).split())[:120]})") from None
+
 
 Check = Callable[[Any], "str | None"]  # what is wrong with a value ("{flag}" stands for the option), or None
 

@@ -50,7 +50,7 @@ from .cache.format import json_normal
 from .distillation.options import DistillOptions
 from .distillation.recipe import distill
 from .distillation.runs import add_scores_to_card, is_finished, recipe_differences, recorded, student_weights
-from .errors import UserError, check_options
+from .errors import UserError
 from .cache.sources import open_source
 from .cache.views import ViewPlan, ViewPolicy
 from .evaluation.evaluate import EVAL_FORMAT, Evaluator, score_card
@@ -61,7 +61,7 @@ from .evaluation.train_teacher import train_teacher
 from .extraction.options import ExtractOptions
 from .extraction.runner import extract
 from .models.teachers import build_teacher, file_sha256, resolve
-from .options import set_value
+from .options import check_options, set_value
 from .shapes import WORLD_FORMAT, ShapesOptions, make_shapes
 
 PIPELINE_FOLDERS = ("data", "teachers", "runs", "eval-teachers", "train-rows", "*.zarr")  # all a pipeline's out holds
