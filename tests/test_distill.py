@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from unic_cache import Cache, UserError
 from unic_cache.models import teachers as teachers_module
 from unic_cache.cache.views import REPLAY_LIMIT, views_for
+from unic_cache.distillation import notes
 from unic_cache.distillation.recipe import Distiller, distill
 from unic_cache.distillation.loader import DistillStream, Selection
 
@@ -249,18 +250,18 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored_while_training(
     import signal
     import types
 
-    from unic_cache.distillation.recipe import _StopOnSignals
+    from unic_cache.runtime import StopOnSignals
 
     run = types.SimpleNamespace(_stop=False, rank=0)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with _StopOnSignals(run) as guard:
+        with StopOnSignals(run) as guard:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             assert signal.getsignal(signal.SIGTERM) == guard._ask
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        with _StopOnSignals(run) as guard:
+        with StopOnSignals(run) as guard:
             assert signal.getsignal(signal.SIGINT) == guard._ask == signal.getsignal(signal.SIGTERM)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
@@ -318,23 +319,23 @@ def test_a_killed_run_with_workers_is_resumed_at_once(world, tmp_path):
 
 def test_distill_says_how_often_each_cached_view_is_replayed(world, tmp_path):
     """32 samples, 24 steps of 8: 6 epochs over the cache's views (or the --views used), or fresh views online."""
-    assert Distiller(config(world, tmp_path / "a", steps=24)).replay_plan() == (
+    assert notes.replay_plan(Distiller(config(world, tmp_path / "a", steps=24))) == (
         f"views: 6.0 epochs over {VIEWS} cached views of each sample: each view is replayed {6 / VIEWS:.1f} times")
-    assert "each view is replayed 6.0 times" in Distiller(config(world, tmp_path / "b", steps=24, views=1)).replay_plan()
-    assert Distiller(config(world, tmp_path / "c", steps=24)).replay_warning() is None
+    assert "each view is replayed 6.0 times" in notes.replay_plan(Distiller(config(world, tmp_path / "b", steps=24, views=1)))
+    assert notes.replay_warning(Distiller(config(world, tmp_path / "c", steps=24))) is None
 
 
 def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix_it(world, tmp_path):
     """A schedule that replays each view more than ``REPLAY_LIMIT`` times is warned of, even without progress bars,
     with the extract --views that brings it back; online runs replay nothing."""
     steps = int(REPLAY_LIMIT * VIEWS * 32 / 8) + 4  # 32 samples, batches of 8: just above the limit
-    warning = Distiller(config(world, tmp_path / "a", steps=steps)).replay_warning()
+    warning = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps)))
     need = views_for(steps * 8 / 32)
     assert need == VIEWS + 1 and f"--teacher T --views {need}`" in warning and "\n" not in warning
-    fewer = Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)).replay_warning()  # the cache has them
+    fewer = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)))  # the cache has them
     assert f"`--views {views_for(steps // VIEWS * 8 / 32)}` (the cache holds {VIEWS})" in fewer and "extract" not in fewer
-    assert Distiller(config(world, tmp_path / "a", steps=steps - 8)).replay_warning() is None
-    assert Distiller(config(world, tmp_path / "b", steps=steps, online=True)).replay_warning() is None
+    assert notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps - 8))) is None
+    assert notes.replay_warning(Distiller(config(world, tmp_path / "b", steps=steps, online=True))) is None
     proc = subprocess.Popen([sys.executable, "-m", "unic_cache", "distill", str(world[0] / "data"), "--cache", world[1],
                              "--out", str(tmp_path / "c"), "--student", STUDENT, "--img-size", "32", "--model-arg",
                              "depth=2", "--steps", str(steps), "--batch-size", "8", "--workers", "0", "--no-progress"],

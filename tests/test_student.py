@@ -15,7 +15,8 @@ from torch import nn
 from unic_cache import Cache
 from unic_cache.distillation.loader import DistillStream, Selection
 from unic_cache.distillation.normalize import RunningNorm, running_momentum
-from unic_cache.distillation.recipe import Distiller, decay_groups
+from unic_cache.distillation.optim import decay_groups
+from unic_cache.distillation.recipe import Distiller
 from unic_cache.models.student import Student
 
 from .conftest import HANG_GUARD, STUDENT, TINY, config

@@ -49,7 +49,8 @@ from .cache.teacher import TeacherStore
 from .cache.format import json_normal
 from .distillation.options import DistillOptions
 from .distillation.recipe import distill
-from .distillation.runs import add_scores_to_card, is_finished, recipe_differences, recorded, student_weights
+from .distillation.exported import add_scores_to_card, is_finished, student_weights
+from .distillation.runs import recipe_differences, recorded
 from .errors import UserError
 from .cache.sources import open_source
 from .cache.views import ViewPlan, ViewPolicy

@@ -7,6 +7,8 @@ is made once; under torchrun every rank of a node gets its own GPU (LOCAL_RANK),
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -95,3 +97,31 @@ class HostCopy:
         if self.event is not None:
             self.event.synchronize()
         return self.values.numpy()
+
+
+class StopOnSignals:
+    """While a run trains: the first Ctrl-C (SIGINT) or SIGTERM asks it to stop at its next checkpointable step
+    (sets ``run._stop``; rank 0 says so), a second Ctrl-C stops at once (KeyboardInterrupt). Only the main thread can take signals; a signal
+    the process was started ignoring (a job a shell put in the background ignores Ctrl-C) stays ignored, as
+    in extract."""
+
+    def __init__(self, run):
+        self.distiller, self.previous = run, {}
+
+    def _ask(self, signum, frame) -> None:
+        if self.distiller._stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.distiller._stop = True
+        if self.distiller.rank == 0:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping (Ctrl-C again stops at once)",
+                  flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._ask) for sig in (signal.SIGINT, signal.SIGTERM)
+                             if signal.getsignal(sig) is not signal.SIG_IGN}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

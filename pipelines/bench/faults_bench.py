@@ -45,7 +45,7 @@ from report import heading, publish, start_s3
 from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
 from unic_cache.cache.claims import CLAIM_DIR
-from unic_cache.distillation.runs import student_weights
+from unic_cache.distillation.exported import student_weights
 
 ARCH = "vit_tiny_patch16_224"
 

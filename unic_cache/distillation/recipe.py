@@ -12,13 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,98 +22,48 @@ from safetensors.torch import load_file
 
 from .. import __version__
 from ..cache.store import Cache
-from ..cache.layout import TeacherInfo
-from ..cache.views import REPLAY_LIMIT, views_for
 from ..cache.format import json_normal
 from ..errors import RunInterrupted, UserError
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed
 from ..models.pixels import device_views
 from ..models.student import Student
-from ..models.teachers import Teacher, build_teacher
-from ..runtime import autocast_for, init_distributed, prepare_model, to_device
+from ..models.teachers import rebuild_teacher
+from ..runtime import StopOnSignals, autocast_for, init_distributed, prepare_model, to_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import RunningNorm, TargetNorm, running_momentum
+from .optim import decay_groups, load_optimizer, optimizer_tensors
 from .options import DistillOptions, recorded_config
-from .runs import (RUN_FORMAT, RunLock, check_run_folder, checkpoints, export_model, is_finished, model_card,
-                   prune_checkpoints, recipe_differences, recorded, save_tensors, tmp_name, write_atomic)
-
-
-def rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
-    """The teacher a cache was extracted with (the online reference mode, ``pipelines/augmented_targets.py``); its
-    weights must be unchanged."""
-    if info.weights.split(":")[0] == "random" and not info.weights_sha256:
-        raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with unseeded random ones")
-    teacher = build_teacher(f"timm:{info.model_id}", None, info.resolution, None if info.weights == "hub" else info.weights,
-                            info.model_args)
-    if teacher.info.weights_sha256 != info.weights_sha256:
-        raise UserError(f"--online: {info.weights} changed since teacher {name} was extracted (sha256 differs)")
-    return teacher
-
-
-def decay_groups(params: dict[str, torch.nn.Parameter], tokens: bool = True) -> set[str]:
-    """Names of the parameters that AdamW decays: UNIC's rule (naver/unic ``get_params_groups``), every one
-    but biases and 1-D parameters (norms), so the position embedding and the CLS/register tokens too;
-    ``tokens=False`` also exempts those (this tool's rule before 0.2)."""
-    return {n for n, p in params.items() if not n.endswith(".bias") and p.ndim > 1
-            and (tokens or ("pos_embed" not in n and "token" not in n))}
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    state = opt.state_dict()
-    tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    """Restore the optimizer; a state tensor shaped like its parameter takes the parameter's memory format
-    again (a fused kernel walks both in memory order: a contiguous moment of a channels-last weight would
-    be applied to the wrong elements)."""
-    params = [p for group in opt.param_groups for p in group["params"]]
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        i, k = name.split(".", 1)
-        param = params[int(i)]
-        if value.shape == param.shape:
-            value = torch.empty_like(param, dtype=value.dtype).copy_(value)
-        state.setdefault(int(i), {})[k] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
+from . import notes
+from .exported import model_card
+from .runs import RUN_FORMAT, RunFolder
 
 
 class Distiller:
     """The distillation recipe: set-up (targets, student, optimizer: the constructor), ``train``,
-    ``save_checkpoint``, ``load_checkpoint`` and ``export``; ``run`` chains them. A checkpoint records
-    everything its position and meaning depend on (``resume_record``), and a resume with other settings
-    is refused in one line."""
+    ``save_checkpoint``, ``load_checkpoint`` and ``export``; ``run`` chains them. Everything in the run folder is
+    ``self.folder``'s (``runs.RunFolder``). A checkpoint records everything its position and meaning depend on
+    (``resume_record``), and a resume with other settings is refused in one line."""
 
     def __init__(self, cfg: DistillOptions):
         cfg.check()
-        self.cfg, self.out = cfg, Path(cfg.out)
-        check_run_folder(self.out)
+        self.cfg = cfg
         self.rank, self.world, self.device = init_distributed(cfg.device)
+        self.folder = RunFolder(cfg.out, self.rank, self.world)
+        self.out = self.folder.out
         cache = Cache.open(cfg.cache)  # this dataset's: checked by cfg.check()
         self.cache = cache
         self._setup_targets(cache)
         self._setup_student()
         self._setup_optimizer(int((~cache.bad).sum()))
-        self.step, self.last, self._stop, self.lock = 0, {}, False, None
+        self.step, self.last, self._stop = 0, {}, False
         self.geometry = self.stream().geometry
-        self._check_continues(recorded(self.out))
-        self._seen_checkpoints = checkpoints(self.out)
-        if checkpoints(self.out):
+        self.folder.check_continues(self.config_record())
+        if self.folder.checkpoints():
             self.load_checkpoint()
         elif cfg.resume:
             raise UserError(f"--resume: {self.out} has no checkpoint to continue from; drop --resume to start this run")
-
-    def _check_continues(self, have: dict | None) -> None:
-        """Refuse a run folder whose recorded options differ from these in what they compute."""
-        if have is None:
-            return
-        differ = recipe_differences(have, self.config_record())
-        if differ:
-            raise UserError(f"--out {self.out} holds a run made with other options ({'; '.join(differ[:4])}); run it "
-                            "with the same options to continue it, or give a new --out to start another run")
 
     def _setup_targets(self, cache: Cache) -> None:
         """The teachers used, their (teacher, kind) targets and standardisations, and in the online
@@ -237,27 +183,15 @@ class Distiller:
     def run(self) -> dict:
         """Train to the last step, save the final checkpoint, export; the last step's metrics. A finished run is
         not trained again: its recorded metrics are returned (``finished_before`` says so)."""
-        self.finished_before = self.step >= self.total and is_finished(self.out)
+        self.finished_before = self.step >= self.total and self.folder.finished()
         if not self.finished_before:
             try:
                 self.train()
                 self.save_checkpoint()
                 self.export()
             finally:
-                if self.lock is not None:
-                    self.lock.release()
+                self.folder.release()
         return {**self.last, "step": self.step}
-
-    def _hold_run_folder(self) -> None:
-        """Rank 0 takes the run folder's lock before writing anything; a command that started while another one
-        wrote checkpoints here is refused rather than trained over them."""
-        if self.rank != 0 or self.lock is not None:
-            return
-        self.lock = RunLock(self.out)
-        if checkpoints(self.out) != self._seen_checkpoints:
-            self.lock.release()
-            raise UserError(f"--out {self.out} was written by another distill while this one started; run the same "
-                            "command again to continue from its last checkpoint")
 
     def train(self) -> None:
         """Steps from the current one to the last, a checkpoint every ``checkpoint_interval`` steps. Each step's
@@ -268,26 +202,25 @@ class Distiller:
         from tqdm import tqdm
 
         cfg = self.cfg
-        self._hold_run_folder()
-        if self.rank == 0:  # written first (atomically): the marker that makes the folder ours
-            write_atomic(self.out / "config.json", json.dumps(self.config_record(), indent=1))
+        self.folder.hold()
+        self.folder.write_config(self.config_record())
         if self.rank == 0 and self.step < self.total and cfg.progress:  # beside the progress bar: a note for people
-            print(self.checkpoint_plan(), file=sys.stderr, flush=True)
-            print(self.replay_plan(), file=sys.stderr, flush=True)
-        warning = self.replay_warning() if self.rank == 0 and self.step < self.total else None
+            print(notes.checkpoint_plan(self), file=sys.stderr, flush=True)
+            print(notes.replay_plan(self), file=sys.stderr, flush=True)
+        warning = notes.replay_warning(self) if self.rank == 0 and self.step < self.total else None
         if warning:  # said even without progress bars
             print(warning, file=sys.stderr, flush=True)
         if self.rank == 0 and self.step < self.total and cfg.progress:
             if self.cache.pixels.note():
                 print(self.cache.pixels.note(), file=sys.stderr, flush=True)
-        metrics = self._metrics_file()
-        tb = self._tensorboard()
+        metrics = self.folder.metrics_file(self.step)
+        tb = self.folder.tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
         self.model.train()
         window: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, its metrics on the device, its rows)
         tick = time.perf_counter()
         try:
-            with _StopOnSignals(self), _kept_on_a_second_ctrl_c(self):
+            with StopOnSignals(self), _kept_on_a_second_ctrl_c(self):
                 for batch in (self.loader() if self.step < self.total else ()):
                     if self.step >= self.total:
                         break
@@ -308,48 +241,6 @@ class Distiller:
             bar.close()
             if metrics:
                 metrics.close()
-
-    def checkpoint_plan(self) -> str:
-        """One line: how big a checkpoint is, how often one is written and how many are kept."""
-        from ..cache.sizing import human
-
-        def size(params) -> int:
-            return sum(p.numel() * p.element_size() for p in params)
-
-        encoder, heads = size(self.student.encoder.parameters()), size(self.student.heads.parameters())
-        moments = 2 * size(self.trainable)  # AdamW's two moments per trained parameter
-        return (f"checkpoints: {human(encoder + heads + moments)} each (encoder {human(encoder)}, projector heads "
-                f"{human(heads)}, optimizer {human(moments)}), every {self.checkpoint_interval} steps, the last "
-                f"{self.cfg.keep_checkpoints} kept (--keep-checkpoints)")
-
-    @property
-    def epochs(self) -> float:
-        """The run's length in passes over the usable samples."""
-        return self.total * self.cfg.batch_size * self.world / max(1, int((~self.cache.bad).sum()))
-
-    def replay_plan(self) -> str:
-        """One line: how often the run sees each cached view of a sample (Beyer et al. 2022 found students trained on
-        precomputed teacher outputs overfit; UNIC's 200 epochs on 8 views see each 25 times)."""
-        epochs = self.epochs
-        if self.online:
-            return f"views: {epochs:.1f} epochs, a fresh view of every sample in each (--online: nothing is replayed)"
-        views = self.geometry["views"]
-        return (f"views: {epochs:.1f} epochs over {views} cached view{'s' if views > 1 else ''} of each sample: each "
-                f"view is replayed {epochs / views:.1f} times")
-
-    def replay_warning(self) -> str | None:
-        """One line when each cached view is replayed more often than the reuse curve measured as safe
-        (``views.REPLAY_LIMIT``), naming the extract that adds the views the schedule needs; else None."""
-        replays = self.epochs / self.geometry["views"]
-        if self.online or replays <= REPLAY_LIMIT:
-            return None
-        need, held = views_for(self.epochs), min(self.cache.teacher(t).views for t in self.teachers)
-        fix = (f"`--views {need}` (the cache holds {held})" if held >= need else
-               f"`unic-cache extract {self.cfg.data} --cache {self.cfg.cache} --teacher T --views {need}` for each teacher "
-               f"T ({', '.join(self.teachers)}; with its own options)")
-        return (f"warning: each cached view will be replayed {replays:.1f} times, more than the {REPLAY_LIMIT:g} at which "
-                f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); {fix} brings it to "
-                f"{self.epochs / need:.1f}, or use fewer --epochs")
 
     def metric_names(self) -> list[str]:
         """What ``train_step`` returns, in order."""
@@ -415,36 +306,10 @@ class Distiller:
         """Endless batches from the current step on (the same batches for any number of workers)."""
         return self.stream().batches(self.cfg.workers, pin_memory=self.device.type == "cuda")
 
-    def _metrics_file(self):
-        """``metrics.jsonl`` on rank 0: continued after the resumed step (later lines, from a run that went
-        on past its last checkpoint, are dropped), or started anew."""
-        if self.rank != 0:
-            return None
-        path = self.out / "metrics.jsonl"
-        kept = []
-        if self.step > 0 and path.exists():  # continued from a checkpoint
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= self.step:
-                        kept.append(line + "\n")
-                except ValueError:  # a line cut by a kill
-                    continue
-        write_atomic(path, "".join(kept))
-        return open(path, "a")
-
-    def _tensorboard(self):
-        if self.rank != 0:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # TensorBoard is optional
-            return None
-        return SummaryWriter(str(self.out / "tb"))
-
     def config_record(self) -> dict:
         """What ``config.json`` records: the options, resolved (teachers, kinds, steps), the cache it reads, the
         tool's version and when the run started (kept when a run is continued)."""
-        previous = recorded(self.out) or {}
+        previous = self.folder.recorded() or {}
         return {"format": RUN_FORMAT, **asdict(self.cfg), "world_size": self.world, "total_steps": self.total, "teachers": self.teachers,
                 "kinds": sorted({k for _, k in self.selection.targets}),
                 "targets": {f"{t}/{k}": self.norms[f"{t}__{k}"].out_dim for t, k in self.selection.targets},
@@ -462,41 +327,20 @@ class Distiller:
                             "clip_grad": cfg.clip_grad, "decay_tokens": cfg.decay_tokens, "norm_stats": cfg.norm_stats})
 
     def save_checkpoint(self) -> None:
-        """``out/checkpoints/step-N/``: weights, optimizer, state.json, and RNG states per rank."""
-        final = self.out / "checkpoints" / f"step-{self.step:08d}"
-        tmp = tmp_name(final)
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_tensors(self.student.state_dict(), tmp / "model.safetensors")
-            tensors, groups = _optimizer_tensors(self.opt)
-            save_tensors(tensors, tmp / "optimizer.safetensors")
-            if self.running:  # the running target statistics move with the steps
-                save_tensors(self.norms.state_dict(), tmp / "norms.safetensors")
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "param_groups": groups, "world_size": self.world,
-                                                        "resume": self.resume_record(), "last": self.last}))
-        self._barrier()
+        """``out/checkpoints/step-N/``: weights, optimizer, running norms, state.json, and RNG states per rank."""
+        tensors, groups = optimizer_tensors(self.opt)
+        shared = {"model": self.student.state_dict(), "optimizer": tensors,
+                  **({"norms": self.norms.state_dict()} if self.running else {})}  # running statistics move with the steps
+        state = {"step": self.step, "param_groups": groups, "world_size": self.world, "resume": self.resume_record(),
+                 "last": self.last}
         rng = {"torch": torch.get_rng_state(), "drop": self.drop_gen.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_tensors(rng, tmp / f"rng-{self.rank}.safetensors")
-        self._barrier()
-        if self.rank == 0:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            prune_checkpoints(self.out, self.cfg.keep_checkpoints)
-        self._barrier()
-
-    def _barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+        self.folder.save_checkpoint(self.step, shared, state, rng, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self) -> None:
         """Continue from the last checkpoint in ``out``: weights, optimizer, RNG states, step, last metrics."""
-        ckpt = checkpoints(self.out)[-1]
-        state = json.loads((ckpt / "state.json").read_text())
-        if state["world_size"] != self.world:
-            raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume with the same number")
+        ckpt, state = self.folder.last_checkpoint()
         have, want = recorded_config(state.get("resume", {})), self.resume_record()
         diff = [f"{k}: {have.get(k)} vs {want[k]}" for k in want if k in have and have[k] != want[k]]
         if diff:
@@ -505,7 +349,7 @@ class Distiller:
         self.student.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
         if self.running:
             self.norms.load_state_dict(load_file(str(ckpt / "norms.safetensors"), device=str(self.device)))
-        _load_optimizer(self.opt, load_file(str(ckpt / "optimizer.safetensors"), device=str(self.device)), state["param_groups"])
+        load_optimizer(self.opt, load_file(str(ckpt / "optimizer.safetensors"), device=str(self.device)), state["param_groups"])
         rng = load_file(str(ckpt / f"rng-{self.rank}.safetensors"))
         torch.set_rng_state(rng["torch"])
         self.drop_gen.set_state(rng["drop"])
@@ -525,11 +369,10 @@ class Distiller:
         cache, crop = self.cache, self.cache.plan.policy.eval_crop_pct
         heads = {f"heads.{k}": v.contiguous() for k, v in self.student.heads.state_dict().items()}
         heads.update({f"norms.{k}": v.contiguous() for k, v in self.norms.state_dict().items()})
-        save_tensors(heads, self.out / "heads.safetensors")
         dataset = {"samples": cache.n, "source": cache.attrs["source"], "fingerprint": cache.attrs["fingerprint"],
                    "views": self.geometry["views"]}
         card = model_card(self.config_record(), {t: cache.teacher(t).attrs for t in self.teachers}, dataset, crop)
-        export_model(self.student.encoder, self.out / "model", self.cfg.img_size, self.cfg.model_args, crop, card)
+        self.folder.export(heads, self.student.encoder, self.cfg.img_size, self.cfg.model_args, crop, card)
 
 
 @contextlib.contextmanager
@@ -538,38 +381,10 @@ def _kept_on_a_second_ctrl_c(distiller: Distiller):
     try:
         yield
     except KeyboardInterrupt:
-        kept = checkpoints(distiller.out)
+        kept = distiller.folder.checkpoints()
         where = (f"the last checkpoint kept is {kept[-1].name}" if kept else "no checkpoint was written yet")
         raise RunInterrupted(f"stopped at once at step {distiller.step} of {distiller.total}; {where}; run the same "
                              "command to continue from it") from None
-
-
-class _StopOnSignals:
-    """While training: the first Ctrl-C (SIGINT) or SIGTERM asks the run to stop at its next checkpointable
-    step (``Distiller._stop``); a second Ctrl-C stops at once. Only the main thread can take signals; a signal
-    the process was started ignoring (a job a shell put in the background ignores Ctrl-C) stays ignored, as
-    in extract."""
-
-    def __init__(self, distiller: Distiller):
-        self.distiller, self.previous = distiller, {}
-
-    def _ask(self, signum, frame) -> None:
-        if self.distiller._stop and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.distiller._stop = True
-        if self.distiller.rank == 0:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping (Ctrl-C again stops at once)",
-                  flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._ask) for sig in (signal.SIGINT, signal.SIGTERM)
-                             if signal.getsignal(sig) is not signal.SIG_IGN}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def distill(cfg: DistillOptions) -> dict:

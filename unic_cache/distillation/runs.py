@@ -1,10 +1,10 @@
-"""A distill run folder (``--out``): what it holds, whether a command may continue it, and the student it exports.
+"""A distill run folder (``--out``): what it holds, whether a command may continue it (``RunFolder`` owns it all).
 
 A run folder holds ``config.json`` (the run's resolved options, the tool's version, when it was started),
 ``metrics.jsonl``, ``checkpoints/step-N/`` (the last few), ``model/`` (the student encoder as a model folder
 that timm and the Hugging Face Hub load as they are: ``config.json``, ``model.safetensors``, ``README.md``,
 a model card), ``heads.safetensors`` (projectors and target norms), ``tb/`` and a pipeline's ``eval.json``.
-Runs of 0.1 exported ``student.safetensors`` instead of ``model/``; they still load (``load_student``).
+The exported student and reading it back are ``exported``.
 
 Re-running the command of a run continues it from its last checkpoint; a run folder made with other
 options (``recipe_differences``) is refused in one line; a finished run is never trained again in place.
@@ -180,128 +180,123 @@ def prune_checkpoints(out: Path, keep: int) -> None:
         shutil.rmtree(old)
 
 
-def student_weights(run: str | Path) -> Path:
-    """The exported encoder's weights of a distill run: ``model/model.safetensors`` (0.1: ``student.safetensors``)."""
-    run = Path(run)
-    return run / "student.safetensors" if (run / "student.safetensors").is_file() else run / "model" / "model.safetensors"
+class RunFolder:
+    """One run folder (``--out``) and everything in it, for one process of a run (``rank`` of ``world``): checked to
+    be ours when opened, its record (``config.json``) compared with the run's, its lock, metrics, checkpoints
+    (saved atomically, the last few kept, the last one loaded) and the exported student. The trainer hands it
+    tensors and records; what files they become is decided here."""
 
+    def __init__(self, out: str | Path, rank: int = 0, world: int = 1):
+        self.out, self.rank, self.world, self.lock = Path(out), rank, world, None
+        check_run_folder(self.out)
+        self.seen = self.checkpoints()  # a command that wrote checkpoints while this one started is caught by ``hold``
 
-def is_finished(run: str | Path) -> bool:
-    """Whether a distill run exported its heads and then its student (the last thing it does)."""
-    run = Path(run)
-    return student_weights(run).is_file() and (run / "heads.safetensors").is_file() and (run / "config.json").is_file()
+    def recorded(self) -> dict | None:
+        return recorded(self.out)
 
+    def check_continues(self, want: dict) -> None:
+        """Refuse a run folder whose recorded options differ from ``want`` (a config record) in what they compute."""
+        have = self.recorded()
+        differ = recipe_differences(have, want) if have is not None else []
+        if differ:
+            raise UserError(f"--out {self.out} holds a run made with other options ({'; '.join(differ[:4])}); run it "
+                            "with the same options to continue it, or give a new --out to start another run")
 
-def unfinished_reason(run: Path) -> str | None:
-    """Why ``run`` is not a finished distill run, saying what was given and what is expected; None if it is one."""
-    run = Path(run)
-    if is_finished(run):
-        return None
-    if not run.exists():
-        return f"{run} is not a finished distill run: it does not exist; give the folder that distill --out wrote"
-    if run.name == "model" and (run / "model.safetensors").is_file() and _run_record(run.parent) is not None:
-        return f"{run} is not a finished distill run: it is the model folder of one; give the run folder: {run.parent}"
-    if _run_record(run) is None:
-        return (f"{run} is not a finished distill run: it has no run config.json; give the folder that distill --out "
-                "wrote (config.json, heads.safetensors, model/)")
-    return f"{run} is not a finished distill run: it has no model/ yet; finish it by running its distill command again"
+    def checkpoints(self) -> list[Path]:
+        return checkpoints(self.out)
 
+    def finished(self) -> bool:
+        from .exported import is_finished
 
-def load_student(run: str | Path) -> tuple:
-    """(encoder, input resolution) of a finished distill run: its ``model/`` folder through timm's ``local-dir:``,
-    exactly as a user loads it (0.1 runs: ``student.safetensors`` with the run's config)."""
-    import timm
-    from safetensors.torch import load_file
+        return is_finished(self.out)
 
-    run = Path(run)
-    if unfinished_reason(run):
-        raise UserError(unfinished_reason(run))
-    config = json.loads((run / "config.json").read_text())
-    if (run / "model").is_dir():
-        encoder = timm.create_model(f"local-dir:{(run / 'model').resolve()}", pretrained=True)
-    else:
-        encoder = timm.create_model(config["student"], pretrained=False, num_classes=0, img_size=config["img_size"],
-                                    **config.get("model_args", {}))
-        encoder.load_state_dict(load_file(str(run / "student.safetensors")))
-    return encoder.eval(), int(config["img_size"])
+    def hold(self) -> None:
+        """Rank 0 takes the folder's lock before writing anything; a command that started while another one wrote
+        checkpoints here is refused rather than trained over them."""
+        if self.rank != 0 or self.lock is not None:
+            return
+        self.lock = RunLock(self.out)
+        if self.checkpoints() != self.seen:
+            self.release()
+            raise UserError(f"--out {self.out} was written by another distill while this one started; run the same "
+                            "command again to continue from its last checkpoint")
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
-def export_model(encoder, folder: Path, img_size: int, model_args: dict, crop_pct: float, card: str) -> None:
-    """Write ``folder`` (``RUN/model``) as a timm / Hugging Face model folder, atomically: ``config.json``
-    (architecture, its creation arguments, ``pretrained_cfg`` with mean/std, input size and the eval
-    crop), ``model.safetensors`` and the model card ``README.md``."""
-    from timm.models._hub import save_config_for_hf
+    def write_config(self, record: dict) -> None:
+        """``config.json`` (rank 0, atomically): written first, it is the marker that makes the folder ours."""
+        if self.rank == 0:
+            write_atomic(self.out / "config.json", json.dumps(record, indent=1))
 
-    tmp = tmp_name(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tensors(encoder.state_dict(), tmp / "model.safetensors")
-    save_config_for_hf(encoder, str(tmp / "config.json"), model_args={"img_size": img_size, "num_classes": 0, **model_args})
-    config = json.loads((tmp / "config.json").read_text())
-    for key in ("license", "hf_hub_id", "url"):  # the architecture's default weights' facts, not this student's
-        config["pretrained_cfg"].pop(key, None)
-    config["pretrained_cfg"].update(tag="unic-cache", input_size=[3, img_size, img_size], crop_pct=crop_pct)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    (tmp / "README.md").write_text(card)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    def metrics_file(self, step: int):
+        """``metrics.jsonl`` on rank 0, open for appending: continued after ``step`` when resumed (later lines, from a
+        run that went on past its last checkpoint, are dropped), or started anew."""
+        if self.rank != 0:
+            return None
+        path = self.out / "metrics.jsonl"
+        kept = []
+        if step > 0 and path.exists():  # continued from a checkpoint
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line + "\n")
+                except ValueError:  # a line cut by a kill
+                    continue
+        write_atomic(path, "".join(kept))
+        return open(path, "a")
 
+    def tensorboard(self):
+        """A TensorBoard writer into ``tb/`` on rank 0, if TensorBoard is installed."""
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # TensorBoard is optional
+            return None
+        return SummaryWriter(str(self.out / "tb"))
 
-def _args(model_args: dict | None) -> str:
-    """A teacher's extra timm arguments as the model card shows them (a 2-block ViT is not the named model)."""
-    return f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else ""
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
 
+            dist.barrier()
 
-def model_card(config: dict, teachers: dict[str, dict], dataset: dict, crop_pct: float, scores: str | None = None) -> str:
-    """The student's model card (``model/README.md``): how it was made (teachers and their weights digests,
-    the dataset's fingerprint, the recipe) and, when an evaluation produced one, its scores."""
-    rows = "\n".join(f"| {name} | `{t.get('model_id')}`{_args(t.get('model_args'))} | {t.get('resolution')} | {t.get('weights')} | "
-                     f"`{t.get('weights_sha256', '')[:16]}` |" for name, t in teachers.items())
-    recipe = {k: v for k, v in config.items() if k not in RUNTIME_OPTIONS - {"version", "started"}}
-    return f"""---
-library_name: timm
-tags: [image-feature-extraction, timm, unic-cache, distillation]
----
-# {config['student']}, distilled from {len(teachers)} teacher(s) by unic-cache
+    def save_checkpoint(self, step: int, shared: dict[str, dict], state: dict, rng: dict, keep: int) -> None:
+        """``checkpoints/step-N/``: ``<name>.safetensors`` for each of ``shared`` and ``state.json`` (rank 0), this
+        rank's ``rng-<rank>.safetensors``; written under a temp name, renamed into place once every rank wrote,
+        then the last ``keep`` kept."""
+        final = self.out / "checkpoints" / f"step-{step:08d}"
+        tmp = tmp_name(final)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, tensors in shared.items():
+                save_tensors(tensors, tmp / f"{name}.safetensors")
+            (tmp / "state.json").write_text(json.dumps(state))
+        self._barrier()
+        save_tensors(rng, tmp / f"rng-{self.rank}.safetensors")
+        self._barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            prune_checkpoints(self.out, keep)
+        self._barrier()
 
-A `{config['student']}` encoder ({config['img_size']} px) trained by multi-teacher distillation (UNIC's recipe:
-a ladder of projectors, teacher dropping) from teacher features cached by unic-cache {config.get('version', '')}
-(run started {config.get('started', '?')}). Load it with timm:
+    def last_checkpoint(self) -> tuple[Path, dict]:
+        """The last checkpoint and its ``state.json``, refused when another number of processes wrote it."""
+        ckpt = self.checkpoints()[-1]
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["world_size"] != self.world:
+            raise UserError(f"checkpoint {ckpt} was written by {state['world_size']} processes; resume with the same number")
+        return ckpt, state
 
-```python
-import timm
-model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)  # or "hf-hub:USER/REPO" once uploaded
-```
+    def export(self, heads: dict, encoder, img_size: int, model_args: dict, crop_pct: float, card: str) -> None:
+        """``heads.safetensors``, then ``model/`` (``exported.export_model``), on rank 0; each renamed into place, the
+        model last (a run is finished once it is there)."""
+        from .exported import export_model
 
-It returns the pooled embedding (the CLS token after the final norm{', which distillation did not train: its affine is the identity, as in UNIC' if config.get('lop_head') == 'unic' else ''}).
-Inputs are normalised with the mean/std in `config.json`; the eval view is a centre crop of {crop_pct}.
-
-## Teachers
-
-| name | timm id | resolution | weights | sha256 |
-|---|---|---|---|---|
-{rows}
-
-## Data
-
-{dataset.get('samples')} samples of `{dataset.get('source')}` (fingerprint `{str(dataset.get('fingerprint'))[:16]}`),
-{dataset.get('views')} cached views per sample.
-
-## Recipe
-
-```json
-{json.dumps(recipe, indent=1)}
-```
-{f'''
-## Evaluation
-
-{scores}
-''' if scores else ''}"""
-
-
-def add_scores_to_card(run: str | Path, scores: str) -> None:
-    """Put an evaluation's table into a run's model card (replacing an earlier one)."""
-    card = Path(run) / "model" / "README.md"
-    if card.is_file():
-        text = card.read_text().split("\n## Evaluation\n")[0].rstrip()
-        write_atomic(card, f"{text}\n\n## Evaluation\n\n{scores.strip()}\n")
+        if self.rank == 0:
+            save_tensors(heads, self.out / "heads.safetensors")
+            export_model(encoder, self.out / "model", img_size, model_args, crop_pct, card)

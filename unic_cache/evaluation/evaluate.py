@@ -19,7 +19,7 @@ from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..errors import UserError
 from ..models.pixels import PixelNorm
-from ..distillation.runs import add_scores_to_card, load_student
+from ..distillation.exported import add_scores_to_card, load_student
 from ..runtime import pick_device
 from .dense import dense_probe, pool_majority, view_maps
 from .images import EvalViews, eval_params

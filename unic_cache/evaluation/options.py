@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..distillation.runs import unfinished_reason
+from ..distillation.exported import unfinished_reason
 from ..errors import UserError
 from ..options import Options, at_least, comma_list, existing_path, key_values, option, storage_option
 

@@ -260,3 +260,14 @@ def teacher_shape(teacher: str, size: str | None = None, resolution: int | None 
             raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
     return describe(model, model_id, default_resolution(teacher, resolution), model_args=model_args)
 
+
+def rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
+    """The teacher a cache was extracted with (the online reference mode, ``pipelines/augmented_targets.py``); its
+    weights must be unchanged."""
+    if info.weights.split(":")[0] == "random" and not info.weights_sha256:
+        raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with unseeded random ones")
+    teacher = build_teacher(f"timm:{info.model_id}", None, info.resolution, None if info.weights == "hub" else info.weights,
+                            info.model_args)
+    if teacher.info.weights_sha256 != info.weights_sha256:
+        raise UserError(f"--online: {info.weights} changed since teacher {name} was extracted (sha256 differs)")
+    return teacher

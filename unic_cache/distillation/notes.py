@@ -1,0 +1,55 @@
+"""What distill tells its user before the first step: how big and how frequent its checkpoints are, how often each
+cached view will be replayed, and a warning, with its fix, where that is past what the reuse curve measured as safe."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..cache.views import REPLAY_LIMIT, views_for
+
+if TYPE_CHECKING:
+    from .recipe import Distiller
+
+
+def checkpoint_plan(run: Distiller) -> str:
+    """One line: how big a checkpoint is, how often one is written and how many are kept."""
+    from ..cache.sizing import human
+
+    def size(params) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+
+    encoder, heads = size(run.student.encoder.parameters()), size(run.student.heads.parameters())
+    moments = 2 * size(run.trainable)  # AdamW's two moments per trained parameter
+    return (f"checkpoints: {human(encoder + heads + moments)} each (encoder {human(encoder)}, projector heads "
+            f"{human(heads)}, optimizer {human(moments)}), every {run.checkpoint_interval} steps, the last "
+            f"{run.cfg.keep_checkpoints} kept (--keep-checkpoints)")
+
+
+def run_epochs(run: Distiller) -> float:
+    """The run's length in passes over the usable samples."""
+    return run.total * run.cfg.batch_size * run.world / max(1, int((~run.cache.bad).sum()))
+
+def replay_plan(run: Distiller) -> str:
+    """One line: how often the run sees each cached view of a sample (Beyer et al. 2022 found students trained on
+    precomputed teacher outputs overfit; UNIC's 200 epochs on 8 views see each 25 times)."""
+    epochs = run_epochs(run)
+    if run.online:
+        return f"views: {epochs:.1f} epochs, a fresh view of every sample in each (--online: nothing is replayed)"
+    views = run.geometry["views"]
+    return (f"views: {epochs:.1f} epochs over {views} cached view{'s' if views > 1 else ''} of each sample: each "
+            f"view is replayed {epochs / views:.1f} times")
+
+
+def replay_warning(run: Distiller) -> str | None:
+    """One line when each cached view is replayed more often than the reuse curve measured as safe
+    (``views.REPLAY_LIMIT``), naming the extract that adds the views the schedule needs; else None."""
+    replays = run_epochs(run) / run.geometry["views"]
+    if run.online or replays <= REPLAY_LIMIT:
+        return None
+    need, held = views_for(run_epochs(run)), min(run.cache.teacher(t).views for t in run.teachers)
+    fix = (f"`--views {need}` (the cache holds {held})" if held >= need else
+           f"`unic-cache extract {run.cfg.data} --cache {run.cfg.cache} --teacher T --views {need}` for each teacher "
+           f"T ({', '.join(run.teachers)}; with its own options)")
+    return (f"warning: each cached view will be replayed {replays:.1f} times, more than the {REPLAY_LIMIT:g} at which "
+            f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); {fix} brings it to "
+            f"{run_epochs(run) / need:.1f}, or use fewer --epochs")
