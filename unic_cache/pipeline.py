@@ -46,12 +46,12 @@ from .cache.codecs import kind_codecs
 from .cache.store import Cache
 from .cache.layout import codec_record
 from .cache.teacher import TeacherStore
-from .cache.format import json_normal
 from .distillation.options import DistillOptions
 from .distillation.recipe import distill
 from .distillation.exported import add_scores_to_card, is_finished, student_weights
 from .distillation.runs import recipe_differences, recorded
 from .errors import UserError
+from .records import differences, json_normal, refuse
 from .cache.sources import open_source
 from .cache.views import ViewPlan, ViewPolicy
 from .evaluation.evaluate import EVAL_FORMAT, Evaluator, score_card
@@ -61,7 +61,7 @@ from .evaluation.results import Results, check_results_folder
 from .evaluation.train_teacher import train_teacher
 from .extraction.options import ExtractOptions
 from .extraction.runner import extract
-from .models.teachers import build_teacher, file_sha256, resolve
+from .models.teachers import file_sha256, resolve
 from .options import check_options, set_value
 from .shapes import WORLD_FORMAT, ShapesOptions, make_shapes
 
@@ -142,27 +142,21 @@ def _recipe(values: dict, *ignore: str) -> dict:
 
 
 def _check_same_teacher(name: str, store: TeacherStore, spec: dict, weights: str | None, cache_url: str) -> None:
-    """A teacher complete in the cache must be the one the config describes: model id, weights (file
-    digest, or the digest of seeded random weights), resolution, model args and codecs."""
-    attrs = store.attrs
+    """A teacher complete in the cache must be the one the config describes: model id, weights (the file's digest, or
+    the seed of random weights as extract recorded it), resolution, model args and codecs."""
     extract_opts = spec.get("extract", {})
     codecs = kind_codecs(extract_opts.get("codec", ExtractOptions.codec), extract_opts.get("patch_codec"),
                          extract_opts.get("patch", ExtractOptions.patch))
-    model_id = resolve(spec["teacher"], spec.get("size"))
+    want = {"model_id": resolve(spec["teacher"], spec.get("size")), "model_args": spec.get("model_args", {}),
+            **({"resolution": spec["resolution"]} if spec.get("resolution") is not None else {})}
     if weights is not None and weights.split(":")[0] == "random":
-        sha = build_teacher(f"timm:{model_id}", None, spec.get("resolution"), weights, spec.get("model_args", {})).info.weights_sha256
+        want["weights"] = weights
     else:
-        sha = file_sha256(weights) if weights is not None and Path(weights).is_file() else ""
-    differs = [what for what, same in (
-        ("model", attrs.get("model_id") == model_id),
-        ("weights", attrs.get("weights_sha256", "") == sha),
-        ("resolution", spec.get("resolution") in (None, attrs.get("resolution"))),
-        ("model_args", json_normal(spec.get("model_args", {})) == attrs.get("model_args", {})),
-        ("codecs", codec_record(codecs) == codec_record(store.codec_specs())),
-    ) if not same]
-    if differs:
-        raise UserError(f"teacher {name} in {cache_url} was extracted with other {', '.join(differs)} than this pipeline "
-                        f"asks for; give the new one another name, or use another cache")
+        want["weights_sha256"] = file_sha256(weights) if weights is not None and Path(weights).is_file() else ""
+    have = {k: store.attrs.get(k, "" if k == "weights_sha256" else None) for k in want}
+    refuse(differences({**have, **codec_record(store.codec_specs())}, {**want, **codec_record(codecs)}),
+           f"teacher {name} in {cache_url} was extracted with other settings than this pipeline asks for",
+           "give the new one another name, or use another cache")
 
 
 @dataclass
@@ -200,7 +194,7 @@ class Pipeline:
         folder = self.out / "data"
         marker = folder / "world.json"
         record = {**world, "format": WORLD_FORMAT}
-        if marker.exists() and json.loads(marker.read_text()) == record:
+        if marker.exists() and not differences(json.loads(marker.read_text()), record):
             self.run.log("data", str(folder), "skipped")
             return str(folder)
         if folder.exists() and any(folder.iterdir()):
@@ -224,8 +218,9 @@ class Pipeline:
                                         **spec["train"]})
             record = Path(weights).with_suffix(".json")
             saved = json.loads(record.read_text()) if record.exists() and Path(weights).exists() else None
-            same = saved is not None and saved.get("split") == read_split(open_source(data)).to_dict() \
-                and _recipe(saved["config"], "progress") == _recipe(asdict(cfg), "progress")
+            same = saved is not None and not differences(
+                {"split": saved.get("split"), **saved["config"]},
+                {"split": read_split(open_source(data)).to_dict(), **json_normal(asdict(cfg))}, ignore={"progress"})
             if same:
                 self.run.log("train-teacher", name, "skipped")
             else:
@@ -293,7 +288,7 @@ class Pipeline:
     def _kept(self, path: Path, key: dict, compute, what: str, fresh: bool = True) -> dict:
         """Scores kept in ``path`` when recorded under the same ``key`` (and ``fresh``), else computed and kept."""
         record = json.loads(path.read_text()) if fresh and path.exists() else None
-        if record is not None and record["options"] == json_normal(key):
+        if record is not None and not differences(record["options"], key):
             self.run.log("eval", what, "skipped")
             return record["scores"]
         scores = compute()

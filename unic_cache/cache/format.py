@@ -48,11 +48,6 @@ def quick_digest(source: Source) -> str:
     return hashlib.sha256(json.dumps(source.quick_fingerprint()).encode()).hexdigest()
 
 
-def json_normal(value):
-    """``value`` as it reads back from zarr attrs (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(value))
-
-
 def local_path(url: str) -> str:
     """``file://`` URLs as plain paths: zarr's LocalStore creates folders, fsspec's local store does not."""
     return url[len("file://"):] if url.startswith("file://") else url

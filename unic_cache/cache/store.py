@@ -25,11 +25,12 @@ import zarr
 from . import claims, seal
 from .codecs import Codec, FittedCodec
 from ..errors import UserError
+from ..records import differences, json_normal, refuse
 from .pixels import CURRENT, PixelPipeline, pixel_pipeline
 from .sources import DatasetIndex, Source
 from .views import P, ViewPlan
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
-                     json_normal, local_path, quick_digest, read_params, read_whole, seal_root, store_path,
+                     local_path, quick_digest, read_params, read_whole, seal_root, store_path,
                      write_plan)
 from .layout import VIEW_BLOCK, TeacherInfo, codec_record, create_teacher
 from .teacher import TeacherStore
@@ -223,13 +224,10 @@ class Cache:
         if plan.views < self.views:
             raise UserError(f"cache {self.url} has {self.views} views per sample; extract takes --views {self.views} or "
                             "more (more adds views to its teachers), or a new --cache path")
-        have, want = {**self.attrs["plan"], "views": plan.views}, json_normal(plan.to_dict())
-        if want != have:
-            flat = lambda d: {**{k: v for k, v in d.items() if k != "policy"}, **d.get("policy", {})}  # noqa: E731
-            a, b = flat(have), flat(want)
-            differ = [f"{k}: {a.get(k)} (cache) vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-            raise UserError(f"cache {self.url} was planned with other views ({'; '.join(differ)}); run with the cache's "
-                            "--views/--seed/--crop-scale, or use a new --cache path")
+        flat = lambda d: dict(sorted({**{k: v for k, v in d.items() if k != "policy"}, **d.get("policy", {})}.items()))  # noqa: E731
+        refuse(differences(flat({**self.attrs["plan"], "views": plan.views}), flat(plan.to_dict()), label=" (cache)"),
+               f"cache {self.url} was planned with other views", "run with the cache's --views/--seed/--crop-scale, or "
+               "use a new --cache path")
 
     def index_array(self, name: str) -> np.ndarray:
         """A whole ``index/`` array, read once (checked: damaged or missing chunks are errors)."""
@@ -353,10 +351,8 @@ class Cache:
         store = self.teacher(name)
         want = {**info.to_dict(), **codec_record(codecs)}
         have = {k: store.attrs.get(k) for k in info.to_dict()} | codec_record(store.codec_specs())
-        diff = ", ".join(f"{k}: {have[k]} vs {want[k]}" for k in want if json_normal(have[k]) != json_normal(want[k]))
-        if diff:
-            raise UserError(f"teacher {name!r} is already in {self.url} with other settings ({diff}); "
-                            "pass --name to store this one beside it")
+        refuse(differences(have, want), f"teacher {name!r} is already in {self.url} with other settings",
+               "pass --name to store this one beside it")
         return store
 
     def _add_teacher(self, name: str, info: TeacherInfo, fitted: dict[str, FittedCodec], shard_mb: float,

@@ -24,7 +24,8 @@ import zarr
 from . import claims, seal
 from .codecs import INT8_MISSING, Codec, FittedCodec
 from ..errors import UserError
-from .format import KINDS, create_checked, json_normal, read_checked, read_params, read_whole
+from ..records import json_normal
+from .format import KINDS, create_checked, read_checked, read_params, read_whole
 from .layout import VIEW_BLOCK, TeacherInfo
 from .sizing import PARTIALS
 from .statistics import Moments

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from .. import __version__
 from ..cache.store import Cache
-from ..cache.format import json_normal
 from ..errors import RunInterrupted, UserError
+from ..records import differences, json_normal, refuse
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed
 from ..models.pixels import device_views
@@ -341,11 +341,9 @@ class Distiller:
     def load_checkpoint(self) -> None:
         """Continue from the last checkpoint in ``out``: weights, optimizer, RNG states, step, last metrics."""
         ckpt, state = self.folder.last_checkpoint()
-        have, want = recorded_config(state.get("resume", {})), self.resume_record()
-        diff = [f"{k}: {have.get(k)} vs {want[k]}" for k in want if k in have and have[k] != want[k]]
-        if diff:
-            raise UserError(f"checkpoint {ckpt} was written with other settings ({'; '.join(diff)}); continue it with "
-                            "the same options, or give a new --out to start another run")
+        refuse(differences(recorded_config(state.get("resume", {})), self.resume_record(), known_only=True),
+               f"checkpoint {ckpt} was written with other settings", "continue it with the same options, or give a new "
+               "--out to start another run")
         self.student.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
         if self.running:
             self.norms.load_state_dict(load_file(str(ckpt / "norms.safetensors"), device=str(self.device)))

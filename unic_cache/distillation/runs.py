@@ -27,6 +27,7 @@ import weakref
 from pathlib import Path
 
 from ..errors import UserError
+from ..records import differences, refuse
 from .options import recorded_config
 
 RUN_FORMAT = "unic-cache distill run"  # config.json's "format": the marker of a run folder of ours
@@ -164,8 +165,7 @@ os.register_at_fork(after_in_child=_close_in_child)
 def recipe_differences(have: dict, want: dict) -> list[str]:
     """``key: recorded vs now`` for every option that changes what a run computes and differs (options one
     of the two does not record are not compared)."""
-    return [f"{k}: {have[k]} vs {want[k]}" for k in want
-            if k not in RUNTIME_OPTIONS and k in have and json.loads(json.dumps(have[k])) != json.loads(json.dumps(want[k]))]
+    return differences(have, want, ignore=RUNTIME_OPTIONS, known_only=True)
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -197,10 +197,9 @@ class RunFolder:
     def check_continues(self, want: dict) -> None:
         """Refuse a run folder whose recorded options differ from ``want`` (a config record) in what they compute."""
         have = self.recorded()
-        differ = recipe_differences(have, want) if have is not None else []
-        if differ:
-            raise UserError(f"--out {self.out} holds a run made with other options ({'; '.join(differ[:4])}); run it "
-                            "with the same options to continue it, or give a new --out to start another run")
+        refuse(recipe_differences(have, want) if have is not None else [], f"--out {self.out} holds a run made with "
+               "other options", "run it with the same options to continue it, or give a new --out to start another run",
+               limit=4)
 
     def checkpoints(self) -> list[Path]:
         return checkpoints(self.out)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..cache.codecs import EXAMPLES, codec_problem, value_kinds
 from ..cache.views import ViewPlan, ViewPolicy
 from ..errors import UserError
+from ..records import differences
 from ..models.registry import alias_model, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
 
@@ -113,8 +113,8 @@ class ExtractOptions(Options):
                 "resolution": self.resolution or ALIAS_RESOLUTION, "model_args": self.model_args,
                 **codec_record(kind_codecs(self.codec, self.patch_codec, self.patch))}
         plan = self.view_plan(cache.plan)
-        if (not store.complete or json.loads(json.dumps(want)) != {k: store.attrs.get(k) for k in want}
-                or json.loads(json.dumps(plan.to_dict())) != {**cache.attrs["plan"], "views": plan.views}
+        if (not store.complete or differences({k: store.attrs.get(k) for k in want}, want)
+                or differences({**cache.attrs["plan"], "views": plan.views}, plan.to_dict())
                 or not cache.views <= plan.views <= store.views or not store.done().all()):
             return None
         file = self.weights and not self.weights.startswith("random")  # the file read last, and only when all else holds
