@@ -432,7 +432,7 @@ def test_hostile_yaml_and_a_full_disk_are_one_line_errors(shapes_dir, weights, t
 
     import typer
 
-    from unic_cache.cli import user_errors
+    from unic_cache.options.cli import user_errors
 
     app = typer.Typer()
 

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from unic_cache.cache.options import InfoOptions, VerifyOptions
-from unic_cache.cli import options_command
+from unic_cache.options.cli import options_command
 from unic_cache.demo import DemoOptions
 from unic_cache.distillation.options import DistillOptions
 from unic_cache.evaluation.options import EvalOptions, TeacherTrainOptions

@@ -1,4 +1,4 @@
-"""Checking a cache: ``metadata_damage`` / ``restore_metadata`` (metadata against its seal), ``find_damage`` /
+"""Checking a cache: ``metadata.metadata_damage`` / ``restore_metadata`` (metadata against its seals), ``find_damage`` /
 ``verify_cache`` (decode and check every chunk of every array) and ``repair_cache`` (restore what can be restored
 bit-identically; make damaged units be extracted again). Its summary table is ``cache.info``."""
 
@@ -11,15 +11,13 @@ import zarr
 from tqdm import tqdm
 from zarr.core.sync import sync
 
-from . import seal
 from .claims import clean_stale_temp_files
 from ..errors import UserError
 from .sources import Source, content_digest
-from .format import (ALWAYS_WRITE, INDEX_ARRAYS, index_arrays, quick_digest, read_checked, store_path,
-                     write_plan)
+from .format import ALWAYS_WRITE, INDEX_ARRAYS, index_arrays, quick_digest, read_checked, write_plan
 from .sizing import PARTIALS
 from .store import Cache
-from .layout import VIEW_BLOCK
+from .metadata import metadata_damage, restore_metadata
 from .teacher import TeacherStore, UnitDigest
 from .views import plan_views
 
@@ -333,44 +331,6 @@ def repair_cache(cache: Cache, damage: Damage, source: Source | None = None) -> 
     removed = clean_stale_temp_files(cache.url, older_than=0)
     if removed:
         done.append(f"removed {removed} temp file(s) of interrupted writes")
-    return done
-
-
-def _sealed_places(url: str) -> list[str]:
-    """Where a cache's seals are: the root's, then each teacher's (listed from the store: no metadata is parsed)."""
-    root = store_path(url)
-
-    async def children(prefix: str) -> list[str]:
-        return [name async for name in root.store.list_dir(prefix)]
-
-    prefix = "/".join(p for p in (root.path, "teachers") if p)
-    names = sorted(n.strip("/") for n in sync(children(prefix)) if n.strip("/") != "zarr.json")
-    blocks = [f"{n}/{b.strip('/')}" for n in names for b in sorted(sync(children(f"{prefix}/{n}")))
-              if b.startswith(VIEW_BLOCK)]
-    return [seal.ROOT_SEAL_AT, *(f"teachers/{n}" for n in sorted(names + blocks))]
-
-
-def metadata_damage(url: str) -> tuple[list[str], list[str]]:
-    """(metadata that differs from its seal, seals that are themselves damaged): read before any metadata is
-    parsed, so a damaged ``zarr.json`` is found rather than failed on."""
-    root, changed, broken = store_path(url), [], []
-    for at in _sealed_places(url):
-        try:
-            changed += seal.differences(root, at)
-        except UserError as exc:
-            broken.append(str(exc).split(";")[0])
-    return changed, broken
-
-
-def restore_metadata(url: str) -> list[str]:
-    """Rewrite every sealed ``zarr.json`` that differs from its seal; what was restored."""
-    root = store_path(url, mode="a")
-    done = []
-    for at in _sealed_places(url):
-        try:
-            done += seal.restore(root, at)
-        except UserError:
-            continue  # a damaged seal restores nothing (reported by metadata_damage)
     return done
 
 

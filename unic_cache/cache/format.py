@@ -10,10 +10,12 @@ is which. Also here: the index's arrays (keys as UTF-8 bytes and offsets), the v
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -145,3 +147,28 @@ def write_plan(params: zarr.Array, plan: ViewPlan, image_size: np.ndarray, rows:
 def seal_root(group: zarr.Group) -> None:
     """Seal the root's metadata as it is now: root attrs, ``index/*`` and ``views/*`` (teachers have their own)."""
     seal.write_seal(group.store_path, seal.ROOT_SEAL_AT, [p for p in seal.member_paths(group, "") if not p.startswith("teachers/")])
+
+
+def _looks_like_data(url: str) -> bool:
+    """Whether a local folder holds a dataset (shards or images) rather than a cache."""
+    from .sources import IMAGE_EXTS
+
+    folder = Path(local_path(url))
+    if not folder.is_dir() or (folder / "zarr.json").exists():
+        return False
+    suffixes = {".tar", ".parquet", *(f".{e}" for e in IMAGE_EXTS)}
+    return any(p.suffix.lower() in suffixes for p in itertools.islice(folder.rglob("*"), 1000))
+
+
+def open_group(url: str, mode: str) -> zarr.Group:
+    """The cache's zarr group, or a one-line error: no cache there (a dataset, or nothing), or metadata that does not
+    parse."""
+    try:
+        return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
+    except FileNotFoundError:
+        if _looks_like_data(url):
+            raise UserError(f"{url} is a dataset, not a cache; make a cache from it in a new folder: `unic-cache extract "
+                            f"{url} --cache NEW.zarr --teacher NAME`") from None
+        raise UserError(f"no cache at {url}; create it with `unic-cache extract DATA --cache {url} --teacher NAME`") from None
+    except (ValueError, TypeError) as exc:  # zarr.json that does not parse: damaged metadata
+        raise UserError(f"cannot read the metadata of {url} ({type(exc).__name__}: {str(exc)[:100]})") from None

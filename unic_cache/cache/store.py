@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import time
 from typing import Callable
 
@@ -30,35 +29,10 @@ from .pixels import CURRENT, PixelPipeline, pixel_pipeline
 from .sources import DatasetIndex, Source
 from .views import P, ViewPlan
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
-                     local_path, quick_digest, read_params, read_whole, seal_root, store_path,
+                     local_path, open_group, quick_digest, read_params, read_whole, seal_root, store_path,
                      write_plan)
 from .layout import VIEW_BLOCK, TeacherInfo, codec_record, create_teacher
 from .teacher import TeacherStore
-
-
-def _looks_like_data(url: str) -> bool:
-    """Whether a local folder holds a dataset (shards or images) rather than a cache."""
-    from pathlib import Path
-
-    from .sources import IMAGE_EXTS
-
-    folder = Path(local_path(url))
-    if not folder.is_dir() or (folder / "zarr.json").exists():
-        return False
-    suffixes = {".tar", ".parquet", *(f".{e}" for e in IMAGE_EXTS)}
-    return any(p.suffix.lower() in suffixes for p in itertools.islice(folder.rglob("*"), 1000))
-
-
-def _open_group(url: str, mode: str) -> zarr.Group:
-    try:
-        return zarr.open_group(local_path(url), mode=mode, zarr_format=3)
-    except FileNotFoundError:
-        if _looks_like_data(url):
-            raise UserError(f"{url} is a dataset, not a cache; make a cache from it in a new folder: `unic-cache extract "
-                            f"{url} --cache NEW.zarr --teacher NAME`") from None
-        raise UserError(f"no cache at {url}; create it with `unic-cache extract DATA --cache {url} --teacher NAME`") from None
-    except (ValueError, TypeError) as exc:  # zarr.json that does not parse: damaged metadata
-        raise UserError(f"cannot read the metadata of {url} ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
 def _remove_unfinished(url: str) -> None:
@@ -93,7 +67,7 @@ class Cache:
         try:
             if seal.has_seal(store_path(url), seal.ROOT_SEAL_AT):
                 return True
-            return _open_group(url, mode="r").attrs.get("ready", False)
+            return open_group(url, mode="r").attrs.get("ready", False)
         except (UserError, zarr.errors.GroupNotFoundError, FileNotFoundError):
             return False
 
@@ -107,7 +81,7 @@ class Cache:
         sealed = root is not None and seal.has_seal(root, seal.ROOT_SEAL_AT)
         if sealed:
             seal.check(root, seal.ROOT_SEAL_AT, url)
-        group = _open_group(url, mode)
+        group = open_group(url, mode)
         if not sealed and not group.attrs.get("ready", False):
             raise UserError(f"{url} is not a complete cache (its creation was interrupted); "
                             "run the same extract command again to finish creating it")

@@ -1,6 +1,6 @@
 """Options as the single source of truth: every command's options are one dataclass whose fields carry
 their help, how the command line spells them, and their checks. The CLI (flags), ``--config FILE.yaml``
-and ``--set KEY=VALUE`` are all made from these fields (``cli.options_command``), so they cannot drift,
+and ``--set KEY=VALUE`` are all made from these fields (``options.cli.options_command``), so they cannot drift,
 and ``Options.check`` refuses bad values in one line before any work starts. No torch here.
 """
 
@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def check_options(cls: type, values: dict, command: str) -> None:
