@@ -391,8 +391,10 @@ def test_distill_never_writes_into_a_foreign_folder(clean_cache, run_args, tmp_p
 
 
 def test_a_run_killed_while_writing_a_checkpoint_continues(clean_cache, run_args, tmp_path):
-    """A kill inside ``save_checkpoint`` leaves ``step-N.tmp/<file>.safetensors.tmp``: our own unfinished work, so the
-    same command continues from the last whole checkpoint (it was refused as another's files)."""
+    """A kill inside ``save_checkpoint`` leaves ``step-N.tmp/<file>.safetensors.tmp`` and the file safetensors was
+    writing under its own temp name (``.tmpXXXXXX``; in the run folder itself when it was ``heads.safetensors``): our
+    own unfinished work, so the same command continues from the last whole checkpoint (it was refused as another's
+    files), and the writer's leftover in the run folder is removed."""
     out = tmp_path / "run"
     assert cli(*run_args(clean_cache, out, "--checkpoint-every", "1")).exit_code == 0
     shutil.rmtree(out / "model")
@@ -401,9 +403,11 @@ def test_a_run_killed_while_writing_a_checkpoint_continues(clean_cache, run_args
     cut.mkdir()
     (cut / "model.safetensors").write_bytes(b"whole")
     (cut / "optimizer.safetensors.tmp").write_bytes(b"half a fil")
+    (cut / ".tmpX7bQ2z").write_bytes(b"half of the rng")
+    (out / ".tmpk3Rw9A").write_bytes(b"half the heads")
     again = cli(*run_args(clean_cache, out, "--checkpoint-every", "1"))
     assert again.exit_code == 0, again.stderr
-    assert (out / "model" / "model.safetensors").exists()
+    assert (out / "model" / "model.safetensors").exists() and not (out / ".tmpk3Rw9A").exists()
 
 
 def test_a_zarr_group_of_someone_else_is_refused(shapes_dir, weights, tmp_path):

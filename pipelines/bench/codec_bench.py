@@ -60,12 +60,10 @@ def measure(store, ref, truth: dict, norm: dict, n: int, views: int) -> tuple:
             pool = store.codecs["patch"].codec.pool
             x = unpool_tokens(torch.from_numpy(x.reshape(n * views, -1, info.dim)), info.grid, pool).numpy()
         figures[kind] = fidelity(truth[kind], x.reshape(-1, info.dim), *norm[kind])
-    patch_arrays = store.arrays("patch")
     patch_f32 = 4 * info.dim * info.tokens * n * views
-    encoded_patch = sum(store.group[a].nbytes for a in patch_arrays)
-    stored_patch = sum(store.group[a].nbytes_stored() for a in patch_arrays)
     total_f32 = f32_bytes(info.dim, info.tokens) * n * views
-    return patch_f32 / encoded_patch, patch_f32 / stored_patch, total_f32 / store.nbytes_stored(), figures, store.codecs["patch"]
+    return (patch_f32 / store.nbytes_encoded(("patch",)), patch_f32 / store.nbytes_stored(("patch",)),
+            total_f32 / store.nbytes_stored(), figures, store.codecs["patch"])
 
 
 def reference(ref, n: int) -> tuple[dict, dict]:

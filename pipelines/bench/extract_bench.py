@@ -25,7 +25,6 @@ import io
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,14 +33,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from report import ROOT, heading, publish
+from report import ROOT, heading, images, publish, timed
 from unic_cache import Cache, ExtractOptions, build_teacher, extract
 from unic_cache.cache.info import cache_info
 from unic_cache.cache.pixels import CURRENT
 from unic_cache.cache.sources import open_source
 from unic_cache.cache.views import ViewPlan, plan_views
-from unic_cache.models.photometric import photometric
-from unic_cache.models.pixels import channels_first
+from unic_cache.cache.codecs import fidelity
+from unic_cache.models.pixels import replay
 from unic_cache.photos import make_photos
 
 
@@ -69,9 +68,8 @@ def bf16_fidelity(arch: str, res: int, data: str, device: str, views: int = 256)
     index = source.index(progress=False)
     rows = np.flatnonzero(~np.isin(np.arange(index.n), list(index.bad)))[:views]
     params = plan_views(ViewPlan(views=1), rows, index.image_size[rows])[:, 0]
-    crops = np.stack([CURRENT.crop(CURRENT.decode(source.read(index.location[r], str(index.keys[r]))), p, res)
-                      for r, p in zip(rows, params)])
-    x = photometric(channels_first(crops).to(device), params)
+    x = torch.stack([replay(CURRENT.decode(source.read(index.location[r], str(index.keys[r]))), p, res)
+                     for r, p in zip(rows, params)]).to(device)
     teacher = build_teacher(f"timm:{arch}", resolution=res, weights="random").to(device)
     with torch.no_grad():
         full = teacher(x)
@@ -79,22 +77,16 @@ def bf16_fidelity(arch: str, res: int, data: str, device: str, views: int = 256)
             half = teacher(x)
     out = {}
     for kind, a, b in zip(("summary", "patch"), full, half):
-        cos = torch.nn.functional.cosine_similarity(a.float().reshape(-1, a.shape[-1]), b.float().reshape(-1, a.shape[-1]), dim=-1)
-        out[kind] = (float(cos.mean()), float(torch.quantile(cos.cpu(), 0.01)))
+        a, b = (v.float().reshape(-1, v.shape[-1]).cpu().numpy() for v in (a, b))
+        f = fidelity(a, b, a.mean(0), a.std(0) + 1e-6)
+        out[kind] = (f["cos_mean"], f["cos_p1"])
     return out
 
 
 def decode_ms(data: Path) -> float:
-    """A plain PIL decode per image of the corpus at ``data``, in ms (one thread)."""
-    blobs = [tar.extractfile(m).read() for path in sorted(data.glob("*.tar")) for tar in [tarfile.open(path)]
-             for m in tar if m.name.endswith((".jpg", ".png"))]
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for b in blobs:
-            Image.open(io.BytesIO(b)).convert("RGB")
-        best = min(best, time.perf_counter() - start)
-    return best / len(blobs) * 1000
+    """A plain PIL decode per image of the corpus at ``data``, in ms (one thread, the best of 3 passes)."""
+    blobs = images(data)
+    return timed(lambda: [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs], 3, pick=min)[0] / len(blobs) * 1000
 
 
 def extract_wall(code: Path, data: Path, cache: Path, views: int, res: int) -> float:

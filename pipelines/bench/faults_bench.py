@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import fsspec
@@ -41,7 +40,7 @@ import torch
 import zarr
 from safetensors.torch import load_file, save_file
 
-from report import heading, publish, start_s3
+from report import heading, publish, start_s3, timed
 from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
 from unic_cache.cache.claims import CLAIM_DIR
@@ -72,10 +71,9 @@ def leftovers(url: str) -> int:
     return sum(1 for f in files if f.endswith(".partial") or f"/{CLAIM_DIR}/" in f)
 
 
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - start
+def seconds_of(cmd: list[str]) -> float:
+    """Seconds one run of the command ``cmd`` takes (it must succeed)."""
+    return timed(lambda: subprocess.run(cmd, check=True, capture_output=True))[0]
 
 
 def kill_then_finish(cmd: list[str], resume: list[str], at: float) -> tuple[bool, int]:
@@ -381,11 +379,11 @@ def main() -> None:
             shutil.rmtree(root)
             return
     reference = root / "reference.zarr"
-    t_extract = timed(cli(*base, "--cache", str(reference)))
+    t_extract = seconds_of(cli(*base, "--cache", str(reference)))
     run = ["distill", str(root / "data"), "--cache", str(reference), "--student", ARCH, "--img-size", "32",
            "--model-arg", "depth=2", "--steps", "16", "--batch-size", "8", "--workers", "0", "--checkpoint-every", "2",
            "--no-progress"]
-    t_distill = timed(cli(*run, "--out", str(root / "reference-run")))
+    t_distill = seconds_of(cli(*run, "--out", str(root / "reference-run")))
 
     rows = []
     killed = same = left = 0

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-from report import heading, publish
+from report import heading, images, publish, timed
 from unic_cache.cache.pixels import CURRENT, PIPELINES
 from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models import geometry
@@ -48,24 +47,11 @@ from unic_cache.models.pixels import channels_first
 from unic_cache.photos import make_photos
 
 
-def timed(fn, repeat: int = 1) -> float:
-    """Milliseconds per call of ``fn`` (best of ``repeat`` runs)."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
-
-
 def corpus_images(n: int, seed: int) -> list[bytes]:
     """The image bytes of an ``n``-sample corpus."""
     with tempfile.TemporaryDirectory() as tmp:
-        blobs = []
-        for path in make_photos(tmp, n=n, seed=seed, shard_size=n):
-            with tarfile.open(path) as tar:
-                blobs += [tar.extractfile(m).read() for m in tar if m.name.endswith((".jpg", ".png"))]
-    return blobs
+        make_photos(tmp, n=n, seed=seed, shard_size=n)
+        return images(tmp)
 
 
 def _worker_part(blob: bytes) -> int:
@@ -179,8 +165,8 @@ def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: i
     blobs = corpus_images(n, seed)
     old = PIPELINES[2]  # geometry in the workers
     images = [old.decode(b) for b in blobs]
-    decode_ms = timed(lambda: [np.asarray(old.decode(b)) for b in blobs], 3) / n
-    decode_v3_ms = timed(lambda: [CURRENT.decode_array(b) for b in blobs], 3) / n
+    decode_ms = timed(lambda: [np.asarray(old.decode(b)) for b in blobs], 3, pick=min)[0] * 1000 / n
+    decode_v3_ms = timed(lambda: [CURRENT.decode_array(b) for b in blobs], 3, pick=min)[0] * 1000 / n
     decoded = [CURRENT.decode_array(b) for b in blobs]
     same_decode = [np.array_equal(p.numpy(), np.asarray(im)) for p, im in zip(decoded, images)]
     sizes = np.array([im.size for im in images])
@@ -193,13 +179,13 @@ def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: i
         for i, (row, p) in enumerate(zip(which, flat)):
             crops[i] = old.crop(images[row], p, res)
 
-    geometry_ms = timed(geometry_v2, 2) / len(flat)
+    geometry_ms = timed(geometry_v2, 2, pick=min)[0] * 1000 / len(flat)
     expected = channels_first(crops)  # pipeline 2's pixels
     shapes = [(h, w) for w, h in sizes.tolist()]
     worker_ms = worker_ms_per_image(blobs, shapes, batch)
     packed = geometry.pack(decoded)
-    host_ms = timed(lambda: geometry.join([packed.data[:len(packed.data) // 2], packed.data[len(packed.data) // 2:]]), 3) / n
-    geometry_cpu_ms = timed(lambda: geometry.cut_views(packed.data, packed.shapes, which, flat, res), 2) / len(flat)
+    host_ms = timed(lambda: geometry.join([packed.data[:len(packed.data) // 2], packed.data[len(packed.data) // 2:]]), 3, pick=min)[0] * 1000 / n
+    geometry_cpu_ms = timed(lambda: geometry.cut_views(packed.data, packed.shapes, which, flat, res), 2, pick=min)[0] * 1000 / len(flat)
     x = geometry.cut_views(packed.data, packed.shapes, which, flat, res)
     geometry_diff = int((x.int() - expected.int()).abs().max())
     new = torch.empty_like(x)
@@ -208,7 +194,7 @@ def measure(n: int = 96, views: int = 8, res: int = 224, seed: int = 0, batch: i
         for a in range(0, len(x), batch):
             new[a:a + batch] = photometric(x[a:a + batch], flat[a:a + batch])
 
-    photometric_ms = timed(device_part, 2) / len(flat)
+    photometric_ms = timed(device_part, 2, pick=min)[0] * 1000 / len(flat)
     old_views = torch.stack([reference(x[i], p) for i, p in enumerate(flat)])  # torchvision's definitions, per image
     diff = (new.int() - old_views.int()).abs()
     cpu_sample, cpu_view = worker_ms + host_ms, (worker_ms + host_ms) / views

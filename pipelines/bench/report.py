@@ -1,6 +1,6 @@
-"""What every benchmark script shares: the exact command line, the machine line, BENCHMARKS.md, and a
-loopback S3 server for the object-store modes (counting its requests), and datasets of tiny rows for the scale
-benchmarks."""
+"""What every benchmark script shares: the exact command line, the machine line, BENCHMARKS.md, one timer, the image
+bytes of a dataset as the library reads them, a loopback S3 server for the object-store modes (counting its
+requests), and datasets of tiny rows for the scale benchmarks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import logging
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 import tarfile
 from pathlib import Path
 
@@ -28,6 +30,27 @@ def heading(title: str, device: str = "cpu") -> list[str]:
     script = Path(sys.argv[0]).resolve()
     command = " ".join(["python", str(script.relative_to(ROOT)), *map(shlex.quote, sys.argv[1:])])
     return [f"### {title} ({datetime.date.today()}, {machine})", "", f"Command: `{command}`", ""]
+
+
+def timed(fn, repeat: int = 1, pick=statistics.median) -> tuple[float, object]:
+    """(seconds per call of ``fn``: ``pick`` (the median, or ``min`` for the best) over ``repeat`` calls, the last
+    call's result)."""
+    times, out = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return float(pick(times)), out
+
+
+def images(data: str | Path) -> list[bytes]:
+    """The image bytes of every good sample of a dataset, read as the library reads them (checked)."""
+    from unic_cache import open_source
+
+    source = open_source(str(data))
+    index = source.index(progress=False)
+    good = np.flatnonzero(index.image_size[:, 0] > 0)
+    return source.read_rows(index.location[good], [str(index.keys[r]) for r in good], index.digest[good])
 
 
 def publish(lines: list[str], write: bool) -> None:

@@ -15,13 +15,11 @@ import argparse
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import zarr
 
-from report import heading, publish, write_rows
+from report import heading, publish, timed, write_rows
 from unic_cache import Cache, DistillOptions, EvalOptions, Evaluator, ExtractOptions, distill, extract, open_source
 from unic_cache.cache.audit import verify_cache
 from unic_cache.cache.info import cache_info
@@ -29,16 +27,6 @@ from unic_cache.cache.sizing import array_kind
 
 TEACHER = "timm:vit_tiny_patch16_224"
 MODEL_ARGS = {"depth": 1}
-
-
-def timed(fn, repeat: int = 1):
-    """(median seconds over ``repeat`` calls, the last call's result)."""
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
 
 
 class WorkerMemory:

@@ -12,23 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-from report import heading, publish
+from report import heading, publish, timed
 from unic_cache import make_shapes
 
 
-def median_seconds(cmd: list[str], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _run_seconds(cmd: list[str], repeat: int) -> float:
+    """Median seconds of the command ``cmd`` over ``repeat`` runs."""
+    return timed(lambda: subprocess.run(cmd, capture_output=True), repeat)[0]
 
 
 def main() -> None:
@@ -71,7 +65,7 @@ def main() -> None:
         if "one-line error" in name:
             out = subprocess.run(cmd, capture_output=True, text=True)
             assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (name, out.stderr)
-    times = {name: median_seconds(cmd, args.repeat) for name, cmd in cases.items()}
+    times = {name: _run_seconds(cmd, args.repeat) for name, cmd in cases.items()}
     base = times["python -c pass"]
     lines = heading("CLI start-up") + [
         f"Median of {args.repeat} runs of each command, measured in one run; ratio to `python -c pass`.", "",

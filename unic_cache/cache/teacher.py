@@ -347,10 +347,11 @@ class TeacherStore:
                             "and re-run extract")
         return out
 
-    def nbytes_stored(self) -> int:
-        """Bytes on disk of every stored feature array (values and scales)."""
-        return sum(self.group[a].nbytes_stored() for kind in self.kinds for a in self.arrays(kind))
+    def nbytes_stored(self, kinds: tuple[str, ...] | None = None) -> int:
+        """Bytes on disk of every stored feature array (values and scales) of ``kinds`` (default: all)."""
+        return sum(self.group[a].nbytes_stored() for kind in kinds or self.kinds for a in self.arrays(kind))
 
-    def nbytes_encoded(self) -> int:
-        """Bytes of every stored feature array before compression (what the planner predicts)."""
-        return sum(self.group[a].nbytes for kind in self.kinds for a in self.arrays(kind))
+    def nbytes_encoded(self, kinds: tuple[str, ...] | None = None) -> int:
+        """Bytes of every stored feature array of ``kinds`` (default: all) before compression (what the planner
+        predicts)."""
+        return sum(self.group[a].nbytes for kind in kinds or self.kinds for a in self.arrays(kind))

@@ -82,23 +82,26 @@ def _run_record(out: Path) -> dict | None:
 MODEL_FILES = {"config.json", "model.safetensors", "README.md"}
 CHECKPOINT_FILES = re.compile(r"((model|optimizer|norms|rng-\d+)\.safetensors|state\.json)(\.tmp)?")  # .tmp: cut mid-write
 CHECKPOINT_DIR = re.compile(r"step-\d{8}(\.tmp)?")
+# safetensors (0.7 on) writes each file under a name like this beside it, then renames it: a kill mid-write leaves one
+WRITER_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
 def _foreign(out: Path) -> list[str]:
     """Paths in a run folder that distill did not write (the model folder and checkpoints are looked into: export
     and pruning replace them whole)."""
     ours = RUN_FILES | {tmp_name(Path(n)).name for n in RUN_FILES}
-    foreign = [p.name for p in out.iterdir() if p.name not in ours]
+    foreign = [p.name for p in out.iterdir() if p.name not in ours and not WRITER_TMP.fullmatch(p.name)]
     for folder in ("model", tmp_name(Path("model")).name):
         if (out / folder).is_dir():
-            foreign += [f"{folder}/{p.name}" for p in (out / folder).iterdir()
-                        if p.name not in MODEL_FILES | {tmp_name(Path(n)).name for n in MODEL_FILES}]
+            foreign += [f"{folder}/{p.name}" for p in (out / folder).iterdir() if not WRITER_TMP.fullmatch(p.name)
+                        and p.name not in MODEL_FILES | {tmp_name(Path(n)).name for n in MODEL_FILES}]
     if (out / "checkpoints").is_dir():
         for step in (out / "checkpoints").iterdir():
             if not CHECKPOINT_DIR.fullmatch(step.name) or not step.is_dir():
                 foreign.append(f"checkpoints/{step.name}")
                 continue
-            foreign += [f"checkpoints/{step.name}/{p.name}" for p in step.iterdir() if not CHECKPOINT_FILES.fullmatch(p.name)]
+            foreign += [f"checkpoints/{step.name}/{p.name}" for p in step.iterdir()
+                        if not CHECKPOINT_FILES.fullmatch(p.name) and not WRITER_TMP.fullmatch(p.name)]
     return sorted(foreign)
 
 
@@ -219,6 +222,9 @@ class RunFolder:
             self.release()
             raise UserError(f"--out {self.out} was written by another distill while this one started; run the same "
                             "command again to continue from its last checkpoint")
+        for cut in self.out.iterdir():  # a file a killed run was writing (heads.safetensors): ours, and of no use
+            if WRITER_TMP.fullmatch(cut.name) and cut.is_file():
+                cut.unlink()
 
     def release(self) -> None:
         if self.lock is not None:
