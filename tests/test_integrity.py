@@ -80,7 +80,7 @@ def test_a_foreign_folder_is_refused_and_untouched(shapes_dir, weights, tmp_path
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("x")
-    one_line_error(cli(*extract_args(shapes_dir, precious, weights[TINY])), "already holds other files (notes.txt)")
+    one_line_error(cli(*extract_args(shapes_dir, precious, weights[TINY])), "holds files extract did not write (notes.txt)")
     assert (precious / "notes.txt").read_text() == "x" and sorted(os.listdir(precious)) == ["notes.txt"]
     (tmp_path / "file.zarr").write_text("a file")
     one_line_error(cli(*extract_args(shapes_dir, tmp_path / "file.zarr", weights[TINY])), "is a file")
@@ -91,7 +91,7 @@ def test_a_foreign_object_store_prefix_is_refused(shapes_dir, weights):
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/foreign-prefix/report.csv", b"a,b\n")
-    with pytest.raises(UserError, match="already holds other files"):
+    with pytest.raises(UserError, match="holds files extract did not write"):
         extract(str(shapes_dir), "memory://foreign-prefix", opts(weights))
     assert fs.cat("/foreign-prefix/report.csv") == b"a,b\n"
 
@@ -386,7 +386,7 @@ def test_distill_never_writes_into_a_foreign_folder(clean_cache, run_args, tmp_p
     notes.mkdir()
     (notes / "config.json").write_text("my own config")
     (notes / "paper.tex").write_text("x")
-    one_line_error(cli(*run_args(clean_cache, notes)), "holds other files (paper.tex)")
+    one_line_error(cli(*run_args(clean_cache, notes)), "holds files distill did not write (paper.tex)")
     assert (notes / "config.json").read_text() == "my own config"
 
 

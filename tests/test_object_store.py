@@ -75,7 +75,7 @@ def test_concurrent_plain_extracts_on_s3_equal_one(s3, shapes_dir, weights, clea
 
 def test_s3_caches_are_read_checked_and_foreign_prefixes_refused(s3, shapes_dir, weights, tmp_path):
     s3.pipe("shapes/theirs/report.csv", b"a,b\n")
-    with pytest.raises(UserError, match="already holds other files"):
+    with pytest.raises(UserError, match="holds files extract did not write"):
         extract(str(shapes_dir), "s3://shapes/theirs", opts(weights))
     assert s3.cat("shapes/theirs/report.csv") == b"a,b\n"
     url = "s3://shapes/checked.zarr"

@@ -57,7 +57,7 @@ def test_a_folder_without_our_run_record_is_refused_untouched(clean_cache, shape
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    one_line_error(cli(*distill_args(clean_cache, out, shapes_dir)), "not a unic-cache run")
+    one_line_error(cli(*distill_args(clean_cache, out, shapes_dir)), "holds files distill did not write")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -30,6 +30,14 @@ def differences(have: Mapping | None, want: Mapping, *, ignore: Collection[str] 
     return [f"{k}: {a}{label} vs {b}" for k, a, b in pairs if a != b]
 
 
+def refuse_foreign(flag: str, path, foreign: list[str], writer: str) -> None:
+    """Refuse, in one line naming the first three, a ``flag`` path (``--out``, ``--cache``) that holds files ``writer``
+    did not write: the tool writes only into a new folder or one of its own, and never touches a user's file."""
+    if foreign:
+        raise UserError(f"{flag} {path} holds files {writer} did not write ({', '.join(foreign[:3])}); {writer} writes "
+                        f"only into a new folder or one of its own: choose another {flag}")
+
+
 def refuse(differ: list[str], what: str, fix: str, limit: int | None = None) -> None:
     """Raise ``what (the differences); fix`` as one line when anything differs (the first ``limit`` named)."""
     if differ:

@@ -24,6 +24,7 @@ import fsspec
 import fsspec.implementations.local
 
 from ..errors import UserError
+from ..records import refuse_foreign
 
 HEARTBEAT = 10.0  # seconds between rewrites of a held claim
 STALE_AFTER = float(os.environ.get("UNIC_CACHE_STALE_AFTER", 120.0))  # a claim not rewritten for this long is abandoned
@@ -183,10 +184,7 @@ def check_writable_target(url: str, ours: set[str]) -> None:
         raise UserError(f"--cache {url} is a file, not a cache; choose a new path")
     names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
     writing = {n for n in names if _temp_stem(n) in {o.split(".")[0] for o in ours}}  # zarr.json being written by a racer
-    foreign = sorted(names - ours - writing - {CLAIM_DIR})
-    if foreign:
-        raise UserError(f"--cache {url} already holds other files ({', '.join(foreign[:3])}); unic-cache only creates "
-                        "a cache in a new or empty folder: choose another path")
+    refuse_foreign("--cache", url, sorted(names - ours - writing - {CLAIM_DIR}), "extract")
     if names and CLAIM_DIR not in names:  # no claim of ours: only a finished cache of ours may be there
         try:
             with fs.open(f"{root.rstrip('/')}/zarr.json", "rb") as f:

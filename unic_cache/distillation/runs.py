@@ -27,7 +27,7 @@ import weakref
 from pathlib import Path
 
 from ..errors import UserError
-from ..records import differences, refuse
+from ..records import differences, refuse, refuse_foreign
 from .options import recorded_config
 
 RUN_FORMAT = "unic-cache distill run"  # config.json's "format": the marker of a run folder of ours
@@ -115,9 +115,7 @@ def check_run_folder(out: Path) -> None:
     foreign = _foreign(out) if names else []
     if not names or set(names) <= leftovers or (_run_record(out) is not None and not foreign):
         return
-    foreign = foreign or ["config.json" if "config.json" in names else names[0]]
-    raise UserError(f"--out {out} holds other files ({', '.join(foreign[:3])}), not a unic-cache run; distill writes "
-                    "only into a new folder or a run folder of its own: choose another --out")
+    refuse_foreign("--out", out, foreign or ["config.json" if "config.json" in names else names[0]], "distill")
 
 
 def recorded(out: Path) -> dict | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..records import refuse_foreign
 
 METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²",
            "miou": "dense linear probe mIoU"}
@@ -45,10 +46,7 @@ def check_results_folder(folder: str | Path, folders: tuple[str, ...] = (), what
         raise UserError(f"--out {folder} is a file; give a folder for the results")
     ours = lambda p: (p.is_file() and p.suffix in RESULT_FILES) or (p.is_dir() and any(  # noqa: E731
         p.name == f or f.startswith("*") and p.name.endswith(f[1:]) for f in folders))
-    foreign = sorted(p.name for p in folder.iterdir() if not ours(p)) if folder.is_dir() else []
-    if foreign:
-        raise UserError(f"--out {folder} holds files {what} did not write ({', '.join(foreign[:3])}); it writes only into "
-                        "a new folder or one of its own: choose another --out")
+    refuse_foreign("--out", folder, sorted(p.name for p in folder.iterdir() if not ours(p)) if folder.is_dir() else [], what)
 
 
 @dataclass
