@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from report import heading, publish, start_s3, timed
 from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
-from unic_cache.cache.claims import CLAIM_DIR
+from unic_cache.cache.claims import CLAIM_DIR, temp_stem
 from unic_cache.distillation.exported import student_weights
 
 ARCH = "vit_tiny_patch16_224"
@@ -68,7 +68,7 @@ def leftovers(url: str) -> int:
     fs, root = fsspec.core.url_to_fs(url)
     fs.invalidate_cache()
     files = fs.find(root) if fs.exists(root) else []
-    return sum(1 for f in files if f.endswith(".partial") or f"/{CLAIM_DIR}/" in f)
+    return sum(1 for f in files if temp_stem(f.rsplit("/", 1)[-1]) is not None or f"/{CLAIM_DIR}/" in f)
 
 
 def seconds_of(cmd: list[str]) -> float:

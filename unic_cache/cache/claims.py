@@ -183,7 +183,7 @@ def check_writable_target(url: str, ours: set[str]) -> None:
     if not fs.isdir(root):
         raise UserError(f"--cache {url} is a file, not a cache; choose a new path")
     names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
-    writing = {n for n in names if _temp_stem(n) in {o.split(".")[0] for o in ours}}  # zarr.json being written by a racer
+    writing = {n for n in names if temp_stem(n) in {o.split(".")[0] for o in ours}}  # zarr.json being written by a racer
     refuse_foreign("--cache", url, sorted(names - ours - writing - {CLAIM_DIR}), "extract")
     if names and CLAIM_DIR not in names:  # no claim of ours: only a finished cache of ours may be there
         try:
@@ -196,7 +196,7 @@ def check_writable_target(url: str, ours: set[str]) -> None:
                             "creation by an older version, or another store); remove it yourself or choose another path")
 
 
-def _temp_stem(name: str) -> str | None:
+def temp_stem(name: str) -> str | None:
     """The stem of a zarr write in progress: ``zarr`` for ``zarr.<32 hex>.partial`` (``zarr.json`` being
     written), ``0`` for a chunk ``0.<32 hex>.partial``; None for any other name."""
     stem, _, suffix = name.rpartition(".")
@@ -216,7 +216,7 @@ def clean_stale_temp_files(url: str, older_than: float = STALE_AFTER) -> int:
     removed, now = 0, time.time()
     for folder, _, files in os.walk(root):
         for name in files:
-            if _temp_stem(name) is not None:
+            if temp_stem(name) is not None:
                 path = os.path.join(folder, name)
                 try:
                     if now - os.path.getmtime(path) >= older_than:
