@@ -98,9 +98,12 @@ def test_run_cli_with_overrides_and_bad_keys(tmp_path):
     r = run_cli("run", str(path), "--set", "distill.colour=1", "--no-progress")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown distill option(s) colour") and "Traceback" not in r.stderr
     for key, command in (("eval.colour", "eval"), ("teachers.colour.extract.colour", "extract"),
-                         ("teachers.colour.train.colour", "train-teacher")):  # checked before anything runs
+                         ("teachers.colour.train.colour", "train-teacher"), ("data.shapes.colour", "make-shapes"),
+                         ("cache.colour", "")):  # checked before anything runs
         r = run_cli("run", str(path), "--set", f"{key}=1", "--set", f"out={tmp_path / 'q'}")
-        assert r.returncode == 2 and r.stderr.startswith(f"error: unknown {command} option(s) colour"), r.stderr
+        said = (f"error: unknown {command} option(s) colour" if command else
+                "error: pipeline 'cache' takes views, seed, crop_scale, unit_rows, path (got colour)")
+        assert r.returncode == 2 and r.stderr.startswith(said), r.stderr
         assert not (tmp_path / "q").exists()
     path.write_text("out: x\nteachers: {}\nbogus: 1\n")
     r = run_cli("run", str(path))
