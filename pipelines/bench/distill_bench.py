@@ -25,12 +25,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from report import heading, publish, start_s3
+from report import heading, publish, start_s3, timed
 from unic_cache import ExtractOptions, extract
 from unic_cache.options import key_values
 from unic_cache.photos import make_photos
@@ -43,13 +42,8 @@ def rate(fn, batches: int, batch_size: int) -> float:
     """Samples/s of calling ``fn`` ``batches`` times after one warm-up call (a train step does not wait for
     the device, so the device is waited for before the clock is read)."""
     fn()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(batches):
-        fn()
-    sync()
-    return batches * batch_size / (time.perf_counter() - start)
+    seconds, _ = timed(lambda: [fn() for _ in range(batches)], device="cuda" if torch.cuda.is_available() else "cpu")
+    return batches * batch_size / seconds
 
 
 def peak_rss_mb(cfg: dict) -> float:

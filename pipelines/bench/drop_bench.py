@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import timeit
 
 import torch
 
-from report import heading, publish
+from report import heading, publish, timed
 from unic_cache.distillation.losses import teacher_drop_weights
 
 
@@ -34,8 +33,9 @@ def main() -> None:
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     losses = torch.rand(args.batch, args.teachers, generator=gen)
-    vec = min(timeit.repeat(lambda: (teacher_drop_weights(losses, args.p, gen, "sample") * losses).sum(), number=200, repeat=5)) / 200
-    ref = min(timeit.repeat(lambda: (loop_reference(losses, args.p, gen) * losses).sum(1).mean(), number=3, repeat=3)) / 3
+    vec = timed(lambda: [(teacher_drop_weights(losses, args.p, gen, "sample") * losses).sum() for _ in range(200)], 5,
+                pick=min)[0] / 200
+    ref = timed(lambda: [(loop_reference(losses, args.p, gen) * losses).sum(1).mean() for _ in range(3)], 3, pick=min)[0] / 3
     publish(heading(f"Teacher dropping, B={args.batch}, T={args.teachers}") + [
         f"B={args.batch}, T={args.teachers}, p={args.p}: weights and weighted loss, vectorised vs a per-sample Python "
         f"loop. **Speed-up: {ref / vec:.0f}×** (target ≥ 50×).",

@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +51,8 @@ def forward_only(arch: str, res: int, images: int, batch: int, device: str, mode
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=device)
     with autocast_for(torch.device(device)):
         teacher(x)  # warm-up
-        done, start = 0, time.perf_counter()
-        while done < images:
-            teacher(x[: min(batch, images - done)])
-            done += min(batch, images - done)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return done / (time.perf_counter() - start)
+        seconds, _ = timed(lambda: [teacher(x[:min(batch, images - a)]) for a in range(0, images, batch)], device=device)
+    return images / seconds
 
 
 def bf16_fidelity(arch: str, res: int, data: str, device: str, views: int = 256) -> dict[str, tuple[float, float]]:
@@ -94,9 +88,7 @@ def extract_wall(code: Path, data: Path, cache: Path, views: int, res: int) -> f
     args = [sys.executable, "-m", "unic_cache", "extract", str(data), "--cache", str(cache), "--teacher",
             "timm:vit_tiny_patch16_224", "--resolution", str(res), "--weights", "random", "--model-arg", "depth=0",
             "--views", str(views), "--no-progress"]
-    start = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(code)})
-    return time.perf_counter() - start
+    return timed(lambda: subprocess.run(args, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(code)}))[0]
 
 
 def marginal(small: int, large: int, views: int, res: int, codes: dict[str, Path]) -> list[str]:
@@ -128,9 +120,8 @@ def grow(k1: int, views: int, n: int, arch: str, res: int, model_args: dict, com
         opts = lambda k: ExtractOptions(teacher=f"timm:{arch}", model_args=model_args, **{**common, "views": k})  # noqa: E731
         wall, loop = {}, {}
         for name, cache, k in (("fresh", "fresh.zarr", views), ("small", "grown.zarr", k1), ("grow", "grown.zarr", views)):
-            start = time.perf_counter()
-            report = extract(str(data), str(Path(tmp) / cache), opts(k))
-            wall[name], loop[name] = time.perf_counter() - start, report.seconds
+            wall[name], report = timed(lambda: extract(str(data), str(Path(tmp) / cache), opts(k)))
+            loop[name] = report.seconds
             assert report.complete
         fresh, grown = (Cache.open(str(Path(tmp) / c)).teacher(arch) for c in ("fresh.zarr", "grown.zarr"))
         rows = slice(0, fresh.cache.n)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -66,22 +65,17 @@ def parallel_images_per_s(blobs: list[bytes], workers: int) -> float:
 
     with get_context("fork").Pool(workers) as pool:
         pool.map(_worker_part, blobs[:workers])  # started
-        start = time.perf_counter()
-        done = sum(pool.map(_worker_part, blobs, chunksize=1))
-        return done / (time.perf_counter() - start)
+        seconds, done = timed(lambda: sum(pool.map(_worker_part, blobs, chunksize=1)))
+        return done / seconds
 
 
 def device_ms(x: torch.Tensor, params: np.ndarray, device: str, batch: int = 256) -> float:
     """Milliseconds per view of the photometric part on ``device`` (a GPU: after a warm-up, synchronised)."""
-    sync = synced(device)
     on_device = x.to(device)
-    photometric(on_device[:batch], params[:batch])
-    sync()
-    start = time.perf_counter()
-    for a in range(0, len(x), batch):
-        photometric(on_device[a:a + batch], params[a:a + batch])
-    sync()
-    return (time.perf_counter() - start) * 1000 / len(x)
+    photometric(on_device[:batch], params[:batch])  # warm-up
+    seconds, _ = timed(lambda: [photometric(on_device[a:a + batch], params[a:a + batch]) for a in range(0, len(x), batch)],
+                       device=device)
+    return seconds * 1000 / len(x)
 
 
 def gpu_decode(blobs: list[bytes], device: str) -> dict:
@@ -92,13 +86,9 @@ def gpu_decode(blobs: list[bytes], device: str) -> dict:
 
     jpegs = [b for b in blobs if b[:2] == b"\xff\xd8" and CURRENT.decode(b).mode == "RGB"]
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
-    sync = synced(device)
-    decode_jpeg(data[:8], mode=ImageReadMode.RGB, device=device)
-    sync()
-    start = time.perf_counter()
-    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    sync()
-    ms = (time.perf_counter() - start) * 1000 / len(jpegs)
+    decode_jpeg(data[:8], mode=ImageReadMode.RGB, device=device)  # warm-up
+    seconds, images = timed(lambda: decode_jpeg(data, mode=ImageReadMode.RGB, device=device), device=device)
+    ms = seconds * 1000 / len(jpegs)
     diff = [(img.cpu().permute(1, 2, 0).int() - torch.from_numpy(np.array(CURRENT.decode(b))).int()).abs()
             for img, b in zip(images, jpegs)]
     return {"gpu_decode_ms": round(ms, 4), "gpu_decode_max_level_diff": int(max(int(d.max()) for d in diff)),
@@ -130,14 +120,8 @@ def worker_ms_per_image(blobs: list[bytes], shapes: list[tuple[int, int]], batch
                                               num_workers=1, prefetch_factor=2))
     for _ in range(4):  # every slot of the ring made once
         geometry.settle(next(loader))
-    start = time.perf_counter()
-    received = sum(len(geometry.settle(window)["pixel_shapes"]) for window in loader)
-    return (time.perf_counter() - start) * 1000 / received
-
-
-def synced(device: str):
-    """A function that waits for ``device`` (a GPU) to finish its queued work."""
-    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    seconds, received = timed(lambda: sum(len(geometry.settle(window)["pixel_shapes"]) for window in loader))
+    return seconds * 1000 / received
 
 
 def geometry_device(packed: Packed, which: np.ndarray, params: np.ndarray, res: int, device: str,
@@ -145,14 +129,11 @@ def geometry_device(packed: Packed, which: np.ndarray, params: np.ndarray, res: 
     """The exact geometry kernel on ``device`` (what a GPU runs; on a CPU this calls it directly): ms per view in
     batches of ``batch`` views (the images already there, after a warm-up, synchronised) and its largest
     difference from PIL's pixels."""
-    sync, data = synced(device), packed.data.to(device)
-    geometry._cut_exact(data, packed.shapes, which[:batch], params[:batch], res)
-    sync()
-    start, out = time.perf_counter(), []
-    for a in range(0, len(which), batch):
-        out.append(geometry._cut_exact(data, packed.shapes, which[a:a + batch], params[a:a + batch], res))
-    sync()
-    ms = (time.perf_counter() - start) * 1000 / len(which)
+    data = packed.data.to(device)
+    geometry._cut_exact(data, packed.shapes, which[:batch], params[:batch], res)  # warm-up
+    seconds, out = timed(lambda: [geometry._cut_exact(data, packed.shapes, which[a:a + batch], params[a:a + batch], res)
+                                  for a in range(0, len(which), batch)], device=device)
+    ms = seconds * 1000 / len(which)
     diff = (torch.cat(out).cpu().int() - expected.int()).abs()
     return {"geometry_device_ms_per_view": round(ms, 4), "geometry_device_max_level_diff": int(diff.max())}
 

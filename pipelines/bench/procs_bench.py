@@ -18,13 +18,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from report import heading, publish, start_s3, write_rows
+from report import heading, publish, start_s3, timed, write_rows
 from unic_cache.cache.audit import array_values
 
 TINY = ["--model-arg", "depth=1"]
@@ -33,11 +32,9 @@ TINY = ["--model-arg", "depth=1"]
 def torchrun(procs: int, args: list[str], port: int) -> tuple[float, float]:
     """Run ``unic-cache ARGS`` under torchrun with ``procs`` processes: (wall seconds, CPU seconds of them all)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-port", str(port),
            "-m", "unic_cache", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - start
+    wall, result = timed(lambda: subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args[:1])} under {procs} process(es) failed:\n{result.stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

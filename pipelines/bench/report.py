@@ -32,13 +32,20 @@ def heading(title: str, device: str = "cpu") -> list[str]:
     return [f"### {title} ({datetime.date.today()}, {machine})", "", f"Command: `{command}`", ""]
 
 
-def timed(fn, repeat: int = 1, pick=statistics.median) -> tuple[float, object]:
+def synced(device: str):
+    """A function that waits for ``device`` (a GPU) to finish its queued work (nothing to wait for on a CPU)."""
+    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+
+def timed(fn, repeat: int = 1, pick=statistics.median, device: str = "cpu") -> tuple[float, object]:
     """(seconds per call of ``fn``: ``pick`` (the median, or ``min`` for the best) over ``repeat`` calls, the last
-    call's result)."""
-    times, out = [], None
+    call's result). On a GPU ``device`` the clock is read after its queued work is done, before and after."""
+    times, out, sync = [], None, synced(device)
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         out = fn()
+        sync()
         times.append(time.perf_counter() - start)
     return float(pick(times)), out
 
