@@ -91,9 +91,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         if key not in config:
             raise UserError(f"pipeline {path} needs a {key!r} section")
     _check_section(config["data"], _DATA_KEYS, "data", "{path: DATA SPEC} or {shapes: {n: ..., size: ...}}")
-    if len(set(config["data"]) & _DATA_KEYS) != 1:
-        raise UserError("pipeline 'data' takes one of path (a dataset spec) or shapes (a world to generate)")
-    check_options(ShapesOptions, config["data"].get("shapes") or {}, "make-shapes")
+    if not config["data"]:
+        raise UserError("pipeline 'data' needs path (a dataset spec) or shapes (a world to generate; path wins)")
+    shapes = config["data"].get("shapes") or {}
+    check_options(ShapesOptions, shapes, "make-shapes")
+    if "out" in shapes:
+        raise UserError("pipeline 'data.shapes' takes no out: the world is generated into <out>/data")
     _check_section(config.get("cache") or {}, _CACHE_KEYS, "cache", "views, seed, crop_scale, unit_rows, path")
     for name, spec in config["teachers"].items():
         spec = config["teachers"][name] = _teacher_spec(config["teachers"], name, spec)
