@@ -20,6 +20,11 @@ from safetensors.torch import save_file
 
 from unic_cache import make_shapes
 
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:  # the workers share the cores: their threads, and those of the commands they start, fill them once
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 HANG_GUARD = 1800  # seconds: only a hung subprocess ever meets it; no assertion depends on wall-clock time
 TINY = "vit_tiny_patch16_224"  # 192 wide, patch 16
 SMALL8 = "vit_small_patch8_224"  # 384 wide, patch 8: a second teacher with other width, patch and grid
