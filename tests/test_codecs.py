@@ -279,7 +279,7 @@ def test_plan_takes_the_schedule_and_sizes_the_views_it_needs():
     import json
 
     from unic_cache.cache.views import REPLAY_LIMIT, views_for
-    from unic_cache.plan import PlanOptions, plan_report
+    from unic_cache.plan import CHEAPER_VIEWS, PlanOptions, plan_report
 
     epochs = 4 * REPLAY_LIMIT + 1
     figures = json.loads(plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs, json=True))[0])
@@ -290,6 +290,11 @@ def test_plan_takes_the_schedule_and_sizes_the_views_it_needs():
     lines = plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs, views=4))
     assert lines[-1].endswith("warning: plan --views 5 for this schedule")
     assert "warning" not in plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs))[-1]
+    # a schedule that needs more than UNIC's 8 views: the cheaper patch codec the reuse curve measured, unless it is used
+    long = dict(samples=1000, teachers=["dino:base"], epochs=200)
+    assert plan_report(PlanOptions(**long))[-1].endswith(CHEAPER_VIEWS)
+    assert CHEAPER_VIEWS not in plan_report(PlanOptions(**long, patch_codec="pca-192+int8"))[-1]
+    assert CHEAPER_VIEWS not in plan_report(PlanOptions(samples=1000, teachers=["dino:base"], epochs=epochs))[-1]
 
 
 def test_a_new_kind_of_values_is_one_registered_class(shapes_dir, weights, tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .cache.codecs import codec_problem, kind_codecs
+from .cache.codecs import codec_problem, kind_codecs, parse_codec
 from .cache.views import REPLAY_LIMIT, views_for
 from .cache.sizing import KEY_BYTES, ArrayPlan, TeacherSize, cache_arrays, plan_figures, plan_lines
 from .errors import UserError
@@ -84,6 +84,12 @@ def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
     return sizes, cache_arrays(samples, opts.planned_views, key_bytes)
 
 
+# the remedy the reuse curve measured for long schedules (RESULTS.md): more views, in a cheaper patch codec
+CHEAPER_VIEWS = ("so many views cost less with --patch-codec pca-K+int8 (K a quarter of the teacher's width; 0.13 to "
+                 "0.16 of float16's bytes per view): 16 and 32 such views kept students within 2 points of online ones "
+                 "in both worlds of the reuse curve")
+
+
 def schedule_line(opts: PlanOptions) -> str | None:
     """What --epochs means for the views: how often each is replayed, against the measured limit."""
     if opts.epochs is None:
@@ -92,8 +98,12 @@ def schedule_line(opts: PlanOptions) -> str | None:
     line = (f"schedule: {opts.epochs:g} epochs over {views} views replay each view {replays:.1f} times "
             f"(measured safe: up to {REPLAY_LIMIT:g}")
     if replays > REPLAY_LIMIT:
-        return f"{line}); warning: plan --views {views_for(opts.epochs)} for this schedule"
-    return line + ")"
+        line = f"{line}); warning: plan --views {views_for(opts.epochs)} for this schedule"
+    else:
+        line += ")"
+    if views_for(opts.epochs) > 8 and parse_codec(opts.patch_codec or opts.codec).pca is None:
+        line += f"; {CHEAPER_VIEWS}"
+    return line
 
 
 def plan_report(opts: PlanOptions) -> list[str]:
