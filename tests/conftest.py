@@ -20,6 +20,12 @@ from safetensors.torch import save_file
 
 from unic_cache import make_shapes
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker more than the cores, since most tests spend part of their time waiting on a command
+    they started or a server."""
+    return (os.cpu_count() or 1) + 1
+
+
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:  # the workers share the cores: their threads, and those of the commands they start, fill them once
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
