@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from unic_cache import make_shapes
 
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: a worker more than the cores, since most tests spend part of their time waiting on a command
     they started or a server."""

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 from .cache.codecs import codec_problem, kind_codecs, parse_codec
-from .cache.views import REPLAY_LIMIT, views_for
+from .cache.views import REPLAY_LIMIT, ViewPlan, views_for
 from .cache.sizing import KEY_BYTES, ArrayPlan, TeacherSize, cache_arrays, plan_figures, plan_lines
 from .errors import UserError
 from .options import Options, at_least, comma_list, key_values, option, storage_option
@@ -49,7 +49,7 @@ class PlanOptions(Options):
     @property
     def planned_views(self) -> int:
         """--views, or the views --epochs needs, or UNIC's 8."""
-        return self.views or (views_for(self.epochs) if self.epochs is not None else 8)
+        return self.views or (views_for(self.epochs) if self.epochs is not None else ViewPlan.views)
 
     def check_together(self) -> None:
         if not self.teachers:
@@ -101,7 +101,7 @@ def schedule_line(opts: PlanOptions) -> str | None:
         line = f"{line}); warning: plan --views {views_for(opts.epochs)} for this schedule"
     else:
         line += ")"
-    if views_for(opts.epochs) > 8 and parse_codec(opts.patch_codec or opts.codec).pca is None:
+    if views_for(opts.epochs) > ViewPlan.views and parse_codec(opts.patch_codec or opts.codec).pca is None:
         line += f"; {CHEAPER_VIEWS}"
     return line
 
