@@ -48,8 +48,9 @@ def load_student(run: str | Path) -> tuple:
     from safetensors.torch import load_file
 
     run = Path(run)
-    if unfinished_reason(run):
-        raise UserError(unfinished_reason(run))
+    reason = unfinished_reason(run)
+    if reason:
+        raise UserError(reason)
     config = json.loads((run / "config.json").read_text())
     if (run / "model").is_dir():
         encoder = timm.create_model(f"local-dir:{(run / 'model').resolve()}", pretrained=True)

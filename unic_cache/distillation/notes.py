@@ -29,6 +29,7 @@ def run_epochs(run: Distiller) -> float:
     """The run's length in passes over the usable samples."""
     return run.total * run.cfg.batch_size * run.world / max(1, int((~run.cache.bad).sum()))
 
+
 def replay_plan(run: Distiller) -> str:
     """One line: how often the run sees each cached view of a sample (Beyer et al. 2022 found students trained on
     precomputed teacher outputs overfit; UNIC's 200 epochs on 8 views see each 25 times)."""
@@ -43,13 +44,14 @@ def replay_plan(run: Distiller) -> str:
 def replay_warning(run: Distiller) -> str | None:
     """One line when each cached view is replayed more often than the reuse curve measured as safe
     (``views.REPLAY_LIMIT``), naming the extract that adds the views the schedule needs; else None."""
-    replays = run_epochs(run) / run.geometry["views"]
+    epochs = run_epochs(run)
+    replays = epochs / run.geometry["views"]
     if run.online or replays <= REPLAY_LIMIT:
         return None
-    need, held = views_for(run_epochs(run)), min(run.cache.teacher(t).views for t in run.teachers)
+    need, held = views_for(epochs), min(run.cache.teacher(t).views for t in run.teachers)
     fix = (f"`--views {need}` (the cache holds {held})" if held >= need else
            f"`unic-cache extract {run.cfg.data} --cache {run.cfg.cache} --teacher T --views {need}` for each teacher "
            f"T ({', '.join(run.teachers)}; with its own options)")
     return (f"warning: each cached view will be replayed {replays:.1f} times, more than the {REPLAY_LIMIT:g} at which "
             f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); {fix} brings it to "
-            f"{run_epochs(run) / need:.1f}, or use fewer --epochs")
+            f"{epochs / need:.1f}, or use fewer --epochs")

@@ -328,11 +328,13 @@ class Distiller:
 
     def save_checkpoint(self) -> None:
         """``out/checkpoints/step-N/``: weights, optimizer, running norms, state.json, and RNG states per rank."""
-        tensors, groups = optimizer_tensors(self.opt)
-        shared = {"model": self.student.state_dict(), "optimizer": tensors,
-                  **({"norms": self.norms.state_dict()} if self.running else {})}  # running statistics move with the steps
-        state = {"step": self.step, "param_groups": groups, "world_size": self.world, "resume": self.resume_record(),
-                 "last": self.last}
+        shared, state = {}, {}
+        if self.rank == 0:  # what every rank holds alike is gathered and written by rank 0 alone
+            tensors, groups = optimizer_tensors(self.opt)
+            shared = {"model": self.student.state_dict(), "optimizer": tensors,
+                      **({"norms": self.norms.state_dict()} if self.running else {})}  # running statistics move with the steps
+            state = {"step": self.step, "param_groups": groups, "world_size": self.world, "resume": self.resume_record(),
+                     "last": self.last}
         rng = {"torch": torch.get_rng_state(), "drop": self.drop_gen.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)

@@ -267,9 +267,9 @@ class RunFolder:
             dist.barrier()
 
     def save_checkpoint(self, step: int, shared: dict[str, dict], state: dict, rng: dict, keep: int) -> None:
-        """``checkpoints/step-N/``: ``<name>.safetensors`` for each of ``shared`` and ``state.json`` (rank 0), this
-        rank's ``rng-<rank>.safetensors``; written under a temp name, renamed into place once every rank wrote,
-        then the last ``keep`` kept."""
+        """``checkpoints/step-N/``: ``<name>.safetensors`` for each of ``shared`` and ``state.json`` (rank 0's: other
+        ranks pass them empty), this rank's ``rng-<rank>.safetensors``; written under a temp name, renamed into
+        place once every rank wrote, then the last ``keep`` kept."""
         final = self.out / "checkpoints" / f"step-{step:08d}"
         tmp = tmp_name(final)
         if self.rank == 0:
