@@ -44,6 +44,21 @@ def popen_for_ctrl_c(command: list[str]) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (as a killed command's is)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def dead_tmp_name(path: Path) -> Path:
+    """The temp name a process of ours that was killed (a pid that is gone) gave ``path`` while writing it."""
+    from unic_cache.distillation.runs import tmp_name
+
+    name = tmp_name(path).name.rsplit(".", 2)
+    return path.with_name(f"{name[0]}.{dead_pid()}.{name[2]}")
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")

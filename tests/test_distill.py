@@ -295,6 +295,20 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_exactly(world,
     assert finished.returncode == 0 and "already finished" in finished.stdout, finished.stdout + finished.stderr[-1000:]
 
 
+def test_sigterm_saves_a_checkpoint_and_exits_143(world, tmp_path):
+    """SIGTERM (a scheduler's stop) stops the run as Ctrl-C does, and the exit code says which signal (128 + 15)."""
+    import signal
+    import time
+
+    proc = popen_for_ctrl_c(_distill_cli(world, tmp_path / "run"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 143 and "run the same command to continue" in err and "Traceback" not in err, err[-2000:]
+
+
 def test_a_killed_run_with_workers_is_resumed_at_once(world, tmp_path):
     """SIGKILL (the OOM killer) leaves DataLoader workers orphaned for a while: they must not hold the run lock,
     so the same command run at once continues the run instead of being refused as 'in use'."""
@@ -320,9 +334,31 @@ def test_a_killed_run_with_workers_is_resumed_at_once(world, tmp_path):
 def test_distill_says_how_often_each_cached_view_is_replayed(world, tmp_path):
     """32 samples, 24 steps of 8: 6 epochs over the cache's views (or the --views used), or fresh views online."""
     assert notes.replay_plan(Distiller(config(world, tmp_path / "a", steps=24))) == (
-        f"views: 6.0 epochs over {VIEWS} cached views of each sample: each view is replayed {6 / VIEWS:.1f} times")
-    assert "each view is replayed 6.0 times" in notes.replay_plan(Distiller(config(world, tmp_path / "b", steps=24, views=1)))
+        f"views: 6.00 epochs (24 steps of 8) over {VIEWS} cached views of each sample: each view is replayed "
+        f"{6 / VIEWS:.2f} times")
+    assert "each view is replayed 6.00 times" in notes.replay_plan(Distiller(config(world, tmp_path / "b", steps=24, views=1)))
     assert notes.replay_warning(Distiller(config(world, tmp_path / "c", steps=24))) is None
+
+
+def test_the_checkpoint_line_says_its_size_and_how_to_shrink_heads_that_dwarf_the_student(world, tmp_path):
+    """UNIC's 768/3072-wide projectors on a tiny student are most of a checkpoint: the line says so and names
+    --lop-hidden student; with it, the heads are the student's size and nothing is suggested."""
+    big = notes.checkpoint_plan(Distiller(config(world, tmp_path / "a", lop_hidden="768", checkpoint_every=1)))
+    assert "every step (--checkpoint-every)" in big and "--lop-hidden student sizes them" in big
+    small = notes.checkpoint_plan(Distiller(config(world, tmp_path / "b", lop_hidden="student", checkpoint_every=3)))
+    assert "every 3 steps" in small and "--lop-hidden" not in small
+
+
+def test_the_replays_counted_are_the_epochs_asked_for_not_the_rounded_up_steps(world, tmp_path):
+    """--epochs E on K views is E/K replays, however its steps round up: a schedule at the limit is not warned of
+    (16 views x 100 epochs in the reuse curve ran 557 steps of 64 over 356 rows: 100.13 epochs); the epochs actually
+    run are said."""
+    at_limit = REPLAY_LIMIT * VIEWS  # 32 samples in batches of 6: its steps round up past the limit's epochs
+    run = Distiller(config(world, tmp_path / "a", steps=None, epochs=at_limit, batch_size=6))
+    assert notes.run_epochs(run) > at_limit and notes.replay_warning(run) is None
+    assert f"{notes.run_epochs(run):.2f} epochs ({run.total} steps of 6)" in notes.replay_plan(run)
+    above = Distiller(config(world, tmp_path / "b", steps=None, epochs=at_limit + 0.5, batch_size=6))
+    assert notes.replay_warning(above) is not None
 
 
 def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix_it(world, tmp_path):
@@ -331,7 +367,7 @@ def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix
     steps = int(REPLAY_LIMIT * VIEWS * 32 / 8) + 4  # 32 samples, batches of 8: just above the limit
     warning = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps)))
     need = views_for(steps * 8 / 32)
-    assert need == VIEWS + 1 and f"--teacher T --views {need}`" in warning and "\n" not in warning
+    assert need == VIEWS + 1 and f"--views {need}` (it adds views to every teacher" in warning and "\n" not in warning
     fewer = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)))  # the cache has them
     assert f"`--views {views_for(steps // VIEWS * 8 / 32)}` (the cache holds {VIEWS})" in fewer and "extract" not in fewer
     assert notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps - 8))) is None

@@ -22,7 +22,9 @@ from unic_cache.cache.audit import find_damage, verify_cache
 from unic_cache.cache.seal import SEAL
 from unic_cache.cache.claims import CLAIM_DIR, clean_stale_temp_files
 
-from .conftest import HANG_GUARD, TINY
+from unic_cache.distillation.runs import prune_checkpoints
+
+from .conftest import HANG_GUARD, TINY, dead_tmp_name
 from .conftest import VIEWS, opts
 from .test_extract import arrays
 
@@ -391,23 +393,47 @@ def test_distill_never_writes_into_a_foreign_folder(clean_cache, run_args, tmp_p
 
 
 def test_a_run_killed_while_writing_a_checkpoint_continues(clean_cache, run_args, tmp_path):
-    """A kill inside ``save_checkpoint`` leaves ``step-N.tmp/<file>.safetensors.tmp`` and the file safetensors was
-    writing under its own temp name (``.tmpXXXXXX``; in the run folder itself when it was ``heads.safetensors``): our
-    own unfinished work, so the same command continues from the last whole checkpoint (it was refused as another's
-    files), and the writer's leftover in the run folder is removed."""
+    """A kill inside ``save_checkpoint`` leaves the checkpoint's folder and a file in it under temp names of ours (the
+    killed process's pid), and one beside the run's files when it was ``heads.safetensors``: provably ours, so the
+    same command continues from the last whole checkpoint and removes them."""
     out = tmp_path / "run"
     assert cli(*run_args(clean_cache, out, "--checkpoint-every", "1")).exit_code == 0
     shutil.rmtree(out / "model")
     (out / "heads.safetensors").unlink()
-    cut = out / "checkpoints" / "step-00000004.tmp"
+    cut = dead_tmp_name(out / "checkpoints" / "step-00000004")
     cut.mkdir()
     (cut / "model.safetensors").write_bytes(b"whole")
-    (cut / "optimizer.safetensors.tmp").write_bytes(b"half a fil")
-    (cut / ".tmpX7bQ2z").write_bytes(b"half of the rng")
-    (out / ".tmpk3Rw9A").write_bytes(b"half the heads")
+    dead_tmp_name(cut / "optimizer.safetensors").write_bytes(b"half a fil")
+    heads = dead_tmp_name(out / "heads.safetensors")
+    heads.write_bytes(b"half the heads")
     again = cli(*run_args(clean_cache, out, "--checkpoint-every", "1"))
     assert again.exit_code == 0, again.stderr
-    assert (out / "model" / "model.safetensors").exists() and not (out / ".tmpk3Rw9A").exists()
+    assert (out / "model" / "model.safetensors").exists() and not heads.exists() and not cut.exists()
+
+
+def test_names_merely_shaped_like_temp_files_are_a_users_and_kept(clean_cache, run_args, tmp_path):
+    """Only temp names that carry our marker and the pid of a process of ours that is gone are removed: safetensors'
+    own ``.tmpXXXXXX`` names, ``<file>.tmp`` names and anything put inside a checkpoint or ``model.tmp`` are a user's,
+    refused before anything is written, and a user's file inside an old checkpoint survives pruning."""
+    base = tmp_path / "base"
+    assert cli(*run_args(clean_cache, base, "--checkpoint-every", "1")).exit_code == 0
+    last = sorted((base / "checkpoints").iterdir())[-1].name
+    for name in (".tmpabc123", f"checkpoints/{last}/.tmpabc124", "heads.safetensors.tmp", "config.json.tmp",
+                 "model.tmp/notes.txt", f"checkpoints/{last}.tmp/mine.txt"):
+        out = tmp_path / name.replace("/", "_")
+        shutil.copytree(base, out)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("a user's")
+        shutil.rmtree(out / "model")  # unfinished: the same command would export it
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        one_line_error(cli(*run_args(clean_cache, out, "--checkpoint-every", "1")), "holds files distill did not write")
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, name
+    prune = tmp_path / "prune"
+    shutil.copytree(base, prune)
+    first = sorted((prune / "checkpoints").iterdir())[0]
+    (first / "mine.txt").write_text("kept")
+    prune_checkpoints(prune, 1)  # a user's file put in while a run went on
+    assert (first / "mine.txt").read_text() == "kept" and len(list((prune / "checkpoints").iterdir())) == 2
 
 
 def test_a_zarr_group_of_someone_else_is_refused(shapes_dir, weights, tmp_path):

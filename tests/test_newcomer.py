@@ -163,3 +163,19 @@ def test_an_interrupted_demo_continues_and_a_finished_one_probes_nothing_again(t
     card = (run / "model" / "README.md").read_text()
     assert "## Evaluation" in card and "| shape-texture | teacher |" in card
     assert json.loads((demo / "eval-teachers" / "shape-texture.json").read_text())["scores"]
+
+
+def test_plan_checks_its_teachers_before_the_data_and_takes_arguments_per_teacher(tmp_path):
+    """A bad --model-arg is refused before DATA is indexed (here DATA could not be indexed at all), and
+    TEACHER:KEY=VALUE gives one teacher its own arguments, so a cache of EfficientNet-Lite0 and a 2-block ViT plans."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = runner.invoke(app, ["plan", str(empty), "--teachers", "timm:vit_tiny_patch16_224", "--model-arg", "bogus=2"])
+    one_line(bad, "bad --model-arg")
+    stray = runner.invoke(app, ["plan", "--samples", "10", "--teachers", "efficientnet-lite", "--model-arg", "vit:depth=2"])
+    one_line(stray, "names teacher(s) vit that --teachers does not list")
+    both = runner.invoke(app, ["plan", "--samples", "1000", "--teachers", "efficientnet-lite,timm:vit_tiny_patch16_224",
+                               "--model-arg", "timm:vit_tiny_patch16_224:depth=2", "--resolution", "32", "--json"])
+    assert both.exit_code == 0, both.output
+    per_view = {name: t["per_sample_view"] for name, t in json.loads(both.stdout)["teachers"].items()}
+    assert per_view == {"efficientnet-lite": (1 + 1) * 1280 * 2, "timm:vit_tiny_patch16_224": (1 + 2 * 2) * 192 * 2}

@@ -92,6 +92,11 @@ def test_run_cli_with_overrides_and_bad_keys(tmp_path):
 
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path / "p")))
+    r = run_cli("run", str(path), "--until", "teachers", "--no-progress")  # a teachers-only pipeline: no student
+    assert r.returncode == 0 and "extract colour" in r.stdout and "distill" not in r.stdout, r.stdout + r.stderr
+    assert Cache.open(str(tmp_path / "p" / "cache.zarr")).teacher("colour").complete and not (tmp_path / "p" / "runs").exists()
+    r = run_cli("run", str(path), "--until", "extract", "--no-progress")
+    assert r.returncode == 2 and "--until takes one of data, teachers, distill, eval" in r.stderr
     r = run_cli("run", str(path), "--set", "arms={base: {}}", "--set", "distill.steps=1", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "| base | student |" in r.stdout and "chart:" in r.stdout
@@ -172,6 +177,18 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     distiller.loss(batch)
     assert torch.allclose(batch["colour/summary"], expected)  # the targets are the teacher's outputs on this batch
     assert np.isfinite(distiller.run()["loss"])
+
+
+@pytest.mark.parametrize("path", ["unic_cache/configs/demo.yaml", "pipelines/unic_in1k.yaml"])
+def test_the_shipped_recipes_replay_each_view_within_the_limit_the_tool_warns_at(path):
+    """The demo and UNIC's ImageNet recipe follow the tool's own rule: distill warns above REPLAY_LIMIT replays."""
+    from pathlib import Path
+
+    from unic_cache.cache.views import REPLAY_LIMIT
+    from unic_cache.pipeline import load_config
+
+    config = load_config(Path(__file__).parents[1] / path)
+    assert config["distill"]["epochs"] / config["cache"]["views"] <= REPLAY_LIMIT
 
 
 @pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",

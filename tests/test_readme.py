@@ -61,6 +61,8 @@ def adapt(kind: str, text: str, tmp: Path, s3: str) -> str:
     if text.startswith("python3 -m venv") and "unic-cache demo" in text:
         return "unic-cache demo --quick --no-progress"
     command = text.split("  #")[0]
+    if command.startswith("unic-cache extract") and "--teacher" not in command:  # the cache's teachers, as recorded
+        return f"{command} --no-progress"
     if command.startswith("unic-cache extract"):
         hub = HUB.search(command) and "--weights" not in command
         sizes = EXTRACT_SIZES if "--views" not in command else EXTRACT_SIZES.replace("--views 2 ", "")

@@ -6,6 +6,7 @@ data or exit 1 saying what they could not repair, and tar names read as webdatas
 import io
 import json
 import shutil
+import socket
 import tarfile
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from unic_cache import Cache, UserError, extract
 from unic_cache.cache.sources import open_source
 from unic_cache.distillation.runs import RunLock
 
-from .conftest import TINY, opts
+from unic_cache.shapes import make_shapes
+
+from .conftest import TINY, VIEWS, dead_pid, dead_tmp_name, opts
 from .test_integrity import cli, flip, one_line_error, same_arrays
 
 
@@ -65,9 +68,9 @@ def test_a_run_killed_while_exporting_finishes_on_the_same_command(clean_cache, 
     out = tmp_path / "run"
     assert cli(*distill_args(clean_cache, out, shapes_dir)).exit_code == 0
     heads = (out / "heads.safetensors").read_bytes()
-    (out / "heads.safetensors").rename(out / "heads.safetensors.tmp")  # killed while heads were written:
+    (out / "heads.safetensors").unlink()  # killed while heads were written:
     shutil.rmtree(out / "model")  # the model, written after them, is not there
-    (out / "heads.safetensors.tmp").write_bytes(heads[: len(heads) // 2])
+    dead_tmp_name(out / "heads.safetensors").write_bytes(heads[: len(heads) // 2])
     again = cli(*distill_args(clean_cache, out, shapes_dir))
     assert again.exit_code == 0, again.output
     assert (out / "heads.safetensors").read_bytes() == heads and (out / "model" / "model.safetensors").is_file()
@@ -161,8 +164,57 @@ def test_a_damaged_seal_is_not_repaired_and_says_so(clean_cache, tmp_path):
     flip(url / "index" / "seal.json", 40)
     with pytest.raises(UserError, match="seal.json is damaged"):
         Cache.open(str(url))
+    found = cli("verify", str(url), "--no-progress")
+    assert found.exit_code == 1 and "problem: index/seal.json is damaged" in found.stderr and "--repair" not in found.stderr
     result = cli("verify", str(url), "--repair", "--no-progress")
-    assert result.exit_code in (1, 2) and "seal.json is damaged" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 1 and "not repaired: index/seal.json is damaged" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_damaged_teacher_seal_is_repaired_by_extracting_that_teacher_again(clean_cache, shapes_dir, weights, tmp_path):
+    url = copy(clean_cache, tmp_path / "c.zarr")
+    flip(url / "teachers" / TINY / "seal.json", 40)
+    found = cli("verify", str(url), "--no-progress")
+    assert found.exit_code == 1 and "--repair` removes it" in found.stderr and "new --name" not in found.stderr
+    assert cli("verify", str(url), "--repair", "--no-progress").exit_code == 0
+    assert extract(str(shapes_dir), str(url), opts(weights)).complete
+    same_arrays(clean_cache, url)
+
+
+def test_verify_says_what_it_cannot_repair_without_advising_repair(clean_cache, tmp_path):
+    """A path with no cache is one line; another dataset (same shard names and sizes, other bytes) is a problem that
+    no repair fixes, so verify does not advise --repair, and reads the other bytes without a traceback."""
+    missing = cli("verify", str(tmp_path / "nothing.zarr"), "--no-progress")
+    assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1 and "no cache at" in missing.stderr
+    other = tmp_path / "other"
+    make_shapes(other, n=24, size=32, seed=5, shard_size=10)
+    result = cli("verify", str(clean_cache), "--data", str(other), "--no-progress")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "--repair" not in result.stderr and "restore" in result.stderr
+
+
+def test_a_teacher_killed_before_its_seal_is_finished_by_the_same_extract(clean_cache, shapes_dir, weights, tmp_path):
+    """A kill between a teacher's (or a view block's) documents and its seal leaves it unsealed: our unfinished work,
+    which info and verify name as such and the same extract command makes again (it was refused for good)."""
+    url = copy(clean_cache, tmp_path / "c.zarr")
+    (url / "teachers" / TINY / "seal.json").unlink()
+    (url / ".unic-cache").mkdir()
+    (url / ".unic-cache" / f"teacher-{TINY}.lock").write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(),
+                                                                           "token": "t", "heartbeat": 0}))
+    info = cli("info", str(url))
+    assert info.exit_code == 0 and "unfinished" in info.stdout
+    found = cli("verify", str(url), "--no-progress")
+    assert found.exit_code == 1 and "addition was interrupted" in found.stderr + found.stdout
+    assert extract(str(shapes_dir), str(url), opts(weights)).complete
+    same_arrays(clean_cache, url)
+    assert not (url / ".unic-cache").exists()
+    grown = copy(clean_cache, tmp_path / "g.zarr")
+    assert extract(str(shapes_dir), str(grown), opts(weights, views=VIEWS + 1)).complete
+    reference = copy(grown, tmp_path / "reference.zarr")
+    (grown / "teachers" / TINY / f"views-{VIEWS}" / "seal.json").unlink()
+    assert Cache.open(str(grown)).teacher(TINY).views == VIEWS  # the block is not there yet for readers
+    assert extract(str(shapes_dir), str(grown), opts(weights, views=VIEWS + 1)).complete
+    same_arrays(reference, grown)
 
 
 def test_a_deleted_basis_chunk_is_found_and_the_teacher_extracted_again(pca_cache, shapes_dir, weights, tmp_path):

@@ -78,3 +78,62 @@ def test_image_folder_source(tmp_path):
     assert list(index.keys[:3]) == ["cat/0.png", "cat/1.png", "cat/2.png"]
     assert [index.keys[r] for r in index.bad] == ["dog/broken.jpg"]
     assert src.read(index.location[0], str(index.keys[0]))[:4] == b"\x89PNG"
+
+
+def _holey_bmp(path, shade: int) -> bytes:
+    """A BMP file with a hole in the middle (so that ``tar --sparse`` stores it sparse); its bytes as stored."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((256, 256, 3), shade, np.uint8)).save(buf, "BMP")
+    data = buf.getvalue()
+    with open(path, "wb") as f:
+        f.write(data[:8192])
+        f.seek(len(data) - 8192)
+        f.write(data[-8192:])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("flags", [["--format=gnu"], ["--format=posix", "--sparse-version=0.0"],
+                                   ["--format=posix", "--sparse-version=0.1"], ["--format=posix", "--sparse-version=1.0"]])
+def test_a_sparse_member_is_refused_with_advice_that_works(tmp_path, flags):
+    """A sparse member's bytes are not one range of the shard: refused in one line (it was read as other bytes), and
+    the shard re-packed as the message says indexes to the bytes webdataset reads."""
+    import subprocess
+
+    import webdataset as wds
+
+    files, data = tmp_path / "files", {}
+    files.mkdir()
+    for i, key in enumerate("ab"):
+        data[key] = _holey_bmp(files / f"{key}.bmp", 60 * i)
+    names = ["a.bmp", "b.bmp"]
+    sparse, plain = tmp_path / "sparse", tmp_path / "plain"
+    sparse.mkdir(), plain.mkdir()
+    subprocess.run(["tar", "--sparse", *flags, "-cf", str(sparse / "s.tar"), "-C", str(files), *names], check=True)
+    with pytest.raises(UserError, match=r"stored sparse .* re-pack the shard without --sparse .*--format=ustar") as err:
+        open_source(str(sparse)).index(progress=False)
+    assert "\n" not in str(err.value)
+    subprocess.run(["tar", "--format=ustar", "-cf", str(plain / "s.tar"), "-C", str(files), *names], check=True)
+    source = open_source(str(plain))
+    index = source.index(progress=False)
+    theirs = {s["__key__"]: s["bmp"] for s in wds.WebDataset(str(plain / "s.tar"), shardshuffle=False)}
+    assert source.read_rows(index.location, [str(k) for k in index.keys], index.digest) == [theirs["a"], theirs["b"]]
+    assert theirs == data
+
+
+def test_a_member_named_like_a_sample_field_is_refused_as_webdataset_does(tmp_path):
+    """``a.__key__`` would overwrite the sample's own key: webdataset raises "duplicate file name", and so do we."""
+    import io
+    import tarfile
+
+    (tmp_path / "d").mkdir()
+    with tarfile.open(tmp_path / "d" / "s.tar", "w") as tar:
+        for name in ("a.png", "a.__key__"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(UserError, match="'a.__key__'.*duplicate file name"):
+        open_source(str(tmp_path / "d")).index(progress=False)

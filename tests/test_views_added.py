@@ -13,6 +13,7 @@ import pytest
 from unic_cache import Cache, UserError, extract
 from unic_cache.cache.audit import verify
 from unic_cache.cache.info import cache_info
+from unic_cache.cache.sizing import human
 from unic_cache.distillation.loader import DistillStream, Selection
 
 from .conftest import HANG_GUARD, SMALL8, TINY, opts, run_cli
@@ -30,7 +31,7 @@ def _same(a, b, views: int) -> None:
                 assert np.array_equal(a.read_stored(name, rows, view), b.read_stored(name, rows, view)), (name, view)
         assert np.array_equal(a.read(kind, rows, slice(None)), b.read(kind, rows, slice(None)))
         sa, sb = a.stats(kind), b.stats(kind)
-        assert sa["count"][0] == sb["count"][0] == a.cache.n * views * (1 if kind == "summary" else 4)
+        assert sa["count"][0] == sb["count"][0] == a.cache.n * views * (1 if kind == "summary" else int(np.prod(a.stored_grid)))
         for stat in ("mean", "var", "cov"):
             np.testing.assert_allclose(sa[stat], sb[stat], rtol=1e-12, atol=1e-15)
 
@@ -143,3 +144,27 @@ def test_damage_in_added_views_is_found_and_repaired(four_views, shapes_dir, wei
     assert extract(str(shapes_dir), str(url), opts(weights, views=4, codec="pca-32+int8")).complete
     _same(Cache.open(made).teacher(TINY), Cache.open(str(url)).teacher(TINY), 4)
     assert verify(str(url), progress=False).problems == []
+
+
+def test_extract_without_teacher_grows_every_teacher_with_its_recorded_options(shapes_dir, weights, tmp_path):
+    """`extract DATA --cache C --views K` grows each teacher of C with the options it was extracted with (two
+    teachers of other widths, grids and codecs here), and `--teacher NAME` one of them; the planned bytes it prints
+    are what the growth writes, and the result reads as caches made with K views."""
+    two, made = tmp_path / "two.zarr", tmp_path / "made.zarr"
+    for cache, views in ((two, 2), (made, 3)):
+        assert extract(str(shapes_dir), str(cache), opts(weights, views=views, codec="pca-32+int8")).complete
+        assert extract(str(shapes_dir), str(cache), opts(weights, SMALL8, 24, views=views, name="second")).complete
+    one = run_cli("extract", str(shapes_dir), "--cache", str(two), "--views", "3", "--teacher", "second", "--workers", "0")
+    assert one.returncode == 0, one.stderr
+    block = Cache.open(str(two)).teacher("second").blocks[0]
+    planned = [line for line in one.stderr.splitlines() if "to write" in line]
+    assert len(planned) == 1 and "views 2-2 to compute" in planned[0]
+    assert human(block.nbytes_encoded()) in planned[0]  # what was planned is what the block holds
+    assert Cache.open(str(two)).teacher(TINY).views == 2  # --teacher NAME grows that one only
+    every = run_cli("extract", str(shapes_dir), "--cache", str(two), "--views", "3", "--workers", "0")
+    assert every.returncode == 0, every.stderr
+    assert "second: already complete" in every.stdout and f"{TINY}: 1 units written now, 6 before" in every.stdout
+    for name in (TINY, "second"):
+        _same(Cache.open(str(made)).teacher(name), Cache.open(str(two)).teacher(name), 3)
+    nothing = run_cli("extract", str(shapes_dir), "--cache", str(tmp_path / "new.zarr"), "--views", "3")
+    assert nothing.returncode == 2 and "extract needs --teacher" in nothing.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "demo": ["run_demo"],
@@ -49,6 +49,9 @@ RENAMED = {"DistillConfig": "DistillOptions", "TeacherTrainConfig": "TeacherTrai
 
 def __getattr__(name: str):
     if name in RENAMED:  # the names before one suffix for every command's options: code written for them runs
+        import warnings
+
+        warnings.warn(f"unic_cache.{name} is unic_cache.{RENAMED[name]} since 0.2", DeprecationWarning, stacklevel=2)
         return __getattr__(RENAMED[name])
     if name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

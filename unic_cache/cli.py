@@ -14,9 +14,21 @@ from .options.cli import options_command, user_errors
 if TYPE_CHECKING:
     from .pipeline import PipelineRun
 
+# the commands as a user meets them: try it, choose teachers and size the cache, extract and check it, distil and
+# evaluate, whole pipelines; then the tools for the demo's own world
+WORKFLOW = ("demo", "teachers", "plan", "extract", "info", "verify", "distill", "eval", "run", "train-teacher",
+            "make-shapes")
+
+
+class _InWorkflowOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+
 _app = typer.Typer(
     help="Cache teacher features once (extract), then distil students from the cache alone.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_InWorkflowOrder,
     rich_markup_mode=None,  # help texts are plain: "[pool-F+]" is a codec spelling, not markup
 )
 
@@ -24,39 +36,42 @@ _app = typer.Typer(
 @_app.command("teachers")
 @user_errors
 def teachers_cmd(
-    resolution: Annotated[Optional[int], typer.Option(help="Show grids at this resolution (default: 224, as extract).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(metavar="INT", help="Show grids at this resolution (default: 224, "
+                                                                          "as extract).")] = None,
 ) -> None:
     """List teacher aliases with their timm ids, dims and token grids (builds no weights). Aliases run at 224 px
     (UNIC's set-up), not the hub model's native size, unless extract is given --resolution."""
     from .models.registry import ALIAS_RESOLUTION, FAMILIES, alias_shape
 
-    typer.echo(f"{'alias':<11} {'size':<7} {'timm id':<42} {'dim':>5} {'grid':>6} {'res':>4}  about")
+    rows = []
     for family in FAMILIES.values():
         for size, model_id in family.sizes.items():
             info = alias_shape(family.alias, size, resolution or ALIAS_RESOLUTION)
-            grid = "x".join(str(g) for g in info.grid)
-            mark = "*" if size == family.default else " "
-            typer.echo(f"{family.alias:<11} {size + mark:<7} {model_id:<42} {info.dim:>5} {grid:>6} {info.resolution:>4}  {family.about}")
+            rows.append((family.alias, size + ("*" if size == family.default else ""), model_id, str(info.dim),
+                         "x".join(str(g) for g in info.grid), str(info.resolution), family.about))
+    head = ("alias", "size", "timm id", "dim", "grid", "res", "about")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    for row in [head, *rows]:  # text columns left-aligned, numbers right-aligned, every row to the same widths
+        cells = [v.rjust(w) if i in (3, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))]
+        typer.echo(" ".join(cells) + "  " + row[-1])
     typer.echo("* default size. Any other timm model: --teacher timm:<name> (at its own resolution unless --resolution).")
 
 
 def _extract(opts, data: str, cache: str) -> None:
-    from .cache.sources import open_source
-    from .cache.store import check_cache_target
+    from .extraction.options import prepare
 
-    opts.check()  # before torch is imported: options, weight files, the cache path and the dataset it was made for
-    source = open_source(data)
-    finished = opts.complete_in(check_cache_target(cache, source))
-    if finished is not None:
-        typer.echo(f"{finished.name}: already complete in {cache} ({finished.units} units); nothing to do")
-        return
-    from .extraction.runner import extract
+    for one, prepared in prepare(data, cache, opts):  # before torch is imported: options, weights, the cache, its dataset
+        if prepared.finished is not None:
+            typer.echo(f"{prepared.finished.name}: already complete in {cache} ({prepared.finished.units} units); "
+                       "nothing to do")
+            continue
+        from .extraction.runner import extract
 
-    r = extract(data, cache, opts)
-    state = "complete" if r.complete else "incomplete (other ranks still working, or run again to resume)"
-    typer.echo(f"{r.teacher}: {r.units_done_now} units written now, {r.units_done_before} before, of {r.units_total}; "
-               f"{r.samples} samples in {r.seconds:.1f}s ({r.samples_per_s:.1f} samples/s); "
-               f"{r.bad_samples} bad samples skipped; {state}")
+        r = extract(data, cache, one, prepared)
+        state = "complete" if r.complete else "incomplete (other ranks still working, or run again to resume)"
+        typer.echo(f"{r.teacher}: {r.units_done_now} units written now, {r.units_done_before} before, of {r.units_total}; "
+                   f"{r.samples} samples in {r.seconds:.1f}s ({r.samples_per_s:.1f} samples/s); "
+                   f"{r.bad_samples} bad samples skipped; {state}")
 
 
 def _distill(opts) -> None:
@@ -187,7 +202,7 @@ def _verify(opts) -> None:
         typer.echo(f"not repaired: {line}", err=True)
     if verdict.error:
         raise UserError(verdict.error)
-    if verdict.problems and not opts.repair:
+    if set(verdict.problems) - set(verdict.beyond_repair) and not opts.repair:
         typer.echo(f"run `unic-cache verify {opts.cache} --repair` to repair what can be", err=True)
     if not verdict.ok:
         raise typer.Exit(1)
@@ -206,12 +221,12 @@ def _extract_args() -> list:
             metavar="DATA", help="Input: webdataset .tar or Hugging Face .parquet shards (path, data-{000..009}.tar, glob, fsspec URL, "
                  "folder of shards) or an image folder.")]),
         inspect.Parameter("cache", keyword, annotation=Annotated[str, typer.Option(
-            "--cache", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])]
+            "--cache", metavar="PATH", help="Cache path or fsspec URL (created on first use, only where nothing else is).")])]
 
 
 def _eval_args() -> list:
     return [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default="eval", annotation=Annotated[str, typer.Option(
-        help="Folder for results.json, results.md and results.png.")])]
+        metavar="FOLDER", show_default=False, help="Folder for results.json, results.md and results.png. (default: eval)")])]
 
 
 # name -> (module and options class, what runs it, help, extra parameters): registered on first use, so that a
@@ -263,32 +278,47 @@ def __getattr__(name: str):
 @_app.command("run")
 @user_errors
 def run_cmd(
-    pipeline: Annotated[str, typer.Argument(help="A pipeline YAML (see pipelines/): data, teachers, cache, distill arms, seeds, eval.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set seeds=[0] --set distill.epochs=2 (repeatable).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    pipeline: Annotated[str, typer.Argument(metavar="PIPELINE", show_default=False, help="A pipeline YAML (see "
+                                            "pipelines/): data, teachers, cache, distill arms, seeds, eval.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a key, e.g. --set "
+                                                      "seeds=[0] --set distill.epochs=2 (repeatable).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", show_default=False,
+                                           help="Show progress bars. (default: --progress)")] = True,
+    until: Annotated[str, typer.Option(metavar="STEP", show_default=False, help="Stop after this step: data, teachers (trained and "
+                                                            "extracted into the cache), distill, or eval (the whole "
+                                                            "pipeline). (default: eval)")] = "eval",
 ) -> None:
     """Run a pipeline: make data, train/extract missing teachers (never re-extract), distil every arm, evaluate."""
     from .pipeline import run_pipeline
 
-    _report(run_pipeline(pipeline, set_ or [], progress))
+    _report(run_pipeline(pipeline, set_ or [], progress, until))
 
 
 def _report(run: "PipelineRun") -> None:
     """Print a pipeline's table, what ran and what was reused, and where its outputs are."""
     ran = [f"{step} {what}" for step, what, status in run.steps if status == "ran"]
     skipped = [f"{step} {what}" for step, what, status in run.steps if status == "skipped"]
-    typer.echo("\n" + run.results.markdown())
+    if run.results is not None:
+        typer.echo("\n" + run.results.markdown())
     typer.echo(f"ran: {', '.join(ran) or 'nothing'}")
     if skipped:
         typer.echo(f"reused: {', '.join(skipped)}")
-    typer.echo(f"table: {run.paths['markdown']}\nchart: {run.paths['chart']}\njson: {run.paths['json']}\n"
-               f"artefacts (data, teachers, cache, runs): {run.out}")
+    if run.paths:
+        typer.echo(f"table: {run.paths['markdown']}\nchart: {run.paths['chart']}\njson: {run.paths['json']}")
+    typer.echo(f"artefacts (data, teachers, cache, runs): {run.out}")
 
 
 def main() -> None:
     """The ``unic-cache`` command: only the command named is registered (every one for ``--help``)."""
     import sys
 
+    import os
+
+    from .crashpoints import install
+
+    install()  # crash tests only: off unless UNIC_CACHE_CRASH_ROOT is set
+    if os.environ.get("UNIC_CACHE_THREADS") != "torch":  # before torch loads OpenMP: threads that wait sleep rather
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # than spin on cores that others need (runtime.share_cores)
     name = next((a for a in sys.argv[1:2] if not a.startswith("-")), None)
     if name in ("teachers", "run"):
         register([])

@@ -133,7 +133,7 @@ class Pipeline:
                 self.run.log("train-teacher", name, "ran")
         if Cache.exists(self.cache_url):
             cache = Cache.open(self.cache_url)
-            if name in cache.teacher_names() and cache.teacher(name).complete:
+            if name in cache.teacher_names() and not cache.unfinished(name) and cache.teacher(name).complete:
                 _check_same_teacher(name, cache.teacher(name), spec, weights, self.cache_url)
                 self.run.log("extract", name, "skipped")
                 return
@@ -202,23 +202,33 @@ class Pipeline:
         self.run.log("eval", what, "ran")
         return scores
 
-    def __call__(self) -> PipelineRun:
+    def __call__(self, until: str = "eval") -> PipelineRun:
+        """Every step in order up to ``until`` (one of ``STEPS``)."""
+        if until not in STEPS:
+            raise UserError(f"--until takes one of {', '.join(STEPS)}, got {until!r}")
         check_results_folder(self.out, PIPELINE_FOLDERS, "a pipeline")
         data = self.data()
-        for name, spec in self.config["teachers"].items():
+        for name, spec in self.config["teachers"].items() if until != "data" else ():
             self.teacher(data, name, spec)
-        arms = self.config.get("arms") or {"student": {}}
-        seeds = self.config.get("seeds") or [0]
-        runs = {arm: [self.distill_arm(data, arm, overrides, int(s)) for s in seeds] for arm, overrides in arms.items()}
-        self.run.results = self.evaluate(data, runs)
         stem = self.config.get("name") or "results"
-        self.run.paths = self.run.results.save(self.out, stem)
+        if STEPS.index(until) >= STEPS.index("distill"):
+            arms = self.config.get("arms") or {"student": {}}
+            seeds = self.config.get("seeds") or [0]
+            runs = {arm: [self.distill_arm(data, arm, overrides, int(s)) for s in seeds] for arm, overrides in arms.items()}
+            if until == "eval":
+                self.run.results = self.evaluate(data, runs)
+                self.run.paths = self.run.results.save(self.out, stem)
         (self.out / f"{stem}-steps.json").write_text(json.dumps(self.run.steps, indent=1))
         return self.run
 
 
-def run_pipeline(config: str | Path | dict, overrides: list[str] = (), progress: bool = True) -> PipelineRun:
-    """Run a pipeline from a YAML file (with ``a.b=c`` overrides) or an already loaded config dict."""
+STEPS = ("data", "teachers", "distill", "eval")  # a pipeline's steps, in order (teachers: trained and extracted)
+
+
+def run_pipeline(config: str | Path | dict, overrides: list[str] = (), progress: bool = True,
+                 until: str = "eval") -> PipelineRun:
+    """Run a pipeline from a YAML file (with ``a.b=c`` overrides) or an already loaded config dict, every step up to
+    ``until`` (``STEPS``: the data, the teachers trained and extracted, the students distilled, all evaluated)."""
     if not isinstance(config, dict):
         config = load_config(config, overrides)
-    return Pipeline(config, progress)()
+    return Pipeline(config, progress)(until)

@@ -27,7 +27,8 @@ class PlanOptions(Options):
                                       "ALIAS:SIZE picks a size, e.g. dino:base,deit3:base.", factory=list, parse=comma_list)
     resolution: int | None = option(None, "Input resolution of every teacher (default: 224 for aliases, as extract).",
                                     checks=(at_least(1),))
-    model_args: dict = option(help="KEY=VALUE passed to timm.create_model (repeatable).", factory=dict,
+    model_args: dict = option(help="KEY=VALUE passed to timm.create_model for every teacher, or TEACHER:KEY=VALUE for "
+                                   "one of --teachers (timm:vit_tiny_patch16_224:depth=2); repeatable.", factory=dict,
                               flag="--model-arg", parse=key_values)
     views: int | None = option(None, "Augmented views per sample (default: enough for --epochs, else 8).",
                                checks=(at_least(1),))
@@ -56,6 +57,15 @@ class PlanOptions(Options):
             raise UserError("plan needs --teachers, e.g. --teachers dino:base,deit3:base")
         if (self.data is None) == (self.samples is None):
             raise UserError("plan needs either DATA or --samples N (not both)")
+        named = {key.rsplit(":", 1)[0] for key in self.model_args if ":" in key}
+        if named - set(self.teachers):
+            raise UserError(f"--model-arg names teacher(s) {', '.join(sorted(named - set(self.teachers)))} that --teachers "
+                            f"does not list ({', '.join(self.teachers)}); write TEACHER:KEY=VALUE with TEACHER as in --teachers")
+
+    def teacher_args(self, spec: str) -> dict:
+        """The timm arguments of teacher ``spec``: those for every teacher, then its own (``spec:KEY=VALUE``)."""
+        return {**{k: v for k, v in self.model_args.items() if ":" not in k},
+                **{k.rsplit(":", 1)[1]: v for k, v in self.model_args.items() if k.rsplit(":", 1)[0] == spec}}
 
 
 def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
@@ -63,24 +73,25 @@ def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
     from .models.registry import alias_shape, default_resolution, split_alias
 
     opts.check()
+    codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
+    infos = []  # every teacher's shape before the dataset is indexed: a bad name or argument fails at once
+    for spec in opts.teachers:
+        teacher, size = split_alias(spec, None)
+        args = opts.teacher_args(spec)
+        if teacher.startswith("timm:") or args:  # any timm model: built on the meta device
+            from .models.teachers import teacher_shape
+
+            infos.append(teacher_shape(teacher, size, opts.resolution, args))
+        else:  # an alias: known without torch
+            infos.append(alias_shape(teacher, size, default_resolution(teacher, opts.resolution)))
     samples, key_bytes = opts.samples, KEY_BYTES * (opts.samples or 0)
     if samples is None:
         from .cache.sources import open_source
 
         index = open_source(opts.data).index(progress=True)
         samples, key_bytes = index.n, sum(len(str(k).encode()) for k in index.keys)
-    codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
-    sizes = []
-    for spec in opts.teachers:
-        teacher, size = split_alias(spec, None)
-        if teacher.startswith("timm:") or opts.model_args:  # any timm model: built on the meta device
-            from .models.teachers import teacher_shape
-
-            info = teacher_shape(teacher, size, opts.resolution, opts.model_args)
-        else:  # an alias: known without torch
-            info = alias_shape(teacher, size, default_resolution(teacher, opts.resolution))
-        sizes.append(TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.planned_views,
-                                 opts.shard_mb, opts.unit_rows))
+    sizes = [TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.planned_views,
+                         opts.shard_mb, opts.unit_rows) for spec, info in zip(opts.teachers, infos)]
     return sizes, cache_arrays(samples, opts.planned_views, key_bytes)
 
 

@@ -44,6 +44,24 @@ def pick_device(device: str) -> torch.device:
     return torch.device(choose_device(device, torch.cuda.is_available(), int(local) if local is not None else None))
 
 
+THREADS_ENV = "UNIC_CACHE_THREADS"  # N: that many intra-op threads; "torch": torch's own count (a thread per core)
+
+
+def share_cores(device: torch.device, workers: int = 0) -> int:
+    """Set this process's intra-op threads on the CPU to its share of the cores it may run on: the cores shared by
+    the ranks of its node (LOCAL_WORLD_SIZE), less a core per busy loader worker when there are cores to spare, at
+    least one. A thread per core in every process oversubscribes the cores, and on a busy machine every parallel
+    region then waits for its slowest thread (BENCHMARKS.md, "A busy machine"). OMP_NUM_THREADS or
+    UNIC_CACHE_THREADS set by the user win. Returns the thread count."""
+    own = os.environ.get(THREADS_ENV)
+    if device.type != "cpu" or own == "torch" or own is None and "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    threads = int(own) if own else max(1, cores - workers if cores - workers >= 2 else cores)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def autocast_for(device: torch.device):
     """bf16 autocast on GPU; full precision (a disabled context) on CPU."""
     if device.type == "cuda":
@@ -111,7 +129,7 @@ class StopOnSignals:
     def _ask(self, signum, frame) -> None:
         if self.distiller._stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.distiller._stop = True
+        self.distiller._stop = signum  # the exit code says which: 128 + signum
         if self.distiller.rank == 0:
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping (Ctrl-C again stops at once)",
                   flush=True)

@@ -5,6 +5,13 @@ every outcome is compared bit for bit with an uninterrupted single run.
     python pipelines/bench/faults_bench.py --kills 10 --races 20 --write
     python pipelines/bench/faults_bench.py --kills 5 --races 20 --s3 --write   # caches on a loopback S3 server
     python pipelines/bench/faults_bench.py --kills 0 --races 0 --damage 240 --write   # damage classes only
+    python pipelines/bench/faults_bench.py --kills 0 --races 0 --every-point --write  # a kill at every point
+
+``--every-point``: each command below is killed just before each of its persistence points in turn (every file
+write, rename, delete and new folder it makes under its target: ``unic_cache.crashpoints``), then run again (and
+the commands after it), and the result compared file by file with the uninterrupted run's: extract into a new
+cache, a second teacher, views added to a teacher, ``verify --repair`` of a deleted shard (then the same extract),
+and distill (``--every-point-step K`` takes every K-th point only).
 
 ``--damage N``: N trials, each one fault of a class drawn at random (an edited attribute or array metadata, an
 unparsable or deleted ``zarr.json``, a flipped byte, a truncated, deleted or swapped chunk or shard, a damaged
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import signal
@@ -45,6 +53,7 @@ from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
 from unic_cache.cache.claims import CLAIM_DIR, temp_stem
 from unic_cache.distillation.exported import student_weights
+from unic_cache.distillation.runs import tmp_name
 
 ARCH = "vit_tiny_patch16_224"
 
@@ -245,24 +254,34 @@ def cache_trial(fault: str, reference: Path, cache: Path, extract_args: list[str
     return ("repaired bit-identical" if same_cache(reference, cache) else "silent"), what
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (a killed writer's, as far as its temp names say)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
 def run_trial(fault: str, reference_run: Path, out: Path, distill_args: list[str]) -> tuple[str, str]:
     """A run folder as a kill during one of its files leaves it, then the same command: finished bit-identical?"""
     shutil.copytree(reference_run, out)
+    dead = dead_pid()
+    cut = lambda path: path.with_name(tmp_name(path).name.replace(f".{os.getpid()}.", f".{dead}."))  # noqa: E731
     if fault.endswith("config.json"):
-        (out / "config.json.tmp").write_text((out / "config.json").read_text()[:40])
+        cut(out / "config.json").write_text((out / "config.json").read_text()[:40])
     elif fault.endswith("heads"):
-        (out / "heads.safetensors").rename(out / "heads.safetensors.tmp")
+        (out / "heads.safetensors").rename(cut(out / "heads.safetensors"))
         shutil.rmtree(out / "model")  # written after the heads
     elif fault.endswith("model"):
-        (out / "model").rename(out / "model.tmp")
-        (out / "model.tmp" / "model.safetensors").write_bytes(b"cut")
+        moved = cut(out / "model")
+        (out / "model").rename(moved)
+        (moved / "model.safetensors").write_bytes(b"cut")
     elif fault.endswith("checkpoint"):
         last = sorted((out / "checkpoints").iterdir())[-1]
         shutil.rmtree(out / "model")
         (out / "heads.safetensors").unlink()
-        last.rename(last.with_name(last.name + ".tmp"))
+        last.rename(cut(last))
     else:
-        (out / "metrics.jsonl.tmp").write_text("{\"step\": 1")
+        cut(out / "metrics.jsonl").write_text("{\"step\": 1")
     code, _, err, crashed = _invoke([*distill_args, "--out", str(out)])
     if crashed:
         return "traceback", fault
@@ -352,6 +371,70 @@ def damage_rows(root: Path, trials: int, rng: random.Random) -> list[str]:
             *(["Silent, traceback or touched:", "", *[f"- {b}" for b in bad], ""] if bad else [])]
 
 
+def every_point_rows(root: Path, step: int) -> list[str]:
+    """A kill at every persistence point of each command (every ``step``-th point), then the same command."""
+    from unic_cache.crashtest import Runner
+
+    data, work = root / "points-data", root / "points-work"
+    make_shapes(data, n=16, size=32, seed=0, shard_size=8)
+    work.mkdir()
+    torch.manual_seed(0)
+    weights = root / "points-teacher.safetensors"
+    save_file(timm.create_model(ARCH, num_classes=0, img_size=32, depth=2).state_dict(), str(weights))
+    teacher = ["--teacher", f"timm:{ARCH}", "--resolution", "32", "--model-arg", "depth=2", "--batch-size", "8",
+               "--workers", "0", "--unit-rows", "4", "--no-progress"]
+    def extract(cache: Path, views: int = 2, *more: str) -> list[str]:
+        return ["extract", str(data), "--cache", str(cache), *teacher, "--views", str(views), *more]
+
+    extract_a = lambda cache, views=2: extract(cache, views, "--weights", str(weights))  # noqa: E731
+    runner = Runner({"OMP_NUM_THREADS": "1"})
+    one, damaged, cache, run = root / "points-one.zarr", root / "points-damaged.zarr", root / "points.zarr", root / "points-run"
+    out = str(work / "output.txt")
+    runner._check(extract_a(one), out)
+    shutil.copytree(one, damaged)
+    shard = sorted((damaged / "teachers" / ARCH / "summary" / "c").rglob("*"))
+    next(p for p in shard if p.is_file()).unlink()
+
+    def fresh(template: Path | None, target: Path):
+        def prepare() -> None:
+            shutil.rmtree(target, ignore_errors=True)
+            if template is not None:
+                shutil.copytree(template, target)
+        return prepare
+
+    distill = ["distill", str(data), "--cache", str(one), "--out", str(run), "--student", ARCH, "--img-size", "32",
+               "--model-arg", "depth=2", "--steps", "4", "--batch-size", "8", "--workers", "0", "--checkpoint-every", "2",
+               "--no-progress"]
+    modes = [("extract into a new cache", extract_a(cache), cache, fresh(None, cache), ()),
+             ("extract a second teacher", extract(cache, 2, "--weights", "random:1", "--name", "second"), cache,
+              fresh(one, cache), ()),
+             ("extract with more views (a view block)", extract_a(cache, 3), cache, fresh(one, cache), ()),
+             ("verify --repair of a deleted shard, then the same extract", ["verify", str(cache), "--repair"], cache,
+              fresh(damaged, cache), (extract_a(cache),)),
+             ("distill (4 steps, a checkpoint every 2)", distill, run, fresh(None, run), ())]
+    rows = []
+    for label, args, target, prepare, after in modes:
+        n, trials = runner.every_point(args, str(target), prepare, str(work), after,
+                                       pick=lambda points: list(range(1, len(points) + 1, step)))
+        same = sum(t.identical for t in trials)
+        tracebacks = sum("Traceback" in t.output for t in trials)
+        temp = sum(t.temp_files for t in trials)
+        rows.append(f"| {label} | {n} | {len(trials)} | {sum(t.killed for t in trials)} | {same} | {tracebacks} | {temp} |")
+        for t in trials:
+            if not t.identical:
+                print(f"{label}: point {t.point} ({t.event}): exit {t.code}; {t.differences[:3]}; {t.output[-300:]}",
+                      file=sys.stderr)
+    runner.close()
+    return [f"Tiny ViT teacher (depth 2, 32 px), 16 samples, 2 views, units of 4 rows; "
+            f"{'every' if step == 1 else f'every {step}th'} point of each command (a file opened for writing, a rename, a "
+            "delete, a new folder under the command's target), killed (SIGKILL) just before it, then the same command "
+            "and the ones after it; compared file by file with the uninterrupted run's (JSON parsed, times left out). "
+            "zarr's temp files of killed writes are unread and not compared: the next extract removes them once "
+            "2 minutes old, and verify --repair at once.", "",
+            "| command | points | killed at | died there | then bit-identical | tracebacks | zarr temp files left |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10, help="killed runs of extract, and as many of distill")
@@ -360,9 +443,17 @@ def main() -> None:
     ap.add_argument("--damage", type=int, default=0, help="random damage trials on a finished cache and run folder")
     ap.add_argument("--s3", action="store_true", help="caches on a moto S3 server on 127.0.0.1")
     ap.add_argument("--write", action="store_true", help="append the result to BENCHMARKS.md")
+    ap.add_argument("--every-point", action="store_true", help="a kill at every persistence point of each command")
+    ap.add_argument("--every-point-step", type=int, default=1, help="with --every-point: every K-th point only")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="faults-"))
+    if args.every_point:
+        publish(heading("Crash points enumerated: a kill at each persistence point, then the same command")
+                + every_point_rows(root, args.every_point_step), args.write)
+        if not (args.kills or args.races or args.damage):
+            shutil.rmtree(root)
+            return
     server = start_s3("faults") if args.s3 else None
     store = "s3://faults" if args.s3 else str(root)
     make_shapes(root / "data", n=48, size=32, seed=0, shard_size=12)

@@ -5,7 +5,8 @@ Cases: tar shards from Python's tarfile (pax, GNU), libarchive (pax, pax_restric
 (--format=posix, gnu), each with an ASCII key, a non-ASCII one, a 42-character CJK key (over 100 bytes of
 UTF-8) and a path over 255 characters; Hugging Face parquet shards from ``datasets`` and from pyarrow.
 One line per case: keys equal to webdataset's (tars), image bytes read back equal, and every array of the
-cache read by tensorstore equal to zarr-python's.
+cache read by tensorstore equal to zarr-python's. Then awkward members (sparse in GNU and POSIX 0.0/0.1/1.0 form,
+hard and symbolic links, a ``__key__`` member): the same keys and bytes as webdataset, or refused in one line.
 
     python pipelines/bench/interop_check.py --write
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import tarfile
 import tempfile
@@ -24,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from report import heading, publish
-from unic_cache import Cache, ExtractOptions, extract, open_source
+from unic_cache import Cache, ExtractOptions, UserError, extract, open_source
 
 KEYS = ["plain000", "café002", "日本語のキー" * 7, "deep/" + "d" * 120 + "/" + "x" * 140 + "/item", "ok/last"]
 
@@ -93,6 +95,67 @@ CASES = {"tarfile pax": ("tar", lambda p: write_tarfile(p, tarfile.PAX_FORMAT)),
          "datasets parquet": ("parquet", write_datasets), "pyarrow parquet (row groups of 2)": ("parquet", write_pyarrow)}
 
 
+def write_awkward(path: Path, how: str) -> None:
+    """A shard of three samples by GNU tar whose members are awkward: stored sparse (``--sparse`` in the GNU format or
+    a POSIX sparse version), a hard link or a symbolic link as b's image, or a member named ``a.__key__``."""
+    files = path.parent / "files"
+    files.mkdir()
+    for i, name in enumerate("abc"):
+        bmp = io.BytesIO()
+        Image.fromarray(np.full((256, 256, 3), 40 * i, np.uint8)).save(bmp, "BMP")
+        data = bmp.getvalue()
+        with open(files / f"{name}.bmp", "wb") as f:  # a hole in the middle, so --sparse stores it sparse
+            f.write(data[:8192])
+            f.seek(len(data) - 8192)
+            f.write(data[-8192:])
+        (files / f"{name}.cls").write_text(str(i))
+    names = [f"{n}.{e}" for n in "abc" for e in ("bmp", "cls")]
+    options = {"gnu sparse": ["--sparse", "--format=gnu"], "hard link": ["--format=gnu"], "symbolic link": ["--format=gnu"],
+               "__key__ member": ["--format=gnu"]}
+    sparse = how.split("posix sparse ")[-1] if how.startswith("posix sparse") else None
+    if how in ("hard link", "symbolic link"):
+        (files / "b.bmp").unlink()
+        (os.link if how == "hard link" else os.symlink)("a.bmp" if how == "symbolic link" else files / "a.bmp", files / "b.bmp")
+    if how == "__key__ member":
+        (files / "a.__key__").write_text("mine")
+        names.insert(1, "a.__key__")
+    flags = options.get(how) or ["--sparse", "--format=posix", f"--sparse-version={sparse}"]
+    subprocess.run(["tar", *flags, "-cf", str(path), "-C", str(files), "--no-recursion", *names], check=True)
+
+
+AWKWARD = ["gnu sparse", "posix sparse 0.0", "posix sparse 0.1", "posix sparse 1.0", "hard link", "symbolic link",
+           "__key__ member"]
+
+
+def check_awkward(how: str, tmp: Path) -> str:
+    """One awkward shard: webdataset's keys and image bytes against ours, or our one-line refusal."""
+    import webdataset as wds
+
+    folder = tmp / how.replace(" ", "_")
+    folder.mkdir()
+    shard = folder / "shard-000.tar"
+    try:
+        write_awkward(shard, how)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"| {how} | not run ({type(exc).__name__}: {str(exc)[:60]}) | | |"
+    try:
+        seen = [(s["__key__"], s.get("bmp")) for s in wds.WebDataset(str(shard), shardshuffle=False)]
+        theirs = f"reads {len(seen)} samples"
+    except ValueError as exc:
+        seen, theirs = None, f"raises ({str(exc).split(':')[1].strip()[:40]})"
+    try:
+        source = open_source(str(folder))
+        index = source.index(progress=False)
+        keys = [str(k) for k in index.keys]
+        read = [source.read_rows(index.location[i:i + 1], [k], index.digest[i:i + 1])[0] if i not in index.bad else None
+                for i, k in enumerate(keys)]
+        same = seen is not None and keys == [k for k, _ in seen] and read == [b for _, b in seen]
+        ours, ok = f"reads {len(keys)} samples{', the same keys and bytes' if same else ', OTHER keys or bytes'}", same
+    except UserError as exc:
+        ours, ok = f"refused in one line: {str(exc)[:90]}", "\n" not in str(exc)
+    return f"| {how} | {theirs} | {ours} | {'ok' if ok else 'FAILS'} |"
+
+
 def check(case: str, kind: str, write, tmp: Path) -> str:
     """One case: write, index, read back, extract, compare; the verdict as a line."""
     import tensorstore as ts
@@ -134,13 +197,17 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [check(case, kind, write, Path(tmp)) for case, (kind, write) in CASES.items()]
+        awkward = [check_awkward(how, Path(tmp)) for how in AWKWARD]
     publish(heading("Interoperability: awkward shards from other writers, the cache in tensorstore") + [
         f"Keys: {', '.join(repr(k if len(k) < 30 else k[:12] + '...' + k[-8:]) for k in KEYS)} (the CJK key is "
         f"{len(KEYS[2].encode())} bytes of UTF-8, the long path {len(KEYS[3]) + 4} characters). Each shard indexed and "
         "extracted (a 1-block ViT, f16 summaries, pca-8+int8 patch tokens); every array of each cache read back with "
         "tensorstore.", "",
         "| writer | keys equal | image bytes equal | tensorstore reads every array equal | verdict |",
-        "|---|---|---|---|---|", *rows, ""], args.write)
+        "|---|---|---|---|---|", *rows, "",
+        "Awkward members (GNU tar; a BMP with a hole so that --sparse stores it sparse): webdataset's reading against "
+        "ours, or our one-line refusal; a sparse member cannot be read by byte range.", "",
+        "| member | webdataset | unic-cache | verdict |", "|---|---|---|---|", *awkward, ""], args.write)
 
 
 if __name__ == "__main__":

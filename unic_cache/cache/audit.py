@@ -11,8 +11,9 @@ import zarr
 from tqdm import tqdm
 from zarr.core.sync import sync
 
+from . import seal
 from .claims import clean_stale_temp_files
-from ..errors import UserError
+from ..errors import UserError, reason
 from .sources import Source, content_digest
 from .format import ALWAYS_WRITE, INDEX_ARRAYS, index_arrays, quick_digest, read_checked, write_plan
 from .sizing import PARTIALS
@@ -101,7 +102,7 @@ def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage)
         try:
             problems = _check_features(store, kind, unit, bad, digest)
         except UserError as exc:
-            damage.unit(store, unit, str(exc).split(";")[0])
+            damage.unit(store, unit, reason(exc))
             continue
         fed.update(store.arrays(kind))
         for problem in problems:
@@ -109,7 +110,7 @@ def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage)
         try:
             moments, cos = store.unit_moments(kind, unit)
         except UserError as exc:
-            damage.unit(store, unit, str(exc).split(";")[0])
+            damage.unit(store, unit, reason(exc))
             continue
         partial = {f"stats/partial/{kind}_{n}": v for n, v in zip(PARTIALS, (moments.count, cos, moments.mean, moments.m2))}
         digest.add(partial)
@@ -123,7 +124,7 @@ def _check_unit(store: TeacherStore, unit: int, bad: np.ndarray, damage: Damage)
         try:
             recorded = read_checked(store.group["digest"], unit, f"{where} digest")
         except UserError as exc:
-            damage.unit(store, unit, str(exc).split(";")[0])
+            damage.unit(store, unit, reason(exc))
             return
         if not np.array_equal(recorded, digest.value()):
             damage.unit(store, unit, f"{where}: stored features differ from what was written (digest mismatch: units "
@@ -134,7 +135,7 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
     try:
         store.codecs  # the fitted parameters (PCA basis, int8c ranges): without them no feature decodes
     except UserError as exc:
-        damage.problems.append(f"{str(exc).split(';')[0]}: none of this teacher's features can be decoded without it")
+        damage.problems.append(f"{reason(exc)}: none of this teacher's features can be decoded without it")
         damage.codec.add(store.name)
         return  # reported once, where it is (every unit would repeat it)
     done, damaged = store.read_progress()
@@ -155,12 +156,15 @@ def _check_teacher(store: TeacherStore, bad: np.ndarray, progress: bool, damage:
             try:
                 stats = store.own_stats(kind)
             except UserError as exc:
-                damage.problems.append(str(exc).split(";")[0])
+                damage.problems.append(reason(exc))
                 damage.stats.add(store.name)
                 continue
             if store.name in damage.units:
                 continue  # the partials are damaged: the comparison below would say nothing new
-            folded, cos = store.fold(kind)
+            try:
+                folded, cos = store.fold(kind)
+            except UserError:  # a view block's fold reads the teacher's partials first: damaged ones are reported there
+                continue
             fidelity = (store.attrs.get("fidelity_cosine") or {}).get(kind, cos / max(folded.count, 1.0))
             if (not np.array_equal(folded.mean, stats["mean"]) or folded.count != stats["count"][0]
                     or not np.array_equal(folded.m2 / max(folded.count, 1.0), stats["cov"])
@@ -186,7 +190,7 @@ def _params_against_plan(group: TeacherStore | Cache, step: int, damage: Damage)
         try:
             stored = read(rows)
         except UserError as exc:
-            damage.problems.append(str(exc).split(";")[0])
+            damage.problems.append(reason(exc))
             damaged.append(rows)
             continue
         plan = replace(cache.plan, views=stored.shape[1])
@@ -214,7 +218,7 @@ def _check_index(cache: Cache, source: Source | None, progress: bool, damage: Da
         try:
             cache.index_array(name)
         except UserError as exc:
-            damage.problems.append(str(exc).split(";")[0])
+            damage.problems.append(reason(exc))
             damage.index.add(name)
     if damage.index:
         return
@@ -275,13 +279,19 @@ def find_damage(cache: Cache, source: Source | None = None, progress: bool = Tru
     if not damage.index:
         _check_plan(cache, damage)
         for name in cache.teacher_names():
+            if cache.unfinished(name):
+                damage.pending.append(f"teacher {name}: its addition was interrupted; run the same extract command to make it")
+                continue
             try:
                 store = cache.teacher(name)
+                damage.pending += [f"teacher {name}: the addition of its views from {b.split('-')[1]} was interrupted; run "
+                                   "the same extract command to make it" for b in store.unfinished_blocks()]
                 for group in (store, *store.blocks):  # the teacher, then the views added to it
                     _check_teacher(group, cache.bad, progress, damage)
-            except Exception as exc:  # metadata that does not parse, an array that cannot be opened
-                damage.problems.append(f"teacher {name}: cannot be read ({type(exc).__name__}: {str(exc)[:100]}); "
-                                       "extract it again under a new --name")
+            except Exception as exc:  # metadata that does not parse, an array that cannot be opened, a damaged seal
+                damage.problems.append(f"teacher {name}: cannot be read ({reason(exc)[:100]}); `verify --repair` removes it "
+                                       "and the same extract command extracts it again")
+                damage.codec.add(name)
     return damage
 
 
@@ -339,6 +349,7 @@ class Verdict:
     """What ``verify`` found and, with repair, did: every line a user reads, and whether the cache is sound."""
 
     problems: list[str] = field(default_factory=list)
+    beyond_repair: list[str] = field(default_factory=list)  # problems no repair can fix (a changed dataset, a damaged seal)
     notes: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     not_repaired: list[str] = field(default_factory=list)
@@ -354,17 +365,22 @@ def verify(url: str, source: Source | None = None, repair: bool = False, progres
     """Check a cache (metadata against its seals, then every array); with ``repair``, restore what can be restored
     bit-identically (metadata from its seal, the view plan, the index from the dataset), make damaged units be
     extracted again, then check again: whatever is still wrong is listed as not repaired."""
+    if not Cache.exists(url):
+        Cache.open(url)  # says in one line what is there instead (nothing, or an unfinished creation)
     verdict = Verdict()
     changed, broken = metadata_damage(url)
     verdict.problems += changed + broken
-    if changed and not repair:
-        return verdict  # the arrays are read through this metadata: check them once it is restored
+    verdict.beyond_repair += [b for b in broken if b.startswith(seal.ROOT_SEAL_AT)]
+    if verdict.beyond_repair or changed and not repair:  # the arrays are read through this metadata: check them once
+        verdict.not_repaired = verdict.beyond_repair if repair else []  # it is restored (a damaged root seal: never)
+        return verdict
     if changed:
         verdict.repaired += restore_metadata(url)
     cache = Cache.open(url, mode="a" if repair else "r")
     damage = find_damage(cache, source, progress)
     verdict.notes += [p for p in damage.problems if p.startswith("note:")]
     verdict.problems += [p for p in damage.problems if not p.startswith("note:")]
+    verdict.beyond_repair += damage.beyond_repair
     if not repair:  # an unfinished teacher is not a sound cache
         verdict.problems += damage.pending
         return verdict

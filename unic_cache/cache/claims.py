@@ -62,7 +62,7 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> 
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,7 +80,7 @@ def is_stale(record: dict) -> bool:
     """A claim whose holder is gone: a dead pid on this host, or no heartbeat for STALE_AFTER seconds."""
     if not record:
         return False
-    if "pid" in record and record.get("host") == socket.gethostname() and not _pid_alive(int(record.get("pid", -1))):
+    if "pid" in record and record.get("host") == socket.gethostname() and not pid_alive(int(record.get("pid", -1))):
         return True
     return time.time() - float(record.get("heartbeat", 0)) > STALE_AFTER
 
@@ -168,6 +168,29 @@ def once(url: str, what: str, done: Callable[[], bool], work: Callable[[], None]
             told = True
         time.sleep(delay)
         delay = min(2 * delay, MAX_POLL)
+
+
+def clear_stale(url: str) -> int:
+    """Remove the claims of holders that are gone (a killed command's; ``is_stale``), as a waiter taking one over
+    would, and the claim folder once empty: the same command run again leaves what an uninterrupted one leaves.
+    Returns how many were removed."""
+    fs, root = fsspec.core.url_to_fs(url)
+    folder = f"{root.rstrip('/')}/{CLAIM_DIR}"
+    fs.invalidate_cache()
+    if not fs.exists(folder):
+        return 0
+    removed = 0
+    for path in [p for p in fs.find(folder) if p.endswith(".lock")]:  # a view block's claims sit one folder down
+        record = _read(fs, path)
+        if record is not None and is_stale(record):
+            _take_over(fs, path, record)
+            removed += not fs.exists(path)
+    for sub in sorted(fs.find(folder, withdirs=True), key=len, reverse=True) + [folder]:  # empty folders, deepest first
+        try:
+            fs.rmdir(sub)
+        except OSError:
+            pass
+    return removed
 
 
 def check_writable_target(url: str, ours: set[str]) -> None:

@@ -27,6 +27,10 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
     }
     teachers = []
     for name in cache.teacher_names():
+        if cache.unfinished(name):
+            dataset["unfinished teachers"] = dataset.get("unfinished teachers", "") + (
+                f"{name} (its addition was interrupted: the same extract command makes it) ")
+            continue
         store = cache.teacher(name)
         info, done = store.info, store.done()
         groups = (store, *store.blocks)  # the teacher and the views added to it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from zarr.core.sync import sync
 
-from ..errors import UserError
+from ..errors import UserError, reason
 from .format import store_path
 from .layout import VIEW_BLOCK
 from .seal import ROOT_SEAL_AT, differences, restore
@@ -34,7 +34,7 @@ def metadata_damage(url: str) -> tuple[list[str], list[str]]:
         try:
             changed += differences(root, at)
         except UserError as exc:
-            broken.append(str(exc).split(";")[0])
+            broken.append(reason(exc))
     return changed, broken
 
 

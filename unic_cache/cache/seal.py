@@ -29,7 +29,8 @@ from ..errors import UserError
 SEAL = "seal.json"
 ROOT_SEAL_AT = "index"  # the root seal lives beside the index it protects
 # attrs that change after creation: a teacher's, checked by verify against the data they describe, and the root's
-# ``ready`` flag (kept for readers of formats 1-3: a format-4 cache is made once its seal exists)
+# ``ready`` flag (formats 1-3 were made once it was set; a cache of format 4 or later once its seal exists, and since
+# 0.3 it is not written: a kill between the seal and the flag left a cache unlike an uninterrupted one)
 VOLATILE = {"complete", "fidelity_cosine", "ready"}
 
 
@@ -103,8 +104,10 @@ def read_seal(root: StorePath, at: str) -> dict | None:
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
+        fix = ("extract into a new --cache" if at == ROOT_SEAL_AT else
+               "`unic-cache verify CACHE --repair` removes that teacher and the same extract command makes it again")
         raise UserError(f"{at}/{SEAL} is damaged (its sha256 does not match); the metadata it protects cannot be "
-                        "checked: extract into a new --cache")
+                        f"checked: {fix}")
     return documents
 
 

@@ -137,8 +137,7 @@ class Cache:
             "samples": n, "bad_samples": len(index.bad), "fingerprint": index.fingerprint(),
             "quick_digest": quick_digest(source), "source": source.spec, "plan": plan.to_dict(), "pixels": pixels.to_dict(),
         })
-        seal_root(group)
-        group.attrs["ready"] = True  # for readers of formats 1-3; a format-4 cache is made once its seal exists
+        seal_root(group)  # written last: a cache of format 4 or later is made once its seal exists
 
     # --- the dataset and plan this cache is bound to
     @property
@@ -291,11 +290,16 @@ class Cache:
         if group is None:
             self._teacher_sealed.pop(name)  # it may be added later
             raise UserError(f"cache {self.url} has no teacher {name!r}; it has: {', '.join(self.teacher_names()) or 'none'}")
-        if self.format >= 4 and not self._teacher_sealed[name] and "progress" in group:
-            self._teacher_sealed.pop(name)  # being added by another process, or its seal lost: look again next time
-            raise UserError(f"cache {self.url}: teachers/{name}/{seal.SEAL} is missing, so the teacher's metadata cannot be "
-                            f"checked; extract it again under a new --name")
+        if self.format >= 4 and not self._teacher_sealed[name]:
+            self._teacher_sealed.pop(name)  # being added by another process: look again next time
+            raise UserError(f"cache {self.url}: teacher {name} is being added, or its addition was interrupted (it has no "
+                            f"{seal.SEAL} yet); run the same extract command to finish it")
         return TeacherStore(group, self, name)
+
+    def unfinished(self, name: str) -> bool:
+        """Whether teacher (or view block) ``name`` exists but is not made: its seal, written last when it is added, is
+        not there (being added now, or a kill came first). The same extract command makes it again."""
+        return self.format >= 4 and self._teacher_group(name) is not None and not self._teacher_ready(name)
 
     def _teacher_ready(self, name: str) -> bool:
         """True once a teacher's arrays exist: its seal is written last (``progress`` in caches of formats 1-3);

@@ -152,13 +152,21 @@ class TeacherStore:
         """The views this group's arrays hold."""
         return int(self.feature_array("summary").shape[1])
 
-    @functools.cached_property
-    def blocks(self) -> list["TeacherStore"]:
-        """The view blocks added to this teacher, in view order (finished or not); none for a block itself."""
+    def _block_names(self) -> list[str]:
+        """The view-block groups of this teacher, in view order; none for a block itself."""
         if self.first_view:
             return []
-        names = sorted((int(n.split("-")[1]), n) for n, _ in self.group.groups() if n.startswith(VIEW_BLOCK))
-        return [self.cache.teacher(f"{self.name}/{n}") for _, n in names]
+        return [n for _, n in sorted((int(n.split("-")[1]), n) for n, _ in self.group.groups() if n.startswith(VIEW_BLOCK))]
+
+    @functools.cached_property
+    def blocks(self) -> list["TeacherStore"]:
+        """The view blocks added to this teacher, in view order (complete or not; one whose addition is unfinished,
+        having no seal yet, is left out: ``unfinished_blocks``)."""
+        return [self.cache.teacher(f"{self.name}/{n}") for n in self._block_names() if n not in self.unfinished_blocks()]
+
+    def unfinished_blocks(self) -> list[str]:
+        """The view blocks being added, or whose addition was interrupted (the same extract command makes them)."""
+        return [n for n in self._block_names() if self.cache.unfinished(f"{self.name}/{n}")]
 
     def usable_blocks(self) -> list["TeacherStore"]:
         """The complete view blocks that continue the teacher's views without a gap, in order."""

@@ -7,11 +7,10 @@ the encoder loaded exactly as a user loads it. Runs of 0.1 exported ``student.sa
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from .runs import RUNTIME_OPTIONS, _run_record, save_tensors, tmp_name, write_atomic
+from .runs import MODEL_FILES, RUNTIME_OPTIONS, _run_record, remove_ours, save_tensors, tmp_name, write_atomic
 
 
 def student_weights(run: str | Path) -> Path:
@@ -68,7 +67,6 @@ def export_model(encoder, folder: Path, img_size: int, model_args: dict, crop_pc
     from timm.models._hub import save_config_for_hf
 
     tmp = tmp_name(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_tensors(encoder.state_dict(), tmp / "model.safetensors")
     save_config_for_hf(encoder, str(tmp / "config.json"), model_args={"img_size": img_size, "num_classes": 0, **model_args})
@@ -78,7 +76,8 @@ def export_model(encoder, folder: Path, img_size: int, model_args: dict, crop_pc
     config["pretrained_cfg"].update(tag="unic-cache", input_size=[3, img_size, img_size], crop_pct=crop_pct)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "README.md").write_text(card)
-    shutil.rmtree(folder, ignore_errors=True)
+    if not remove_ours(folder, MODEL_FILES.__contains__):
+        raise UserError(f"{folder} holds files distill did not write; move them out and run the same command again")
     tmp.rename(folder)
 
 

@@ -75,19 +75,13 @@ class DistillOptions(Options):
                                      "normalised per sample; sum over token kinds).", checks=(one_of(*DROP_NORMS),))
     views: int | None = option(None, "Use only the first N cached views of each sample (default: all).",
                                checks=(positive,))
-    flip_p: float = option(0.0, "Stage-2 flip: each sample's student view mirrored left-right with this probability, "
-                                "its cached summary target kept and its patch targets left out (a mirrored teacher "
-                                "map is far from the teacher's output on the mirrored image). 0 in UNIC. Measured as a "
-                                "remedy for views replayed many times, it failed: it teaches that a mirrored image has "
-                                "the same summary, and so erases left-right position (RESULTS.md, the reuse curve).",
-                     checks=(in_range(0, 1),))
-    mix_p: float = option(0.0, "Stage-2 MixUp: each sample's student view mixed with the next sample's with this "
-                               "probability, at a weight drawn uniformly in [0, 1], and its cached summary and patch "
-                               "targets mixed with the same weight (the teachers' outputs are close to linear in "
-                               "such mixes for the shapes ViTs, 0.88-0.94 cosine, less so for EfficientNet-Lite0). "
-                               "0 in UNIC. Measured as a remedy for views replayed many times, it failed in both "
-                               "worlds of RESULTS.md (4 views at 100 epochs: 5.0 and 6.5 points below online, against "
-                               "0.9 and 3.5 without it).",
+    flip_p: float = option(0.0, "Stage-2 flip: each sample's student view mirrored left-right with this probability "
+                                "(summary target kept, patch targets left out). 0 in UNIC; measured as a remedy for "
+                                "views replayed many times, it failed (RESULTS.md, the reuse curve).",
+                           checks=(in_range(0, 1),))
+    mix_p: float = option(0.0, "Stage-2 MixUp: each sample's student view and cached targets mixed with the next "
+                               "sample's with this probability. 0 in UNIC; measured as a remedy for views replayed "
+                               "many times, it failed in both worlds (RESULTS.md, the reuse curve).",
                           checks=(in_range(0, 1),))
     online: bool = option(False, "Reference mode: run the teachers on fresh views every step instead of reading "
                                  "the cache (slow; never the default).", flag="--online/--cached")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -29,7 +30,7 @@ from ..models.geometry import Packed
 from ..models.pixels import device_views
 from ..models.student import Student
 from ..models.teachers import rebuild_teacher
-from ..runtime import StopOnSignals, autocast_for, init_distributed, prepare_model, to_device
+from ..runtime import StopOnSignals, autocast_for, init_distributed, prepare_model, share_cores, to_device
 from .loader import DistillStream, Selection
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import RunningNorm, TargetNorm, running_momentum
@@ -50,6 +51,7 @@ class Distiller:
         cfg.check()
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed(cfg.device)
+        share_cores(self.device, cfg.workers)
         self.folder = RunFolder(cfg.out, self.rank, self.world)
         self.out = self.folder.out
         cache = Cache.open(cfg.cache)  # this dataset's: checked by cfg.check()
@@ -234,7 +236,8 @@ class Distiller:
                         if stop and self.step < self.total:
                             self.save_checkpoint()
                             raise RunInterrupted(f"stopped at step {self.step} of {self.total}, checkpoint saved in "
-                                                 f"{self.out / 'checkpoints'}; run the same command to continue")
+                                                 f"{self.out / 'checkpoints'}; run the same command to continue",
+                                                 signum=int(self._stop) or signal.SIGTERM)  # another rank's signal
                     if checkpoint:
                         self.save_checkpoint()
         finally:

@@ -21,11 +21,14 @@ import fcntl
 import json
 import os
 import re
-import shutil
+import secrets
 import socket
 import weakref
+import zlib
 from pathlib import Path
+from typing import Callable
 
+from ..cache.claims import pid_alive
 from ..errors import UserError
 from ..records import differences, refuse, refuse_foreign
 from .options import recorded_config
@@ -42,29 +45,58 @@ RUNTIME_OPTIONS = {"format", "data", "cache", "out", "progress", "resume", "work
                    "version", "started"}
 
 
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+# a temp name of ours: the final name, our marker, the writer's host (hashed), pid and a random token
+TMP_NAME = re.compile(r"(?P<final>.+)\.unic-tmp\.(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}")
+
+
 def tmp_name(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place."""
-    return path.with_name(path.name + ".tmp")
+    """Where ``path`` is written before it is renamed into place: a name that says which process wrote it, so a
+    leftover one is provably ours (``dead_tmp``) and no user's file is ever taken for one."""
+    return path.with_name(f"{path.name}.unic-tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file so that a kill leaves the old one or the new one, never a part."""
+def dead_tmp(name: str) -> bool:
+    """Whether ``name`` is a temp name of a process of ours on this host that is gone (a kill cut its write)."""
+    m = TMP_NAME.fullmatch(name)
+    return bool(m) and m["host"] == _HOST and not pid_alive(int(m["pid"]))
+
+
+def is_tmp(name: str, final: Callable[[str], bool] = lambda _: True) -> bool:
+    """Whether ``name`` is a temp name of ours (any process) for a final name ``final`` accepts."""
+    m = TMP_NAME.fullmatch(name)
+    return bool(m) and final(m["final"])
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file so that a kill leaves the old one or the new one, never a part (made with the permissions of
+    any file the user creates)."""
     tmp = tmp_name(path)
-    tmp.write_text(text)
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     tmp.replace(path)
 
 
 def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically (temp name, then rename), with the permissions of any file the user
-    creates (safetensors itself makes them 600: colleagues on a shared cluster could not load the student)."""
-    from safetensors.torch import save_file
+    """Write a safetensors file atomically under a temp name of ours (safetensors' own writer would leave a
+    ``.tmpXXXXXX`` of its own beside it when killed, which nobody could prove to be ours)."""
+    from safetensors.torch import save
 
-    tmp = tmp_name(Path(path))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp.replace(path)
+    write_atomic(Path(path), save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def remove_ours(path: Path, ours: Callable[[str], bool]) -> bool:
+    """Remove the file ``path``, or the folder ``path`` when every file in it is one ``ours`` accepts (or a temp name
+    of ours); a folder holding anything else is left whole. Whether it was removed."""
+    if path.is_dir():
+        inside = list(path.iterdir())
+        if not all(p.is_file() and (ours(p.name) or is_tmp(p.name)) for p in inside):
+            return False
+        for p in inside:
+            p.unlink()
+        path.rmdir()
+    elif path.exists():
+        path.unlink()
+    return True
 
 
 def _run_record(out: Path) -> dict | None:
@@ -80,29 +112,41 @@ def _run_record(out: Path) -> dict | None:
 
 
 MODEL_FILES = {"config.json", "model.safetensors", "README.md"}
-CHECKPOINT_FILES = re.compile(r"((model|optimizer|norms|rng-\d+)\.safetensors|state\.json)(\.tmp)?")  # .tmp: cut mid-write
-CHECKPOINT_DIR = re.compile(r"step-\d{8}(\.tmp)?")
-# safetensors (0.7 on) writes each file under a name like this beside it, then renames it: a kill mid-write leaves one
-WRITER_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+CHECKPOINT_FILE = re.compile(r"(model|optimizer|norms|rng-\d+)\.safetensors|state\.json")
+CHECKPOINT_DIR = re.compile(r"step-\d{8}")
+_RUN_FILE = RUN_FILES.__contains__
+_MODEL_FILE = MODEL_FILES.__contains__
+_CHECKPOINT_FILE = lambda name: bool(CHECKPOINT_FILE.fullmatch(name))  # noqa: E731
+_CHECKPOINT_DIR = lambda name: bool(CHECKPOINT_DIR.fullmatch(name))  # noqa: E731
 
 
 def _foreign(out: Path) -> list[str]:
-    """Paths in a run folder that distill did not write (the model folder and checkpoints are looked into: export
-    and pruning replace them whole)."""
-    ours = RUN_FILES | {tmp_name(Path(n)).name for n in RUN_FILES}
-    foreign = [p.name for p in out.iterdir() if p.name not in ours and not WRITER_TMP.fullmatch(p.name)]
-    for folder in ("model", tmp_name(Path("model")).name):
-        if (out / folder).is_dir():
-            foreign += [f"{folder}/{p.name}" for p in (out / folder).iterdir() if not WRITER_TMP.fullmatch(p.name)
-                        and p.name not in MODEL_FILES | {tmp_name(Path(n)).name for n in MODEL_FILES}]
+    """Paths in a run folder that distill did not write: names of ours and temp names of ours (``tmp_name``) for
+    them, looked into the model folder and each checkpoint (export and pruning replace them)."""
+    foreign = [p.name for p in out.iterdir() if not (_RUN_FILE(p.name) or is_tmp(p.name, _RUN_FILE))]
+    for folder in (p for p in out.iterdir() if p.name == "model" or is_tmp(p.name, "model".__eq__)):
+        if folder.is_dir():
+            foreign += [f"{folder.name}/{p.name}" for p in folder.iterdir() if not (_MODEL_FILE(p.name) or is_tmp(p.name, _MODEL_FILE))]
     if (out / "checkpoints").is_dir():
         for step in (out / "checkpoints").iterdir():
-            if not CHECKPOINT_DIR.fullmatch(step.name) or not step.is_dir():
+            if not (_CHECKPOINT_DIR(step.name) or is_tmp(step.name, _CHECKPOINT_DIR)) or not step.is_dir():
                 foreign.append(f"checkpoints/{step.name}")
                 continue
             foreign += [f"checkpoints/{step.name}/{p.name}" for p in step.iterdir()
-                        if not CHECKPOINT_FILES.fullmatch(p.name) and not WRITER_TMP.fullmatch(p.name)]
+                        if not (_CHECKPOINT_FILE(p.name) or is_tmp(p.name, _CHECKPOINT_FILE))]
     return sorted(foreign)
+
+
+def remove_dead_tmp(out: Path) -> None:
+    """Remove what killed writes of ours left in a run folder (temp names of processes of ours that are gone, on
+    this host): at its top, in its model folder and among and inside its checkpoints. Nothing else."""
+    places = [out, out / "model", out / "checkpoints",
+              *((out / "checkpoints").iterdir() if (out / "checkpoints").is_dir() else ())]
+    for place in places:
+        if place.is_dir():
+            for p in list(place.iterdir()):
+                if dead_tmp(p.name):
+                    remove_ours(p, lambda n: _MODEL_FILE(n) or _CHECKPOINT_FILE(n))
 
 
 def check_run_folder(out: Path) -> None:
@@ -111,9 +155,9 @@ def check_run_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    leftovers = {LOCK, tmp_name(Path("config.json")).name}
+    leftovers = all(n == LOCK or is_tmp(n, "config.json".__eq__) for n in names)
     foreign = _foreign(out) if names else []
-    if not names or set(names) <= leftovers or (_run_record(out) is not None and not foreign):
+    if not names or leftovers or (_run_record(out) is not None and not foreign):
         return
     refuse_foreign("--out", out, foreign or ["config.json" if "config.json" in names else names[0]], "distill")
 
@@ -178,7 +222,7 @@ def checkpoints(out: Path) -> list[Path]:
 def prune_checkpoints(out: Path, keep: int) -> None:
     """Keep the last ``keep`` checkpoints (and nothing a crash left half-written)."""
     for old in checkpoints(out)[:-keep]:
-        shutil.rmtree(old)
+        remove_ours(old, _CHECKPOINT_FILE)  # a user's file put inside keeps the folder and itself
 
 
 class RunFolder:
@@ -220,9 +264,7 @@ class RunFolder:
             self.release()
             raise UserError(f"--out {self.out} was written by another distill while this one started; run the same "
                             "command again to continue from its last checkpoint")
-        for cut in self.out.iterdir():  # a file a killed run was writing (heads.safetensors): ours, and of no use
-            if WRITER_TMP.fullmatch(cut.name) and cut.is_file():
-                cut.unlink()
+        remove_dead_tmp(self.out)  # what a killed run was writing: provably ours, and of no use
 
     def release(self) -> None:
         if self.lock is not None:
@@ -271,9 +313,8 @@ class RunFolder:
         ranks pass them empty), this rank's ``rng-<rank>.safetensors``; written under a temp name, renamed into
         place once every rank wrote, then the last ``keep`` kept."""
         final = self.out / "checkpoints" / f"step-{step:08d}"
-        tmp = tmp_name(final)
+        tmp = self._shared(tmp_name(final))
         if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             for name, tensors in shared.items():
                 save_tensors(tensors, tmp / f"{name}.safetensors")
@@ -282,10 +323,21 @@ class RunFolder:
         save_tensors(rng, tmp / f"rng-{self.rank}.safetensors")
         self._barrier()
         if self.rank == 0:
-            shutil.rmtree(final, ignore_errors=True)
+            if final.exists() and not remove_ours(final, _CHECKPOINT_FILE):
+                raise UserError(f"{final} holds files distill did not write; move them out and run the same command again")
             tmp.rename(final)
             prune_checkpoints(self.out, keep)
         self._barrier()
+
+    def _shared(self, path: Path) -> Path:
+        """Rank 0's ``path`` on every rank (a temp name carries its writer's pid)."""
+        if self.world == 1:
+            return path
+        import torch.distributed as dist
+
+        box = [path]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def last_checkpoint(self) -> tuple[Path, dict]:
         """The last checkpoint and its ``state.json``, refused when another number of processes wrote it."""

@@ -20,7 +20,7 @@ from ..cache.store import Cache
 from ..errors import UserError
 from ..models.pixels import PixelNorm
 from ..distillation.exported import add_scores_to_card, load_student
-from ..runtime import pick_device
+from ..runtime import pick_device, share_cores
 from .dense import dense_probe, pool_majority, view_maps
 from .images import EvalViews, eval_params
 from .labels import Labels, read_labels, read_split
@@ -50,6 +50,7 @@ class Evaluator:
         opts.check()
         self.opts = opts
         self.device = pick_device(opts.device)
+        share_cores(self.device)
         self.cache = Cache.open(opts.cache)
         source = open_source(opts.data)
         self.cache.check_source(source)

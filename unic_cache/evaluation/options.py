@@ -50,8 +50,10 @@ class EvalOptions(Options):
 
     command = "eval"
 
-    data: str = option(help="The labelled dataset the cache was made from (shapes .json labels, .cls, or class "
-                            "folders).", positional=True, checks=(existing_path,))
+    data: str = option(help="The labelled dataset the cache was made from: labels from each sample's .json "
+                            "(task -> value) or .cls member, an image folder's class folders, or a parquet shard's "
+                            "integer columns (a ClassLabel's names give its classes).", positional=True,
+                       checks=(existing_path,))
     cache: str = option(help="Cache path or URL: teacher features come from its view 0.")
     students: dict[str, str] = option(help="A distill run folder, or NAME=FOLDER (repeatable).", factory=dict,
                                       flag="--student", parse=students, checks=(_finished_runs,))

@@ -22,7 +22,7 @@ from ..distillation.runs import save_tensors
 from ..errors import UserError
 from ..models.pixels import PixelNorm
 from ..models.student import pooled
-from ..runtime import pick_device
+from ..runtime import pick_device, share_cores
 from .images import EvalViews
 from .labels import Labels, read_labels, read_split
 from .options import TeacherTrainOptions
@@ -83,6 +83,7 @@ def train_teacher(cfg: TeacherTrainOptions) -> dict:
     except (RuntimeError, TypeError) as exc:
         raise UserError(f"cannot build {cfg.arch!r} with {cfg.model_args}: {exc}") from None
     device = pick_device(cfg.device)
+    share_cores(device)
     pixels = PixelNorm.of(encoder).to(device)
 
     def images_of(rows: np.ndarray, desc: str) -> torch.Tensor:

@@ -49,11 +49,11 @@ def _forward(teacher: Teacher, batches, kinds, device: torch.device, bar) -> dic
     """Float32 outputs (no autocast) of ``teacher`` on uint8 image ``batches``, per kind."""
     outputs: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
     for images in batches:
-        if bar is not None:
-            bar.update(len(images))
         out = dict(zip(("summary", "patch"), teacher(images.to(device))))
         for kind in kinds:
             outputs[kind].append(out[kind].float())
+        if bar is not None:  # once the batch is through the teacher: the bar never runs ahead of the work
+            bar.update(len(images))
     return {kind: torch.cat(v) for kind, v in outputs.items() if v}
 
 

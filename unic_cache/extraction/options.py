@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 from ..cache.codecs import EXAMPLES, codec_problem, value_kinds
 from ..cache.views import ViewPlan, ViewPolicy
-from ..errors import UserError
+from ..errors import UnknownTeacher, UserError
 from ..records import differences
 from ..models.registry import alias_model, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
 
 if TYPE_CHECKING:
+    from ..cache.sources import Source
     from ..cache.store import Cache
     from ..cache.teacher import TeacherStore
 
@@ -23,7 +24,9 @@ class ExtractOptions(Options):
 
     command = "extract"
 
-    teacher: str = option(help="Teacher alias (see `unic-cache teachers`), ALIAS:SIZE (deit3:base), or timm:<model name>.")
+    teacher: str | None = option(None, "Teacher alias (see `unic-cache teachers`), ALIAS:SIZE (deit3:base), or timm:<model "
+                                       "name>; on a made cache, the name of one of its teachers alone (its recorded "
+                                       "options), or none: every teacher of the cache, with its recorded options.")
     size: str | None = option(None, "Alias size: small, base, large, ...")
     name: str | None = option(None, "Name in the cache (default: the alias, with -SIZE when given).")
     resolution: int | None = option(None, "Input resolution (default: the model's).", checks=(at_least(1),))
@@ -67,9 +70,12 @@ class ExtractOptions(Options):
     storage_options: dict = storage_option()
 
     def __post_init__(self) -> None:
-        self.teacher, self.size = split_alias(self.teacher, self.size)  # ALIAS:SIZE, as plan takes it
+        if self.teacher is not None:
+            self.teacher, self.size = split_alias(self.teacher, self.size)  # ALIAS:SIZE, as plan takes it
 
     def check_together(self) -> None:
+        if self.teacher is None:
+            return  # every teacher of the cache (``for_teachers``); checked there
         if not self.teacher.startswith("timm:"):
             alias_model(self.teacher, self.size)  # a typo is named here, before torch is loaded
         if weights_problem(self.weights):  # so is a missing weight file
@@ -106,7 +112,7 @@ class ExtractOptions(Options):
         if cache is None or (timm_name and self.resolution is None):
             return None  # a timm model's own resolution is only known once it is built
         name = self.default_name()
-        if name not in cache.teacher_names():
+        if name not in cache.teacher_names() or cache.unfinished(name):
             return None
         store = cache.teacher(name)
         want = {"model_id": timm_name or alias_model(self.teacher, self.size), "weights": self.weights or "hub",
@@ -120,9 +126,71 @@ class ExtractOptions(Options):
         file = self.weights and not self.weights.startswith("random")  # the file read last, and only when all else holds
         return store if not file or file_sha256(self.weights) == store.attrs.get("weights_sha256") else None
 
+    def recorded(self, store: "TeacherStore") -> "ExtractOptions":
+        """These options for teacher ``store`` of a made cache as it was extracted (model, weights, resolution, model
+        arguments, codecs, name); the view plan and how to run stay these options'."""
+        info, codecs = store.info, store.codec_specs()
+        summary, patch = codecs["summary"].spec, codecs["patch"].spec if "patch" in codecs else None
+        return replace(self, teacher=f"timm:{info.model_id}", size=None, name=store.name, resolution=info.resolution,
+                       weights=None if info.weights == "hub" else info.weights, model_args=dict(info.model_args),
+                       codec=summary, patch_codec=patch if patch != summary else None, patch=patch is not None)
+
+    def for_teachers(self, cache: "Cache | None") -> list["ExtractOptions"]:
+        """What one extract command extracts: these options, or on a made cache every teacher's recorded options (no
+        --teacher), or one teacher's (--teacher naming one of the cache's teachers, and no model option given)."""
+        names = [n for n in cache.teacher_names() if not cache.unfinished(n)] if cache is not None else []
+        model_options = ("size", "name", "resolution", "weights", "model_args", "patch", "codec", "patch_codec")
+        bare = all(getattr(self, f) == self.__dataclass_fields__[f].default or f == "model_args" and not self.model_args
+                   for f in model_options)
+        if self.teacher is None:
+            if not names:
+                raise UserError("extract needs --teacher (an alias from `unic-cache teachers`, or timm:<model name>); "
+                                "without it, it grows the teachers of a made --cache, and there are none here")
+            return [self.recorded(cache.teacher(n)) for n in names]
+        if self.teacher in names and bare:
+            return [self.recorded(cache.teacher(self.teacher))]
+        return [self]
+
     def default_name(self) -> str:
         """The teacher's name in the cache: --name, or the alias (with -SIZE), or the timm name."""
         if self.name:
             return self.name
         base = self.teacher[5:].split(".")[0] if self.teacher.startswith("timm:") else self.teacher
         return f"{base}-{self.size}" if self.size else base
+
+
+@dataclass
+class Prepared:
+    """What extract checks before any model is loaded, done once per command: the dataset, the cache there (opened,
+    this dataset's; None: none yet) and the teacher when it is already complete there (None: work to do)."""
+
+    source: "Source"
+    existing: "Cache | None"
+    finished: "TeacherStore | None"
+
+
+def prepare(data: str, cache_url: str, opts: ExtractOptions) -> list[tuple[ExtractOptions, Prepared]]:
+    """Check the options, open the dataset and check the cache target, once; then for each teacher the command extracts
+    (``ExtractOptions.for_teachers``) whether it is already complete, clearing the claims a killed run of it left
+    (torch-free: ``unic-cache extract`` says "nothing to do" without loading torch)."""
+    from ..cache.claims import clear_stale
+    from ..cache.sources import open_source
+    from ..cache.store import check_cache_target
+
+    try:
+        opts.check()
+        unknown = None
+    except UnknownTeacher as exc:  # no alias: the name of a teacher of the cache?
+        unknown = exc
+    source = open_source(data)
+    existing = check_cache_target(cache_url, source, mode="a")
+    if unknown is not None and (existing is None or opts.teacher not in existing.teacher_names()):
+        raise unknown
+    out = []
+    for one in opts.for_teachers(existing):
+        one.check_together()
+        finished = one.complete_in(existing)
+        if finished is not None:
+            clear_stale(cache_url)
+        out.append((one, Prepared(source, existing, finished)))
+    return out

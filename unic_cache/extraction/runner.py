@@ -20,21 +20,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
-from ..cache.claims import clean_stale_temp_files
+from ..cache.claims import clean_stale_temp_files, clear_stale
 from ..cache.codecs import kind_codecs
-from ..cache.sources import Source, open_source
+from ..cache.sources import Source
 from ..cache.sizing import check_free_space
-from ..cache.store import Cache, check_cache_target
+from ..cache.store import Cache
 from ..cache.statistics import Moments
 from ..cache.teacher import TeacherStore, UnitDigest
 from ..cache.views import plan_views
+from ..errors import UserError
 from ..models.codecs import DeviceCodec
 from ..models.geometry import Packed, SharedRing, pack
 from ..models.pixels import channels_first, device_views
 from ..models.teachers import build_teacher
-from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, to_device
+from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, share_cores, to_device
 from .calibration import CALIBRATION_VIEWS, calibrate, calibration_views, held_out_views
-from .options import ExtractOptions
+from .options import ExtractOptions, Prepared, prepare
 
 
 @dataclass
@@ -172,22 +173,26 @@ def _open_or_create_cache(source: Source, url: str, opts: ExtractOptions, existi
     return cache
 
 
-def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
-    """Extract one teacher's features for ``data`` into the cache at ``cache_url`` (created if missing)."""
+def extract(data: str, cache_url: str, opts: ExtractOptions, prepared: Prepared | None = None) -> ExtractReport:
+    """Extract one teacher's features for ``data`` into the cache at ``cache_url`` (created if missing); ``prepared``:
+    the checks ``prepare`` made already (the CLI makes them before importing torch)."""
     from tqdm import tqdm
 
-    opts.check()
+    if prepared is None:
+        if opts.teacher is None:
+            raise UserError("extract takes one teacher (teacher=...); `unic-cache extract` without --teacher grows each "
+                            "teacher of a cache in turn (`extraction.options.prepare` lists them)")
+        prepared = prepare(data, cache_url, opts)[0][1]
+    source, existing, finished = prepared.source, prepared.existing, prepared.finished
     rank, world = rank_world(opts.rank, opts.world_size)
     name = opts.default_name()
     codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
     device = pick_device(opts.device)
     workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
-    source = open_source(data)
-    existing = check_cache_target(cache_url, source, mode="a")
-    finished = opts.complete_in(existing)
     if finished is not None:  # nothing to do: said at once, without building the teacher
         return ExtractReport(name, cache_url, finished.units, finished.units, 0, 0, 0.0, True,
                              int(finished.cache.bad.sum()), {"already_complete": True})
+    share_cores(device, workers)
     # the teacher before the cache: bad names or weights fail before a dataset is indexed or a cache written
     teacher = build_teacher(opts.teacher, opts.size, opts.resolution, opts.weights, opts.model_args).to(device)
     cache = _open_or_create_cache(source, cache_url, opts, existing)
@@ -211,14 +216,16 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
     model = prepare_model(teacher, device, opts.compile, opts.channels_last)
     start = time.perf_counter()
     report = ExtractReport(name, cache.url, 0, 0, 0, 0, 0.0, False, int(cache.bad.sum()))
-    for store in groups:
-        done = store.done()
+    dones = [store.done() for store in groups]
+    todo = [(store, done) for store, done in zip(groups, dones) if not done.all()]  # the views this command computes
+    views = ", ".join(f"{s.first_view}-{s.first_view + s.own_views - 1}" for s, _ in todo) or "none"
+    check_free_space(cache.url, sum(s.nbytes_encoded() * float((~done).mean()) for s, done in todo), opts.force,
+                     f"teacher {name} views {views} to compute ({res} px, {teacher.info.grid[0]}x{teacher.info.grid[1]} "
+                     f"tokens of {teacher.info.dim}; {', '.join(f'{kind} {c.spec}' for kind, c in base.codec_specs().items())})",
+                     quiet=not opts.progress or rank != 0)
+    for store, done in zip(groups, dones):
         report.units_total, report.units_done_before = report.units_total + store.units, report.units_done_before + int(done.sum())
         views = f"views {store.first_view}-{store.first_view + store.own_views - 1}"
-        check_free_space(cache.url, store.nbytes_encoded() * float((~done).mean()) if len(done) else 0.0, opts.force,
-                         f"teacher {name} {views} ({res} px, {teacher.info.grid[0]}x{teacher.info.grid[1]} tokens of "
-                         f"{teacher.info.dim}; {', '.join(f'{kind} {c.spec}' for kind, c in store.codec_specs().items())})",
-                         quiet=not opts.progress or rank != 0)
         pending = [u for u in range(store.units) if u % world == rank and not done[u]]
         rows_per_batch = max(1, opts.batch_size // store.own_views)
         batches = [list(rows[i:i + rows_per_batch]) for u in pending for rows in store.unit_shards(u)
@@ -233,6 +240,7 @@ def extract(data: str, cache_url: str, opts: ExtractOptions) -> ExtractReport:
             _run_units(loader, model, store, pending, device, opts.channels_last, report, bar)
     report.seconds = time.perf_counter() - start
     report.complete = all([store.finalize() or store.complete for store in groups])  # in order: a block's merge needs the teacher's
+    clear_stale(cache.url)
     return report
 
 

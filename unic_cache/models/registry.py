@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..errors import UnknownTeacher, UserError
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def alias_model(teacher: str, size: str | None = None) -> str:
     """The timm model id of an alias at ``size`` (its default size when None); unknown ones are one-line errors."""
     family = FAMILIES.get(teacher)
     if family is None:
-        raise UserError(f"unknown teacher {teacher!r}; use one of {', '.join(FAMILIES)} or timm:<model name>")
+        raise UnknownTeacher(f"unknown teacher {teacher!r}; use one of {', '.join(FAMILIES)} or timm:<model name>")
     size = size or family.default
     if size not in family.sizes:
         raise UserError(f"teacher {teacher} has no size {size!r}; sizes: {', '.join(family.sizes)}")

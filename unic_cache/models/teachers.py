@@ -208,13 +208,13 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
     model_id = resolve(teacher, size)
     model_args = dict(model_args or {})
     resolution = default_resolution(teacher, resolution)
-    weights = weights or packaged_weights(model_id)
+    given, weights = weights, weights or packaged_weights(model_id)
     try:
         model, dropped = _create(model_id, weights, resolution, model_args)
         model.eval()
     except TypeError as exc:
         raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
-    if dropped:
+    if dropped and given:  # a file the user gave (a packaged one's classifier is known, and no news)
         import sys
 
         print(f"note: {len(dropped)} classifier tensor(s) of {weights} not used by the encoder: "

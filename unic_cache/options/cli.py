@@ -27,7 +27,7 @@ def _one_line(exc: BaseException) -> str:
 
 def user_errors(fn):
     """Print a UserError as one line on stderr and exit with code 2, without a traceback; a run stopped by
-    Ctrl-C or SIGTERM says how to continue it and exits with 130."""
+    Ctrl-C or SIGTERM says how to continue it and exits with 128 + the signal (130, 143)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -38,7 +38,7 @@ def user_errors(fn):
             raise typer.Exit(2) from None
         except RunInterrupted as exc:
             typer.echo(f"interrupted: {exc}", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: what was finished is kept; run the same command to continue", err=True)
             raise typer.Exit(130) from None
@@ -82,10 +82,16 @@ def _cli_annotation(f: dataclasses.Field, kind: Any):
                                                            metavar="TEXT")]
     if base is bool:
         flag = meta["flag"] or f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"
-        return Annotated[Optional[bool], typer.Option(flag, help=help_text, show_default=False)]
+        on, off = flag.split("/") if "/" in flag else (flag, None)
+        said = f" (default: {on if default else off})" if off and default is not None else ""
+        return Annotated[Optional[bool], typer.Option(flag, help=meta["help"] + said, show_default=False)]
     if base is tuple:
-        return Annotated[Optional[kind], typer.Option(flag_name(f), help=help_text, show_default=False)]
-    return Annotated[Optional[base], typer.Option(flag_name(f), help=help_text, show_default=False)]
+        return Annotated[Optional[kind], typer.Option(flag_name(f), help=help_text, show_default=False,
+                                                      metavar=" ".join(METAVARS[t] for t in typing.get_args(kind)))]
+    return Annotated[Optional[base], typer.Option(flag_name(f), help=help_text, show_default=False, metavar=METAVARS[base])]
+
+
+METAVARS = {str: "TEXT", int: "INT", float: "FLOAT"}  # how a value is shown in --help (not Python's type names)
 
 
 def _set_example(cls: type) -> str:
@@ -109,10 +115,10 @@ def options_command(app: typer.Typer, name: str, cls: type, run: Callable[..., N
                                         annotation=_cli_annotation(f, kinds[f.name]), default=None))
     params += [
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-            Optional[str], typer.Option("--config", help="YAML file with any of these options (their field names); "
+            Optional[str], typer.Option("--config", metavar="FILE.yaml", help="YAML file with any of these options (their field names); "
                                                          "--set and flags override it.")]),
         inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-            Optional[list[str]], typer.Option("--set", help=f"Override one option by its field name: --set {_set_example(cls)} "
+            Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help=f"Override one option by its field name: --set {_set_example(cls)} "
                                                             "(repeatable).")]),
     ]
 

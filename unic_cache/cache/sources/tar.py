@@ -12,6 +12,7 @@ from ...errors import UserError
 from ..pixels import CURRENT, PixelPipeline
 from .base import IMAGE_EXTS, LabelRecords, Row, Source, _check_decodes, content_digest, member_key
 
+SAMPLE_FIELDS = {"__key__", "__url__", "__local_path__"}  # what webdataset puts in every sample: no member may add one
 MAX_GAP = 4 << 20  # bytes between two samples read in one request; a larger gap starts a new request
 
 
@@ -39,9 +40,11 @@ class TarSource(Source):
                                         "unique: re-pack the shard with one sample per key")
                     if key != previous:
                         extensions = set()
-                    if ext in extensions:
-                        raise UserError(f"member {info.name!r} appears twice in a row in {name} (webdataset refuses it as "
-                                        "a duplicate file name); re-pack the shard with one member per name")
+                    if ext in extensions or ext in SAMPLE_FIELDS:
+                        why = (f"its extension {ext!r} is a field webdataset gives every sample" if ext in SAMPLE_FIELDS
+                               else "it appears twice in a row")
+                        raise UserError(f"member {info.name!r} in {name}: {why}, so webdataset refuses it as a duplicate "
+                                        "file name; re-pack the shard with one member per name, none named like that")
                     extensions.add(ext)
                     previous = key
                     if key not in seen:
@@ -49,6 +52,10 @@ class TarSource(Source):
                         rows.append(Row(key, -1, 0, 0, 0, "no image member", 0))
                     is_plain = ext in IMAGE_EXTS
                     if ext.rsplit(".", 1)[-1] in IMAGE_EXTS and (rows[seen[key]].offset < 0 or is_plain and key not in plain):
+                        if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+                            raise UserError(f"member {info.name!r} in {name} is stored sparse (tar --sparse), so its bytes "
+                                            "are not one range of the shard; re-pack the shard without --sparse (e.g. "
+                                            "`tar --format=ustar -cf`, or webdataset's TarWriter)")
                         if is_plain:
                             plain.add(key)
                         f.seek(info.offset)
@@ -152,7 +159,10 @@ def member_name(chain: bytes) -> str | None:
     pos, pax_path, long_name = 0, None, None
     while pos + 512 <= len(chain):
         header = chain[pos:pos + 512]
-        size, kind = _number(header[124:136]), header[156:157]
+        try:
+            size, kind = _number(header[124:136]), header[156:157]
+        except ValueError:  # not a tar header: other bytes than when indexed
+            return None
         body = chain[pos + 512:pos + 512 + size]
         if kind in (b"x", b"g"):  # pax records: "LENGTH KEY=VALUE\n"
             at = 0
