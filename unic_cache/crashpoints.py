@@ -26,7 +26,7 @@ class _Points:
     """The audit hook: counts the points under ``root``, logs them, and kills the process at the chosen one."""
 
     def __init__(self, root: str, log: str | None, at: int | None):
-        self.root, self.log, self.at = os.path.abspath(root) + os.sep, log, at
+        self.root, self.log, self.at = os.path.abspath(root) + os.sep, log and os.path.abspath(log), at
         self.count, self.lock = 0, threading.Lock()
 
     def _under(self, path) -> str | None:

@@ -102,9 +102,7 @@ class Runner:
         """Run the command to the end, and return its points under ``root`` in order (``event path``)."""
         if os.path.exists(log):
             os.remove(log)
-        code = self.run(args, output, root, log)
-        if code != 0:
-            raise RuntimeError(f"the uninterrupted command failed ({code}): {open(output).read()[-2000:]}")
+        self.run_ok(args, output, root, log)
         with open(log) as f:
             return f.read().splitlines()
 
@@ -121,26 +119,25 @@ class Runner:
         prepare()
         points = self.points(args, root, log, output)
         for command in after:
-            self._check(command, output)
+            self.run_ok(command, output)
         shutil.rmtree(reference, ignore_errors=True)
         shutil.copytree(root, reference)
         trials = []
         for at in (pick(points) if pick else range(1, len(points) + 1)):
             prepare()
             killed = self.run(args, output, root, at=at) == -signal.SIGKILL
-            code, said = self.run(args, output), ""
-            with open(output) as f:
-                said = f.read().strip()
+            code = self.run(args, output)
             for command in after if code == 0 else ():
                 code = self.run(command, output)
-                with open(output) as f:
-                    said = f.read().strip()
+            with open(output) as f:
+                said = f.read().strip()  # the last command's
             differ = tree_differences(reference, root, ignore) if code == 0 else []
             trials.append(Trial(at, points[at - 1], killed, code, differ, said[-500:], zarr_temp_files(root)))
         return len(points), trials
 
-    def _check(self, args: list[str], output: str) -> None:
-        if self.run(args, output) != 0:
+    def run_ok(self, args: list[str], output: str, root: str | None = None, log: str | None = None) -> None:
+        """Run ``unic-cache ARGS`` (as ``run``), which must succeed."""
+        if self.run(args, output, root, log) != 0:
             with open(output) as f:
                 raise RuntimeError(f"unic-cache {' '.join(args)} failed: {f.read()[-2000:]}")
 
