@@ -25,11 +25,10 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
         "integrity": "crc32c on every chunk, image digests" if cache.checksummed
         else "unchecked (format 1: no checksums, no image digests)",
     }
-    teachers = []
+    teachers, unfinished = [], []
     for name in cache.teacher_names():
         if cache.unfinished(name):
-            dataset["unfinished teachers"] = dataset.get("unfinished teachers", "") + (
-                f"{name} (its addition was interrupted: the same extract command makes it) ")
+            unfinished.append(name)
             continue
         store = cache.teacher(name)
         info, done = store.info, store.done()
@@ -52,6 +51,8 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
                          for kind, f in store.codecs.items() if f.fidelity},
             "warnings": _teacher_warnings(store),
         })
+    if unfinished:
+        dataset["unfinished teachers"] = f"{', '.join(unfinished)} (interrupted additions: the same extract makes them)"
     return dataset, teachers
 
 

@@ -162,7 +162,8 @@ class TeacherStore:
     def blocks(self) -> list["TeacherStore"]:
         """The view blocks added to this teacher, in view order (complete or not; one whose addition is unfinished,
         having no seal yet, is left out: ``unfinished_blocks``)."""
-        return [self.cache.teacher(f"{self.name}/{n}") for n in self._block_names() if n not in self.unfinished_blocks()]
+        unfinished = self.unfinished_blocks()  # seals looked up once, not once per block
+        return [self.cache.teacher(f"{self.name}/{n}") for n in self._block_names() if n not in unfinished]
 
     def unfinished_blocks(self) -> list[str]:
         """The view blocks being added, or whose addition was interrupted (the same extract command makes them)."""

@@ -189,8 +189,7 @@ def prepare(data: str, cache_url: str, opts: ExtractOptions) -> list[tuple[Extra
     out = []
     for one in opts.for_teachers(existing):
         one.check_together()
-        finished = one.complete_in(existing)
-        if finished is not None:
-            clear_stale(cache_url)
-        out.append((one, Prepared(source, existing, finished)))
+        out.append((one, Prepared(source, existing, one.complete_in(existing))))
+    if any(prepared.finished is not None for _, prepared in out):
+        clear_stale(cache_url)  # once for the command, not once per teacher found complete
     return out
