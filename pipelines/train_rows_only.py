@@ -1,4 +1,4 @@
-"""Distil on the train rows only, evaluate on the whole world: does seeing val/test images matter?
+"""Distil on the train rows only (or on another world), evaluate on the whole world: does seeing val/test images matter?
 
 A pipeline's students are distilled on every image of its world (label-free, but val and test images
 included). This script asks whether that flatters them: it copies the world's shards keeping only the rows
@@ -9,7 +9,16 @@ teachers read from the pipeline's own cache, exactly as `unic-cache run` does. T
 teachers and whole-world cache are made first where they are missing; a second run resumes (finished
 students are kept, an interrupted one continues).
 
+With ``data.distill_on`` (shapes options of another world of the same generator: the distillation set) the
+students distil on that world instead, all of it, at the arms' own epochs, and the pipeline's world is only
+probed: its split gives the probes thousands of rows to fit and score on while the students see none of them
+(the powered reuse grids, ``pipelines/reuse-powered*.yaml``); its cache then holds view 0 only (what eval reads).
+
+Results accumulate: every finished student under ``<out>/train-rows/runs`` is evaluated (scores kept beside each
+run), so calls that add arms (``--arm``) or seeds (``--seeds``) extend the table instead of rewriting it.
+
     python pipelines/train_rows_only.py pipelines/shapes-world1.yaml --arm unic= --arm views-1=views:1
+    python pipelines/train_rows_only.py pipelines/reuse-powered.yaml --arm k8-e100 --arm online-e100 --seeds 0-9 --set distill.workers=0
     # writes <out>/train-rows/{data,cache.zarr,runs,train-rows.md,json,png} and prints the table
 """
 
@@ -24,6 +33,7 @@ import yaml
 
 from unic_cache import load_config
 from unic_cache.cache.sources import member_key, open_source
+from unic_cache.distillation.exported import is_finished
 from unic_cache.evaluation.labels import read_split
 from unic_cache.pipeline import Pipeline
 
@@ -56,47 +66,92 @@ def _weights(out: Path, name: str, spec: dict) -> str | None:
     return spec.get("weights")
 
 
+def seed_list(spec: str) -> list[int]:
+    """``0-9`` or ``0,1,5`` -> seeds."""
+    seeds = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        seeds += list(range(int(first), int(last or first) + 1))
+    return seeds
+
+
+def parse_arms(specs: list[str], config: dict, parser: argparse.ArgumentParser) -> dict[str, dict]:
+    """``--arm NAME`` (an arm of the pipeline) or ``--arm NAME=OPTION:VALUE,...`` (``NAME=``: the pipeline's recipe)."""
+    pipeline_arms, arms = config.get("arms") or {}, {}
+    for spec in specs:
+        arm, given, options = spec.partition("=")
+        if not given:
+            if arm not in pipeline_arms:
+                parser.error(f"--arm {arm}: the pipeline has no such arm; it has {', '.join(pipeline_arms) or 'none'}")
+            arms[arm] = pipeline_arms[arm] or {}
+            continue
+        pairs = [o.split(":", 1) for o in options.split(",") if o]
+        if not arm or any(len(p) != 2 for p in pairs):
+            parser.error(f"--arm {spec!r}: write NAME (an arm of the pipeline) or NAME=OPTION:VALUE,...")
+        arms[arm] = {k: yaml.safe_load(v) for k, v in pairs}
+    return arms or pipeline_arms or {"student": {}}
+
+
+def finished_runs(runs: Path, first: list[str]) -> dict[str, list[Path]]:
+    """Every finished student under ``runs`` (``<arm>/seed-<n>``), arms in ``first``'s order then by name."""
+    found: dict[str, list[Path]] = {}
+    for folder in sorted(runs.glob("*/seed-*"), key=lambda p: (p.parent.name, int(p.name.split("-")[1]))):
+        if is_finished(folder):
+            found.setdefault(folder.parent.name, []).append(folder)
+    order = [a for a in first if a in found] + sorted(a for a in found if a not in first)
+    return {a: found[a] for a in order}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("pipeline", help="a pipeline YAML (its world, teachers and whole-world cache are made first "
                                          "where they are not there yet)")
     parser.add_argument("--arm", action="append", default=[],
-                        help="NAME=OPTION:VALUE,... distill options of an arm over the pipeline's (NAME= for none); "
-                             "default: the pipeline's arms")
+                        help="NAME (an arm of the pipeline) or NAME=OPTION:VALUE,... (distill options over the "
+                             "pipeline's; NAME= for none); default: the pipeline's arms")
+    parser.add_argument("--seeds", help="seeds to distil, e.g. 0-9 or 0,1,2 (default: the pipeline's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline key, as unic-cache run --set does (e.g. distill.workers=0)")
     args = parser.parse_args()
-    config = load_config(args.pipeline)
+    config = load_config(args.pipeline, args.set)
     out, name = Path(config["out"]), "train-rows"
-    whole = Pipeline(config)
+    other_world = config["data"].get("distill_on")
+    probed = {**config, "cache": {**(config.get("cache") or {}), "views": 1}} if other_world else config
+    whole = Pipeline(probed)
     data, folder = Path(whole.data()), out / name
     for teacher, spec in config["teachers"].items():  # trained, and extracted on the whole world, once
         whole.teacher(str(data), teacher, spec)
-    arms = {}
-    for spec in args.arm:
-        arm, _, options = spec.partition("=")
-        pairs = [o.split(":", 1) for o in options.split(",") if o]
-        if not arm or any(len(p) != 2 for p in pairs):
-            parser.error(f"--arm {spec!r}: write NAME=OPTION:VALUE,... (NAME= for the pipeline's recipe)")
-        arms[arm] = {k: yaml.safe_load(v) for k, v in pairs}
-    arms = arms or config.get("arms") or {"student": {}}
+    arms = parse_arms(args.arm, config, parser)
+    seeds = seed_list(args.seeds) if args.seeds else [int(s) for s in config.get("seeds") or [0]]
     teachers = {t: {k: v for k, v in spec.items() if k != "train"} | {"weights": _weights(out, t, spec)}
                 for t, spec in config["teachers"].items()}
-    if (folder / "data" / "split.json").exists():  # copied by an earlier run of this script (it is copied last)
-        rows, total = (open_source(str(path)).index(progress=False).n for path in (folder / "data", data))
-    elif folder.exists():
-        raise SystemExit(f"{folder} exists but holds no finished copy of the train rows; delete it to run again")
+    subset = {**config, "name": name, "out": str(folder), "cache": {**(config.get("cache") or {}),
+              "path": str(folder / "cache.zarr")}, "teachers": teachers}
+    if other_world:  # the distillation set: another world of the generator, all of it, at the arms' epochs
+        subset["data"] = {"shapes": other_world}
+        distil = Pipeline(subset, progress=False)
+        distil_data = Path(distil.data())
+        rows, total = (open_source(str(path)).index(progress=False).n for path in (distil_data, data))
     else:
-        rows, total = copy_train_rows(data, folder / "data")
-    subset = {**config, "name": name, "out": str(folder), "data": {"path": str(folder / "data")},
-              "cache": {**(config.get("cache") or {}), "path": str(folder / "cache.zarr")}, "teachers": teachers}
-    subset["distill"] = {**config["distill"], "epochs": round(config["distill"]["epochs"] * total / rows)}  # same steps
-    distil = Pipeline(subset, progress=False)
+        if (folder / "data" / "split.json").exists():  # copied by an earlier run of this script (it is copied last)
+            rows, total = (open_source(str(path)).index(progress=False).n for path in (folder / "data", data))
+        elif folder.exists():
+            raise SystemExit(f"{folder} exists but holds no finished copy of the train rows; delete it to run again")
+        else:
+            rows, total = copy_train_rows(data, folder / "data")
+        subset["data"] = {"path": str(folder / "data")}
+        subset["distill"] = {**config["distill"], "epochs": round(config["distill"]["epochs"] * total / rows)}  # same steps
+        distil, distil_data = Pipeline(subset, progress=False), folder / "data"
     for teacher, spec in subset["teachers"].items():
-        distil.teacher(str(folder / "data"), teacher, spec)
-    runs = {arm: [distil.distill_arm(str(folder / "data"), arm, o, int(s)) for s in config.get("seeds") or [0]]
-            for arm, o in arms.items()}
-    results = Pipeline(config, progress=False).evaluate(str(data), runs)  # the whole world, teachers from its cache
+        distil.teacher(str(distil_data), teacher, spec)
+    for arm, options in arms.items():
+        for seed in seeds:
+            distil.distill_arm(str(distil_data), arm, options, seed)
+    runs = finished_runs(folder / "runs" / name, [*(config.get("arms") or {}), *arms])
+    results = whole.evaluate(str(data), runs)  # the whole world, teachers from its cache
     results.save(folder, name)
-    print(f"train rows: {rows} of {total}; distill epochs {subset['distill']['epochs']} (the pipeline's: "
+    where = f"distilled on another world of {rows} rows" if other_world else f"train rows: {rows} of {total}"
+    print(f"{where}; probed on {total} rows; distill epochs {subset['distill']['epochs']} (the pipeline's: "
           f"{config['distill']['epochs']})\n")
     print(results.markdown())
 

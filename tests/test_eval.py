@@ -199,3 +199,28 @@ def test_the_split_is_read_from_beside_the_data(shapes_dir, tmp_path):
         read_split(open_source(str(copy)))
     (copy / "split.json").unlink()
     assert read_split(open_source(str(copy))) == SplitRule()
+
+
+def test_head_agreement_rises_with_training_and_says_when_val_rows_were_distilled_on(world, tmp_path):
+    """eval's label-free measure: a student trained longer predicts its teachers' cached targets better on the
+    rows it distilled on, every target of the run is compared, and rows of the run's own cache count as seen."""
+    from unic_cache import EvalOptions, distill
+    from unic_cache.evaluation.agreement import GROUPS
+    from unic_cache.evaluation.evaluate import Evaluator
+
+    from .conftest import config
+
+    root, cache = world
+    runs = {}
+    for name, steps in (("short", 1), ("long", 60)):
+        distill(config(world, tmp_path / name, steps=steps, teacher_drop=0.0))
+        runs[name] = str(tmp_path / name)
+    ev = Evaluator(EvalOptions(data=str(root / "data"), cache=cache, progress=False, tasks=["shape"]))
+    reports = {name: ev.student_scores(run, name)["agreement"] for name, run in runs.items()}
+    targets = set(json.loads((tmp_path / "long" / "config.json").read_text())["targets"])
+    assert set(reports["long"]) == targets and len(targets) == 4
+    for target, metrics in reports["long"].items():
+        assert metrics["seen"] == 1.0
+        assert {f"{m}_{g}" for m in ("cosine", "error") for g in GROUPS} <= set(metrics)
+        assert metrics["cosine_distilled"] > reports["short"][target]["cosine_distilled"] + 0.05, (target, metrics)
+        assert metrics["error_distilled"] < reports["short"][target]["error_distilled"], (target, metrics)

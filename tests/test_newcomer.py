@@ -46,11 +46,11 @@ def test_alias_size_and_typos_before_torch(shapes_dir, tmp_path):
         ExtractOptions(teacher="deit3:base", size="small")
     code = BLOCK_TORCH + f"""
 from unic_cache.cli import main
-sys.argv = ["unic-cache", "extract", {str(shapes_dir)!r}, "--cache", {str(tmp_path / 'c.zarr')!r}, "--teacher", "dinov3"]
+sys.argv = ["unic-cache", "extract", {str(shapes_dir)!r}, "--cache", {str(tmp_path / 'c.zarr')!r}, "--teacher", "dinov9"]
 main()
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD)
-    assert result.returncode == 2 and "unknown teacher 'dinov3'" in result.stderr and result.stderr.count("\n") == 1
+    assert result.returncode == 2 and "unknown teacher 'dinov9'" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_help_keeps_codec_spellings_and_set_examples_are_real_options():

@@ -179,7 +179,7 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     assert np.isfinite(distiller.run()["loss"])
 
 
-@pytest.mark.parametrize("path", ["unic_cache/configs/demo.yaml", "pipelines/unic_in1k.yaml"])
+@pytest.mark.parametrize("path", ["unic_cache/configs/demo.yaml", "pipelines/unic_in1k.yaml", "pipelines/radio_teachers.yaml"])
 def test_the_shipped_recipes_replay_each_view_within_the_limit_the_tool_warns_at(path):
     """The demo and UNIC's ImageNet recipe follow the tool's own rule: distill warns above REPLAY_LIMIT replays."""
     from pathlib import Path
@@ -193,7 +193,8 @@ def test_the_shipped_recipes_replay_each_view_within_the_limit_the_tool_warns_at
 
 @pytest.mark.parametrize("name", ["shapes", "ablations", "shapes-world1", "ablations-world1", "crops", "dense",
                                   "views", "views-world1", "codecs", "unic_in1k", "reuse", "reuse-world1",
-                                  "reuse-pca", "reuse-pca-world1"])
+                                  "reuse-pca", "reuse-pca-world1", "reuse-powered", "reuse-powered-world1",
+                                  "radio_teachers"])
 def test_shipped_pipelines_are_valid(name):
     from pathlib import Path
 

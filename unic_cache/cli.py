@@ -40,21 +40,24 @@ def teachers_cmd(
                                                                           "as extract).")] = None,
 ) -> None:
     """List teacher aliases with their timm ids, dims and token grids (builds no weights). Aliases run at 224 px
-    (UNIC's set-up), not the hub model's native size, unless extract is given --resolution."""
-    from .models.registry import ALIAS_RESOLUTION, FAMILIES, alias_shape
+    (UNIC's set-up; SAM at 1024), not the hub model's native size, unless extract is given --resolution."""
+    from .models.registry import FAMILIES, SHAPES, alias_shape
 
     rows = []
     for family in FAMILIES.values():
         for size, model_id in family.sizes.items():
-            info = alias_shape(family.alias, size, resolution or ALIAS_RESOLUTION)
+            info = alias_shape(family.alias, size, resolution or family.resolution)
+            about = f"{family.about}; summary: {family.summary}" if size == family.default else ""
             rows.append((family.alias, size + ("*" if size == family.default else ""), model_id, str(info.dim),
-                         "x".join(str(g) for g in info.grid), str(info.resolution), family.about))
-    head = ("alias", "size", "timm id", "dim", "grid", "res", "about")
+                         "x".join(str(g) for g in info.grid), str(SHAPES[model_id][2]), str(info.resolution), about))
+    head = ("alias", "size", "timm id", "dim", "grid", "prefix", "res", "about")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
     for row in [head, *rows]:  # text columns left-aligned, numbers right-aligned, every row to the same widths
-        cells = [v.rjust(w) if i in (3, 4, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))]
+        cells = [v.rjust(w) if i in (3, 4, 5, 6) else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))]
         typer.echo(" ".join(cells) + "  " + row[-1])
-    typer.echo("* default size. Any other timm model: --teacher timm:<name> (at its own resolution unless --resolution).")
+    typer.echo("* default size. prefix: CLS and register tokens, never stored as patch tokens. Any other model: "
+               "--teacher timm:<name>, local-dir:FOLDER (a timm / Hugging Face model folder, e.g. a student's model/) "
+               "or hf-hub:REPO, at its own resolution unless --resolution.")
 
 
 def _extract(opts, data: str, cache: str) -> None:

@@ -54,8 +54,8 @@ def _check_same_teacher(name: str, store: TeacherStore, spec: dict, weights: str
                          extract_opts.get("patch", ExtractOptions.patch))
     want = {"model_id": resolve(spec["teacher"], spec.get("size")), "model_args": spec.get("model_args", {}),
             **({"resolution": spec["resolution"]} if spec.get("resolution") is not None else {})}
-    if weights is not None and weights.split(":")[0] == "random":
-        want["weights"] = weights
+    if weights is None or weights.split(":")[0] == "random":  # the hub's (its digest is the cached file's), or seeded
+        want["weights"] = weights or "hub"
     else:
         want["weights_sha256"] = file_sha256(weights) if weights is not None and Path(weights).is_file() else ""
     have = {k: store.attrs.get(k, "" if k == "weights_sha256" else None) for k in want}
@@ -185,7 +185,7 @@ class Pipeline:
                 model = f"{arm}/{folder.name}"
                 saved = folder / "eval.json"
                 fresh = saved.exists() and saved.stat().st_mtime >= student_weights(folder).stat().st_mtime
-                scores = self._kept(saved, key, lambda: ev.scores(ev.student_features(str(folder), model), model), model, fresh)
+                scores = self._kept(saved, key, lambda: ev.student_scores(str(folder), model), model, fresh)
                 results.add(arm, "student", scores)
                 add_scores_to_card(folder, score_card(ev, teachers, model, scores))
         return results
@@ -206,6 +206,9 @@ class Pipeline:
         """Every step in order up to ``until`` (one of ``STEPS``)."""
         if until not in STEPS:
             raise UserError(f"--until takes one of {', '.join(STEPS)}, got {until!r}")
+        if "distill_on" in self.config["data"]:
+            raise UserError("data.distill_on (students distilled on another world than the one probed) is run by "
+                            "pipelines/train_rows_only.py; unic-cache run distils on the world itself")
         check_results_folder(self.out, PIPELINE_FOLDERS, "a pipeline")
         data = self.data()
         for name, spec in self.config["teachers"].items() if until != "data" else ():

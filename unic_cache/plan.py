@@ -70,7 +70,7 @@ class PlanOptions(Options):
 
 def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
     """One ``TeacherSize`` per teacher of ``opts``, and the cache's own arrays (index, view plan)."""
-    from .models.registry import alias_shape, default_resolution, split_alias
+    from .models.registry import MODEL_PREFIXES, alias_shape, default_resolution, split_alias
 
     opts.check()
     codecs = kind_codecs(opts.codec, opts.patch_codec, opts.patch)
@@ -78,7 +78,7 @@ def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
     for spec in opts.teachers:
         teacher, size = split_alias(spec, None)
         args = opts.teacher_args(spec)
-        if teacher.startswith("timm:") or args:  # any timm model: built on the meta device
+        if teacher.startswith(MODEL_PREFIXES) or args:  # a named model: built on the meta device
             from .models.teachers import teacher_shape
 
             infos.append(teacher_shape(teacher, size, opts.resolution, args))

@@ -21,7 +21,7 @@ class TeacherInfo:
     """What a cache records about a teacher (its attrs) and what stage 2 needs to use its features."""
 
     model_id: str
-    weights: str  # "hub", "random[:SEED]", or the weight file's path
+    weights: str  # "hub" (the model's own: the hub, its local cache, a local-dir folder), "random[:SEED]", or a file
     weights_sha256: str
     resolution: int
     mean: tuple[float, float, float]
@@ -29,7 +29,7 @@ class TeacherInfo:
     grid: tuple[int, int]
     prefix_tokens: int
     dim: int
-    summary_kind: str  # "cls" or "pooled"
+    summary_kind: str  # "cls" or "pooled" (models.registry.summary_kind)
     model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
 
     @property

@@ -21,15 +21,16 @@ from ..errors import UserError
 from ..models.pixels import PixelNorm
 from ..distillation.exported import add_scores_to_card, load_student
 from ..runtime import pick_device, share_cores
+from .agreement import HeadAgreement
 from .dense import dense_probe, pool_majority, view_maps
 from .images import EvalViews, eval_params
 from .labels import Labels, read_labels, read_split
 from .options import EvalOptions
 from .probes import kmeans_nmi, knn_accuracy, linear_probe, ridge_r2
-from .results import Results
+from .results import AGREEMENT, Results
 
 
-EVAL_FORMAT = 3  # changes whenever the scores of the same model and data would change
+EVAL_FORMAT = 4  # 4: a student's head agreement (``agreement``) beside its probes; changes whenever the scores of the same model and data would change
 
 
 @dataclass
@@ -105,6 +106,12 @@ class Evaluator:
         grid = tuple(encoder.patch_embed.grid_size)
         return Features(torch.cat(summary), torch.cat(tokens) if self.dense else None, grid, resolution)
 
+    def student_scores(self, run: str, name: str) -> dict:
+        """A student's probe scores (``scores``) and, under ``AGREEMENT``, its heads' agreement with this cache's
+        targets (``agreement.HeadAgreement``)."""
+        scores = self.scores(self.student_features(run, name), name)
+        return {**scores, AGREEMENT: HeadAgreement(run, self.device).report(self.cache, self.opts.data, self.split, self.rows)}
+
     def token_labels(self, task: str, resolution: int, grid: tuple[int, int]) -> torch.Tensor:
         """(rows, tokens) int64 labels of a dense task at a model's input resolution and token grid (-1: none)."""
         key = (task, resolution, grid)
@@ -158,8 +165,7 @@ def evaluate(opts: EvalOptions) -> Results:
         raise UserError("nothing to evaluate: the cache has no teachers and no --student was given")
     teachers: dict[str, dict] = {}
     for name, kind, run in models:  # teachers first: a student's model card shows them beside it
-        feats = ev.teacher_features(name) if kind == "teacher" else ev.student_features(run, name)
-        scores = ev.scores(feats, name)
+        scores = ev.scores(ev.teacher_features(name), name) if kind == "teacher" else ev.student_scores(run, name)
         results.add(name, kind, scores)
         if kind == "teacher":
             teachers[name] = scores

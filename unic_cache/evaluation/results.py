@@ -22,6 +22,7 @@ from ..records import refuse_foreign
 METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi": "k-means NMI", "r2": "ridge R²",
            "miou": "dense linear probe mIoU"}
 TOLERANCE = 2.0  # points
+AGREEMENT = "agreement"  # a student's heads against its teachers' targets (``evaluation.agreement``)
 
 
 def model_colours(n: int) -> np.ndarray:
@@ -59,12 +60,35 @@ class Results:
     split: dict | None = None  # the split rule the scores were made with
 
     def add(self, model: str, kind: str, scores: dict[str, dict[str, float]]) -> None:
+        """One seed's scores of ``model``: {task: {metric: value}}, and for a student its heads' agreement with
+        the teachers' targets under ``"agreement"`` ({target: {metric: value}}, kept apart from the tasks)."""
         entry = self.models.setdefault(model, {"kind": kind, "scores": {}})
         if entry["kind"] != kind:
             raise UserError(f"{model!r} names both a teacher and a student; give the student (or arm) another name")
         for task, metrics in scores.items():
-            for metric, value in metrics.items():
-                entry["scores"].setdefault(task, {}).setdefault(metric, []).append(float(value))
+            kept = entry.setdefault(AGREEMENT, {}) if task == AGREEMENT else entry["scores"]
+            for name, values in (metrics.items() if task == AGREEMENT else [(task, metrics)]):
+                for metric, value in values.items():
+                    kept.setdefault(name, {}).setdefault(metric, []).append(float(value))
+
+    def agreement(self, model: str, target: str, metric: str) -> np.ndarray:
+        """A student's head agreement per seed (``evaluation.agreement``); [nan] when it has none."""
+        return np.asarray(self.models[model].get(AGREEMENT, {}).get(target, {}).get(metric, [np.nan]))
+
+    def agreement_table(self) -> list[str]:
+        """Markdown rows: per student and target, cosine and standardised error of its heads on the rows it
+        distilled on and on val and test rows (empty when no student has them)."""
+        rows = [(m, t) for m in self.of_kind("student") for t in self.models[m].get(AGREEMENT, {})]
+        if not rows:
+            return []
+        cols = [f"{metric}_{group}" for metric in ("cosine", "error") for group in ("distilled", "val", "test")]
+        lines = ["| student | target | " + " | ".join(c.replace("_", " ") for c in cols) + " | val rows distilled on |",
+                 "|" + "---|" * (len(cols) + 3)]
+        for m, t in rows:
+            seen = "yes" if float(self.agreement(m, t, "seen").max()) > 0 else "no"
+            cells = [self._cell(self.agreement(m, t, c), 3) for c in cols]
+            lines.append(f"| {m} | {t} | " + " | ".join(cells) + f" | {seen} |")
+        return lines
 
     def headline(self, task: str, split: str = "test") -> str:
         metric = "miou" if task in self.dense else "linear" if self.tasks[task] > 0 else "r2"
@@ -102,10 +126,11 @@ class Results:
                       "average_gap": avg_gap, "beats_every_teacher_on_average": avg_gap > 0}
         return out
 
-    def _cell(self, values: np.ndarray) -> str:
+    def _cell(self, values: np.ndarray, digits: int = 1) -> str:
         if np.isnan(values).any():
             return "–"
-        return f"{values.mean():.1f}" if len(values) == 1 else f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+        m, d = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+        return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {d:.{digits}f}"
 
     def table(self, split: str = "test") -> list[str]:
         """Markdown rows of the headline table on ``split`` (test or val): models x tasks + average."""
@@ -142,6 +167,11 @@ class Results:
                 lines.append(f"| {m} | " + " | ".join(self._cell(self.values(m, t, metric)) for t, metric in extra) + " |")
             lines += ["", "kNN: k=20, cosine, temperature-weighted vote, neighbours from the train and val splits, scored on "
                       "the test split; NMI: k-means (k = classes) on L2-normalised features of the test split."]
+        agreement = self.agreement_table()
+        if agreement:
+            lines += ["", "Label-free: how well each student's heads predict its teachers' cached targets (view 0, in the "
+                      "standardised space of the loss): mean cosine (1 is exact) and mean squared error per dimension "
+                      "(1 is the teachers' mean), on rows it distilled on and on val and test rows:", "", *agreement]
         for s, c in self.claims().items():
             worst = min(c["gap_to_best_teacher"], key=c["gap_to_best_teacher"].get)
             lines += ["", f"**{s}**: within {TOLERANCE:g} points of the best teacher on every task: "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from ..cache.codecs import EXAMPLES, codec_problem, value_kinds
 from ..cache.views import ViewPlan, ViewPolicy
 from ..errors import UnknownTeacher, UserError
 from ..records import differences
-from ..models.registry import alias_model, split_alias, weights_problem
+from ..models.registry import MODEL_PREFIXES, alias_model, model_spec, release_problem, split_alias, weights_problem
 from ..options import Options, at_least, key_values, option, storage_option
 
 if TYPE_CHECKING:
@@ -24,8 +25,9 @@ class ExtractOptions(Options):
 
     command = "extract"
 
-    teacher: str | None = option(None, "Teacher alias (see `unic-cache teachers`), ALIAS:SIZE (deit3:base), or timm:<model "
-                                       "name>; on a made cache, the name of one of its teachers alone (its recorded "
+    teacher: str | None = option(None, "Teacher alias (see `unic-cache teachers`), ALIAS:SIZE (deit3:base), timm:<model "
+                                       "name>, local-dir:FOLDER (a timm / Hugging Face model folder, e.g. a student's "
+                                       "model/) or hf-hub:REPO; on a made cache, the name of one of its teachers alone (its recorded "
                                        "options), or none: every teacher of the cache, with its recorded options.")
     size: str | None = option(None, "Alias size: small, base, large, ...")
     name: str | None = option(None, "Name in the cache (default: the alias, with -SIZE when given).")
@@ -76,10 +78,11 @@ class ExtractOptions(Options):
     def check_together(self) -> None:
         if self.teacher is None:
             return  # every teacher of the cache (``for_teachers``); checked there
-        if not self.teacher.startswith("timm:"):
+        if not self.teacher.startswith(MODEL_PREFIXES):
             alias_model(self.teacher, self.size)  # a typo is named here, before torch is loaded
-        if weights_problem(self.weights):  # so is a missing weight file
-            raise UserError(weights_problem(self.weights))
+        problem = weights_problem(self.weights) or release_problem(self.teacher, self.weights)
+        if problem:  # so is a missing weight file, or one a family not on the hub needs
+            raise UserError(problem)
         low, high = self.crop_scale or ViewPolicy.scale
         if not 0 < low <= high <= 1:
             raise UserError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {low} {high}")
@@ -106,17 +109,19 @@ class ExtractOptions(Options):
         refusing other settings in one line)."""
         from ..cache.codecs import kind_codecs
         from ..cache.layout import codec_record
-        from ..models.registry import ALIAS_RESOLUTION, file_sha256
+        from ..models.registry import default_resolution, family_model_args, file_sha256
 
-        timm_name = self.teacher[5:] if self.teacher.startswith("timm:") else None
-        if cache is None or (timm_name and self.resolution is None):
-            return None  # a timm model's own resolution is only known once it is built
+        named = self.teacher.startswith(MODEL_PREFIXES)
+        if cache is None or (named and self.resolution is None):
+            return None  # a named model's own resolution is only known once it is built
         name = self.default_name()
         if name not in cache.teacher_names() or cache.unfinished(name):
             return None
         store = cache.teacher(name)
-        want = {"model_id": timm_name or alias_model(self.teacher, self.size), "weights": self.weights or "hub",
-                "resolution": self.resolution or ALIAS_RESOLUTION, "model_args": self.model_args,
+        model_id = self.teacher.removeprefix("timm:") if named else alias_model(self.teacher, self.size)
+        want = {"model_id": model_id, "weights": self.weights or "hub",
+                "resolution": default_resolution(self.teacher, self.resolution),
+                "model_args": family_model_args(self.teacher, self.model_args),
                 **codec_record(kind_codecs(self.codec, self.patch_codec, self.patch))}
         plan = self.view_plan(cache.plan)
         if (not store.complete or differences({k: store.attrs.get(k) for k in want}, want)
@@ -131,7 +136,7 @@ class ExtractOptions(Options):
         arguments, codecs, name); the view plan and how to run stay these options'."""
         info, codecs = store.info, store.codec_specs()
         summary, patch = codecs["summary"].spec, codecs["patch"].spec if "patch" in codecs else None
-        return replace(self, teacher=f"timm:{info.model_id}", size=None, name=store.name, resolution=info.resolution,
+        return replace(self, teacher=model_spec(info.model_id), size=None, name=store.name, resolution=info.resolution,
                        weights=None if info.weights == "hub" else info.weights, model_args=dict(info.model_args),
                        codec=summary, patch_codec=patch if patch != summary else None, patch=patch is not None)
 
@@ -155,6 +160,9 @@ class ExtractOptions(Options):
         """The teacher's name in the cache: --name, or the alias (with -SIZE), or the timm name."""
         if self.name:
             return self.name
+        if self.teacher.startswith(("local-dir:", "hf-hub:")):  # the folder's (a run's, for its model/) or repo's name
+            path = PurePosixPath(self.teacher.partition(":")[2].rstrip("/"))
+            return (path.parent.name if path.name == "model" and path.parent.name else path.name).replace(".", "-")
         base = self.teacher[5:].split(".")[0] if self.teacher.startswith("timm:") else self.teacher
         return f"{base}-{self.size}" if self.size else base
 

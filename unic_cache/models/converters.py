@@ -1,5 +1,6 @@
 """Released checkpoints in other layouts, renamed to timm's: EfficientNet-PyTorch (``_conv_stem``,
-``_blocks.N._expand_conv``, ...) to timm's EfficientNet (``conv_stem``, ``blocks.S.J.conv_pw``, ...).
+``_blocks.N._expand_conv``, ...) to timm's EfficientNet (``conv_stem``, ``blocks.S.J.conv_pw``, ...), and the
+DeiT-III release's layer scales (``blocks.N.gamma_1``) to timm's (``blocks.N.ls1.gamma``).
 
 The checkpoint's blocks are numbered flat; timm groups them by stage, so the flat index is mapped to
 the model's own block names in order. A block without ``_expand_conv`` is timm's depthwise-separable
@@ -7,6 +8,8 @@ block (dw, then pw); one with it is an inverted residual (pw, dw, pwl).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -39,3 +42,12 @@ def from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: nn.Module) 
         else:
             out[key] = value
     return out
+
+
+def from_layer_scale_gammas(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """DeiT-III's released layer scales ``blocks.N.gamma_1`` / ``gamma_2`` renamed to timm's ``ls1.gamma`` /
+    ``ls2.gamma`` (the facebookresearch/deit ``Layer_scale_init_Block`` names) for a model that has those (timm's
+    Eva keeps ``gamma_1``); other keys as they are."""
+    if not any(k.endswith(".ls1.gamma") for k in model.state_dict()):
+        return state
+    return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in state.items()}

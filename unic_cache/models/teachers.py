@@ -1,8 +1,15 @@
 """Teachers: building one (aliases resolved by ``models.registry``), weight loading, and the summary/patch forward.
 
 ``build_teacher("dinov2", size="base")`` gives a ``Teacher`` whose forward maps uint8 views to
-(summary (B, D), patch (B, T, D)): the CLS token (or the pooled embedding of a model without one),
-and the patch tokens with CLS and register tokens removed. Any timm model is ``timm:<name>``.
+(summary (B, D), patch (B, T, D)): the summary by its model's rule (``registry.summary_kind``: the CLS token, or
+the model's own pooled embedding), and the patch tokens with CLS and register tokens removed. Any timm model is
+``timm:<name>``; a timm / Hugging Face model folder ``local-dir:FOLDER`` (a student this tool exported, too) and a
+hub repo ``hf-hub:REPO`` are taken as timm takes them.
+
+Hub weights (an alias or ``timm:`` without ``--weights``, ``hf-hub:``) are read from the Hugging Face cache
+(``HF_HOME`` / ``HF_HUB_CACHE``, as ``huggingface-cli download`` leaves them) without any network call when they are
+there; otherwise they are downloaded when the hub can be reached, and a missing file is one line naming the repo
+and file to download. The file's sha256 is recorded either way.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from torch import nn
 
 from ..cache.layout import TeacherInfo
 from ..errors import UserError
-from .converters import from_efficientnet_pytorch, is_efficientnet_pytorch
+from .converters import from_efficientnet_pytorch, from_layer_scale_gammas, is_efficientnet_pytorch
 from .pixels import PixelNorm
-from .registry import alias_model, default_resolution, file_sha256, weights_problem
+from .registry import (MODEL_PREFIXES, alias_model, default_resolution, family_model_args, file_sha256, model_spec,
+                       release_problem, summary_kind, weights_problem)
 
 
 PACKAGED = {  # timm model id -> (python package holding its weights, function giving the file, pip extra)
@@ -46,12 +54,21 @@ def packaged_weights(model_id: str) -> str | None:
 
 
 def resolve(teacher: str, size: str | None = None) -> str:
-    """The timm model id for an alias (``dinov2``), ``timm:<name>``, with an optional size."""
+    """The model id for an alias (``dinov2``), ``timm:<name>``, ``local-dir:FOLDER`` or ``hf-hub:REPO``, with an
+    optional size (aliases only)."""
     import timm
 
+    if teacher.startswith(MODEL_PREFIXES) and size:
+        raise UserError(f"--size applies to aliases only; {teacher} names its size itself")
+    if teacher.startswith("local-dir:"):
+        folder = Path(teacher.partition(":")[2])
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{teacher}: no config.json in {folder}; give a timm / Hugging Face model folder (a distill "
+                            "run's model/, or what huggingface-cli download leaves)")
+        return f"local-dir:{folder.resolve()}"
+    if teacher.startswith("hf-hub:"):
+        return teacher
     if teacher.startswith("timm:"):
-        if size:
-            raise UserError("--size applies to aliases only; a timm:<name> teacher names its size itself")
         model_id = teacher[5:]
         if not timm.is_model(model_id.split(".")[0]):
             raise UserError(f"timm has no model {model_id!r}; see `timm.list_models()` for names")
@@ -72,9 +89,44 @@ def _timm_model(model_id: str, resolution: int | None, **kwargs) -> nn.Module:
     return timm.create_model(model_id, num_classes=0, **kwargs)
 
 
+HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")  # what timm reads from a hub repo
+
+
+def hub_repo(model_id: str) -> str | None:
+    """The Hugging Face repo holding ``model_id``'s weights (None: timm knows none)."""
+    if model_id.startswith("hf-hub:"):
+        return model_id.partition(":")[2].split("@")[0]
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_id)
+    return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
+
+
+def cached_hub_file(model_id: str) -> str | None:
+    """The weight file of ``model_id`` in the local Hugging Face cache, found without any network call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub_repo(model_id)
+    for name in HUB_FILES if repo else ():
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def model_folder_file(model_id: str) -> str:
+    """The weight file of a ``local-dir:`` model folder."""
+    folder = Path(model_id.partition(":")[2])
+    for name in HUB_FILES:
+        if (folder / name).is_file():
+            return str(folder / name)
+    raise UserError(f"{model_id}: the folder has no {' or '.join(HUB_FILES[:2])}; give a model folder with its weights")
+
+
 @contextlib.contextmanager
-def _hub_offline_unless_reachable() -> Iterator[None]:
-    """Use only the local hub cache when the hub cannot be resolved (no minute of retries offline)."""
+def _hub_offline_unless_reachable() -> Iterator[bool]:
+    """Use only the local hub cache when the hub cannot be resolved (no minute of retries offline); yields whether
+    the hub is read."""
     import huggingface_hub.constants as hub
 
     try:
@@ -85,12 +137,16 @@ def _hub_offline_unless_reachable() -> Iterator[None]:
     before = hub.HF_HUB_OFFLINE
     hub.HF_HUB_OFFLINE = before or not reachable
     try:
-        yield
+        yield not hub.HF_HUB_OFFLINE
     finally:
         hub.HF_HUB_OFFLINE = before
 
 
 HEAD_PREFIXES = ("head", "head_dist", "fc", "classifier", "last_linear")  # classifier keys a file may carry
+# the dict a training checkpoint keeps the weights under, first found wins: a DINO / iBOT checkpoint's EMA "teacher"
+# (also iBOT's released checkpoint_teacher.pth: "state_dict"), DeiT-III's and dBOT's "model", DDP's "module"
+WRAPPERS = ("teacher", "state_dict", "model", "module")
+PREFIXES = ("module.", "backbone.")  # DDP's, and DINO / iBOT's backbone inside their multi-crop wrapper
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -112,12 +168,16 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
                         "save a plain state_dict or a safetensors file") from None
     except Exception as exc:
         raise UserError(f"{path} is not a readable .pth file ({type(exc).__name__}: {str(exc)[:100]})") from None
-    for key in ("state_dict", "model", "module"):  # common wrappers of training checkpoints
+    for key in WRAPPERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state_dict of tensors")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    for prefix in PREFIXES:  # a wrapper module's or a training framework's prefix, when every key has it
+        if state and all(k.startswith(prefix) or k.split(".")[0] in HEAD_PREFIXES for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, model_id: str) -> list[str]:
@@ -127,6 +187,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, m
 
     if is_efficientnet_pytorch(state):
         state = from_efficientnet_pytorch(state, model)
+    state = from_layer_scale_gammas(state, model)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:  # timm's own conversions of released layouts (key names, position embeddings)
         try:
@@ -148,28 +209,38 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, m
     return head
 
 
-def _create(model_id: str, weights: str | None, resolution: int | None, model_args: dict) -> tuple[nn.Module, list[str]]:
-    """A timm model with weights from the hub (None), a local file, or "random[:SEED]" (seeded), and the
-    classifier keys of the file that were left out."""
+def _create(model_id: str, weights: str | None, resolution: int | None, model_args: dict) -> tuple[nn.Module, list[str], str]:
+    """A timm model with weights from the hub (None: its local cache first, or a ``local-dir:`` folder's own), a
+    local file, or "random[:SEED]" (seeded); the classifier keys of the file that were left out; the file read."""
     problem = weights_problem(weights)
     if problem:
         raise UserError(problem)
     if weights is not None and (weights == "random" or weights.startswith("random:")):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(weights.partition(":")[2] or "0"))
-            return _timm_model(model_id, resolution, pretrained=False, **model_args), []
+            return _timm_model(model_id, resolution, pretrained=False, **model_args), [], ""
+    if weights is None:  # the model's own weights, from a file on this machine when it has them
+        weights = model_folder_file(model_id) if model_id.startswith("local-dir:") else cached_hub_file(model_id)
     if weights is not None:
         state = read_weights_file(Path(weights))
-        model = _timm_model(model_id, resolution, pretrained=False, **model_args)
-        return model, load_strict(model, state, weights, model_id)
+        hub_config = _hub_offline_unless_reachable() if model_id.startswith("hf-hub:") else contextlib.nullcontext()
+        with hub_config:  # an hf-hub: model's config.json is read from the cache when the hub cannot be reached
+            model = _timm_model(model_id, resolution, pretrained=False, **model_args)
+        return model, load_strict(model, state, weights, model_id), weights
+    repo, online = hub_repo(model_id), False
     try:
-        with _hub_offline_unless_reachable():
-            return _timm_model(model_id, resolution, pretrained=True, **model_args), []
+        with _hub_offline_unless_reachable() as online:
+            model = _timm_model(model_id, resolution, pretrained=True, **model_args)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:100]
-        raise UserError(f"cannot load pretrained weights for {model_id} from the hub ({reason}); "
-                        "download them where there is internet and pass --weights FILE (.safetensors or .pth), "
-                        "or --weights random for timing runs") from None
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        reason = f" ({type(exc).__name__}: {' '.join(str(exc).split())[:100]})" if online else ""
+        fetch = f"huggingface-cli download {repo} {HUB_FILES[0]}" if repo else "download them"
+        raise UserError(f"weights of {model_id} are not in the Hugging Face cache ({HF_HUB_CACHE}) and the hub "
+                        f"{'could not be read' if online else 'cannot be reached'}{reason}; where there is internet "
+                        f"run `{fetch}` into the same HF_HOME, or pass --weights FILE (.safetensors or .pth), or "
+                        "--weights random for timing runs") from None
+    return model, [], cached_hub_file(model_id) or ""
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -206,11 +277,13 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
     """Build a teacher; ``weights`` is None for the hub, "random", or a .safetensors/.pth file;
     ``model_args`` go to ``timm.create_model`` (e.g. ``{"depth": 2}`` for a small local teacher)."""
     model_id = resolve(teacher, size)
-    model_args = dict(model_args or {})
+    if release_problem(teacher, weights):
+        raise UserError(release_problem(teacher, weights))
+    model_args = family_model_args(teacher, model_args)
     resolution = default_resolution(teacher, resolution)
     given, weights = weights, weights or packaged_weights(model_id)
     try:
-        model, dropped = _create(model_id, weights, resolution, model_args)
+        model, dropped, read = _create(model_id, weights, resolution, model_args)
         model.eval()
     except TypeError as exc:
         raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
@@ -220,7 +293,7 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
         print(f"note: {len(dropped)} classifier tensor(s) of {weights} not used by the encoder: "
               f"{', '.join(dropped[:4])}", file=sys.stderr)
     random = weights is not None and weights.split(":")[0] == "random"
-    sha = state_sha256(model) if random else file_sha256(weights) if weights is not None else ""
+    sha = state_sha256(model) if random else file_sha256(read) if read else ""
     return Teacher(model, describe(model, model_id, resolution, weights or "hub", sha, model_args))
 
 
@@ -237,9 +310,8 @@ def describe(model: nn.Module, model_id: str, resolution: int | None, weights: s
         grid, prefix, kind = (int(feats.shape[2]), int(feats.shape[3])), 0, "pooled"
     else:
         prefix = int(getattr(model, "num_prefix_tokens", 0))
-        has_cls = getattr(model, "cls_token", None) is not None
         grid = tuple(int(g) for g in model.patch_embed.grid_size) if hasattr(model, "patch_embed") else (feats.shape[1] - prefix, 1)
-        kind = "cls" if has_cls else "pooled"
+        kind = summary_kind(model_id, getattr(model, "cls_token", None) is not None, model_args)
     return TeacherInfo(
         model_id=model_id, weights=weights, weights_sha256=sha, resolution=res,
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
@@ -253,9 +325,10 @@ def teacher_shape(teacher: str, size: str | None = None, resolution: int | None 
                   model_args: dict | None = None) -> TeacherInfo:
     """A teacher's record (width, grid, resolution) without weights: the model is built on the meta device."""
     model_id = resolve(teacher, size)
+    model_args = family_model_args(teacher, model_args)
     with torch.device("meta"):
         try:
-            model = _timm_model(model_id, default_resolution(teacher, resolution), pretrained=False, **dict(model_args or {}))
+            model = _timm_model(model_id, default_resolution(teacher, resolution), pretrained=False, **model_args)
         except TypeError as exc:
             raise UserError(f"bad --model-arg for {model_id}: {exc}") from None
     return describe(model, model_id, default_resolution(teacher, resolution), model_args=model_args)
@@ -266,7 +339,7 @@ def rebuild_teacher(name: str, info: TeacherInfo) -> Teacher:
     weights must be unchanged."""
     if info.weights.split(":")[0] == "random" and not info.weights_sha256:
         raise UserError(f"--online needs teacher {name}'s weights, but it was extracted with unseeded random ones")
-    teacher = build_teacher(f"timm:{info.model_id}", None, info.resolution, None if info.weights == "hub" else info.weights,
+    teacher = build_teacher(model_spec(info.model_id), None, info.resolution, None if info.weights == "hub" else info.weights,
                             info.model_args)
     if teacher.info.weights_sha256 != info.weights_sha256:
         raise UserError(f"--online: {info.weights} changed since teacher {name} was extracted (sha256 differs)")

@@ -41,7 +41,7 @@ from . import check_options, set_value
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract", "same_as"}
-_DATA_KEYS = {"path", "shapes"}
+_DATA_KEYS = {"path", "shapes", "distill_on"}
 _CACHE_KEYS = {"path", "views", "seed", "crop_scale", "unit_rows"}
 
 
@@ -95,8 +95,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
         raise UserError("pipeline 'data' needs path (a dataset spec) or shapes (a world to generate; path wins)")
     shapes = config["data"].get("shapes") or {}
     check_options(ShapesOptions, shapes, "make-shapes")
-    if "out" in shapes:
-        raise UserError("pipeline 'data.shapes' takes no out: the world is generated into <out>/data")
+    for key in ("shapes", "distill_on"):
+        if "out" in (config["data"].get(key) or {}):
+            raise UserError(f"pipeline 'data.{key}' takes no out: the world is generated into the pipeline's folder")
+    check_options(ShapesOptions, config["data"].get("distill_on") or {}, "make-shapes")
     _check_section(config.get("cache") or {}, _CACHE_KEYS, "cache", "views, seed, crop_scale, unit_rows, path")
     for name, spec in config["teachers"].items():
         spec = config["teachers"][name] = _teacher_spec(config["teachers"], name, spec)
