@@ -27,7 +27,7 @@ from unic_cache import Cache, build_teacher, open_source
 from unic_cache.cache.pixels import CURRENT
 from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models.teachers import rebuild_teacher
-from unic_cache.models.pixels import replay
+from unic_cache.models.device_pixels import replay
 from unic_cache.photos import make_photos
 
 

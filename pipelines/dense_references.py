@@ -24,7 +24,7 @@ import torch
 from unic_cache import Evaluator, Features, load_config
 from unic_cache.evaluation.images import EvalViews
 from unic_cache.evaluation.options import EvalOptions
-from unic_cache.models.pixels import PixelNorm
+from unic_cache.models.device_pixels import PixelNorm
 
 from train_rows_only import seed_list
 

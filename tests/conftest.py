@@ -53,7 +53,7 @@ def dead_pid() -> int:
 
 def dead_tmp_name(path: Path) -> Path:
     """The temp name a process of ours that was killed (a pid that is gone) gave ``path`` while writing it."""
-    from unic_cache.distillation.runs import tmp_name
+    from unic_cache.distillation.run_files import tmp_name
 
     name = tmp_name(path).name.rsplit(".", 2)
     return path.with_name(f"{name[0]}.{dead_pid()}.{name[2]}")

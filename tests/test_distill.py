@@ -14,6 +14,7 @@ from unic_cache import Cache, UserError
 from unic_cache.models import teachers as teachers_module
 from unic_cache.cache.views import REPLAY_LIMIT, views_for
 from unic_cache.distillation import notes
+from unic_cache.distillation.augment import mixup
 from unic_cache.distillation.recipe import Distiller, distill
 from unic_cache.distillation.loader import DistillStream, Selection
 
@@ -333,19 +334,19 @@ def test_a_killed_run_with_workers_is_resumed_at_once(world, tmp_path):
 
 def test_distill_says_how_often_each_cached_view_is_replayed(world, tmp_path):
     """32 samples, 24 steps of 8: 6 epochs over the cache's views (or the --views used), or fresh views online."""
-    assert notes.replay_plan(Distiller(config(world, tmp_path / "a", steps=24))) == (
+    assert notes.replay_plan(Distiller(config(world, tmp_path / "a", steps=24)).schedule()) == (
         f"views: 6.00 epochs (24 steps of 8) over {VIEWS} cached views of each sample: each view is replayed "
         f"{6 / VIEWS:.2f} times")
-    assert "each view is replayed 6.00 times" in notes.replay_plan(Distiller(config(world, tmp_path / "b", steps=24, views=1)))
-    assert notes.replay_warning(Distiller(config(world, tmp_path / "c", steps=24))) is None
+    assert "each view is replayed 6.00 times" in notes.replay_plan(Distiller(config(world, tmp_path / "b", steps=24, views=1)).schedule())
+    assert notes.replay_warning(Distiller(config(world, tmp_path / "c", steps=24)).schedule()) is None
 
 
 def test_the_checkpoint_line_says_its_size_and_how_to_shrink_heads_that_dwarf_the_student(world, tmp_path):
     """UNIC's 768/3072-wide projectors on a tiny student are most of a checkpoint: the line says so and names
     --lop-hidden student; with it, the heads are the student's size and nothing is suggested."""
-    big = notes.checkpoint_plan(Distiller(config(world, tmp_path / "a", lop_hidden="768", checkpoint_every=1)))
+    big = notes.checkpoint_plan(Distiller(config(world, tmp_path / "a", lop_hidden="768", checkpoint_every=1)).checkpoints())
     assert "every step (--checkpoint-every)" in big and "--lop-hidden student sizes them" in big
-    small = notes.checkpoint_plan(Distiller(config(world, tmp_path / "b", lop_hidden="student", checkpoint_every=3)))
+    small = notes.checkpoint_plan(Distiller(config(world, tmp_path / "b", lop_hidden="student", checkpoint_every=3)).checkpoints())
     assert "every 3 steps" in small and "--lop-hidden" not in small
 
 
@@ -355,23 +356,23 @@ def test_the_replays_counted_are_the_epochs_asked_for_not_the_rounded_up_steps(w
     run are said."""
     at_limit = REPLAY_LIMIT * VIEWS  # 32 samples in batches of 6: its steps round up past the limit's epochs
     run = Distiller(config(world, tmp_path / "a", steps=None, epochs=at_limit, batch_size=6))
-    assert notes.run_epochs(run) > at_limit and notes.replay_warning(run) is None
-    assert f"{notes.run_epochs(run):.2f} epochs ({run.total} steps of 6)" in notes.replay_plan(run)
+    assert notes.run_epochs(run.schedule()) > at_limit and notes.replay_warning(run.schedule()) is None
+    assert f"{notes.run_epochs(run.schedule()):.2f} epochs ({run.total} steps of 6)" in notes.replay_plan(run.schedule())
     above = Distiller(config(world, tmp_path / "b", steps=None, epochs=at_limit + 0.5, batch_size=6))
-    assert notes.replay_warning(above) is not None
+    assert notes.replay_warning(above.schedule()) is not None
 
 
 def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix_it(world, tmp_path):
     """A schedule that replays each view more than ``REPLAY_LIMIT`` times is warned of, even without progress bars,
     with the extract --views that brings it back; online runs replay nothing."""
     steps = int(REPLAY_LIMIT * VIEWS * 32 / 8) + 4  # 32 samples, batches of 8: just above the limit
-    warning = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps)))
+    warning = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps)).schedule())
     need = views_for(steps * 8 / 32)
     assert need == VIEWS + 1 and f"--views {need}` (it adds views to every teacher" in warning and "\n" not in warning
-    fewer = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)))  # the cache has them
+    fewer = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)).schedule())  # the cache has them
     assert f"`--views {views_for(steps // VIEWS * 8 / 32)}` (the cache holds {VIEWS})" in fewer and "extract" not in fewer
-    assert notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps - 8))) is None
-    assert notes.replay_warning(Distiller(config(world, tmp_path / "b", steps=steps, online=True))) is None
+    assert notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps - 8)).schedule()) is None
+    assert notes.replay_warning(Distiller(config(world, tmp_path / "b", steps=steps, online=True)).schedule()) is None
     proc = subprocess.Popen([sys.executable, "-m", "unic_cache", "distill", str(world[0] / "data"), "--cache", world[1],
                              "--out", str(tmp_path / "c"), "--student", STUDENT, "--img-size", "32", "--model-arg",
                              "depth=2", "--steps", str(steps), "--batch-size", "8", "--workers", "0", "--no-progress"],
@@ -413,7 +414,7 @@ def test_mixed_samples_learn_the_mix_of_their_cached_targets(world, tmp_path):
     plain.student.load_state_dict(mixer.student.state_dict())
     batch = next(iter(mixer.loader()))
     state = mixer.drop_gen.get_state()
-    mix = mixer._mix(len(batch["params"]))
+    mix = mixup(len(batch["params"]), 1.0, mixer.drop_gen, mixer.device)
     mixer.drop_gen.set_state(state)
     _, per_teacher, _ = mixer.loss({**batch})
     mixed = {**batch}
@@ -427,3 +428,15 @@ def test_mixed_samples_learn_the_mix_of_their_cached_targets(world, tmp_path):
     assert not torch.allclose(per_teacher, unmixed)
     with pytest.raises(UserError, match="cannot be combined"):
         config(world, tmp_path / "both", mix_p=0.5, flip_p=0.5).check_together()
+
+
+def test_the_notes_are_made_of_plain_facts():
+    """No trainer needed: the arm the replay limit came from (16 views x 100 epochs: 557 steps of 64 over 356 rows,
+    100.13 epochs) is not warned of; 8 views are, with the views the cache already holds."""
+    from dataclasses import replace
+
+    arm = notes.Schedule(steps=557, batch=64, samples=356, epochs=100, views=16, held=32, online=False, data="d",
+                         cache="c")
+    assert notes.replay_warning(arm) is None and notes.replay_plan(arm).startswith("views: 100.13 epochs (557 steps of 64)")
+    assert "`--views 16` (the cache holds 32)" in notes.replay_warning(replace(arm, views=8))
+    assert notes.replay_warning(replace(arm, views=8, online=True)) is None

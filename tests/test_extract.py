@@ -8,8 +8,11 @@ import pytest
 import torch
 import zarr
 
-from unic_cache import Cache, UserError, build_teacher, decode_image, extract, open_source, replay
-from unic_cache.cache.audit import array_values, verify_cache
+from unic_cache import Cache, UserError, build_teacher, extract, open_source
+from unic_cache.cache.pixels import decode_image
+from unic_cache.models.device_pixels import replay
+from unic_cache.cache.audit import array_values
+from unic_cache.cache.repair import verify_cache
 
 from .conftest import HANG_GUARD, SMALL8, TINY, VIEWS, extract_in_ranks, opts, run_cli
 

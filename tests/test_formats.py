@@ -51,7 +51,7 @@ def test_a_cache_from_awkward_shards_distils_and_verifies(weights, tmp_path):
             sink.write({"__key__": key, "png": _png(i), "cls": b"0"})
     url = tmp_path / "c.zarr"
     assert extract(str(shard.parent), str(url), opts(weights, unit_rows=2)).complete
-    from unic_cache.cache.audit import verify_cache
+    from unic_cache.cache.repair import verify_cache
 
     cache = Cache.open(str(url))
     assert verify_cache(cache, open_source(str(shard.parent)), progress=False) == []

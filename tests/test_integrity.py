@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from unic_cache import Cache, UserError, build_teacher, extract
-from unic_cache.cache.audit import find_damage, verify_cache
+from unic_cache.cache.audit import find_damage
+from unic_cache.cache.repair import verify_cache
 from unic_cache.cache.seal import SEAL
 from unic_cache.cache.claims import CLAIM_DIR, clean_stale_temp_files
 

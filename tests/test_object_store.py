@@ -12,7 +12,8 @@ import pytest
 import zarr
 
 from unic_cache import Cache, UserError, extract
-from unic_cache.cache.audit import array_values, verify_cache
+from unic_cache.cache.audit import array_values
+from unic_cache.cache.repair import verify_cache
 from unic_cache.cache.claims import CLAIM_DIR
 
 from .conftest import HANG_GUARD, TINY, VIEWS, moto_s3, opts

@@ -143,3 +143,21 @@ def test_the_options_names_before_0_2_still_import():
     assert (DistillConfig, TeacherTrainConfig, PlanConfig) == (DistillOptions, TeacherTrainOptions, ViewPlan)
     assert all(name.endswith("Options") for module, names in unic_cache._EXPORTS.items() if module.endswith("options")
                for name in names)
+
+
+def test_the_public_api_is_one_screen_and_the_internals_it_exported_still_import():
+    """``unic_cache.__all__`` is what a user's code needs (each name resolves); the internals 0.3 exported at the top
+    are found where they live, and from the top with a warning that says where."""
+    import importlib
+
+    import unic_cache
+
+    assert len(unic_cache.__all__) <= 40 and {"Cache", "TeacherStore", "extract", "distill", "evaluate", "run_pipeline",
+                                              "plan", "UserError", "DistillOptions"} <= set(unic_cache.__all__)
+    assert all(getattr(unic_cache, name) is not None for name in unic_cache.__all__)
+    for module, names in unic_cache.MOVED.items():
+        for name in names:
+            assert name not in unic_cache.__all__
+            with pytest.warns(DeprecationWarning, match=f"unic_cache.{name} is unic_cache.{module}.{name} since 0.4"):
+                moved = getattr(unic_cache, name)
+            assert moved is getattr(importlib.import_module(f"unic_cache.{module}"), name)

@@ -20,7 +20,7 @@ from unic_cache.pipeline import run_pipeline
 from unic_cache.cache.store import Cache
 from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models.photometric import photometric
-from unic_cache.models.pixels import replay
+from unic_cache.models.device_pixels import replay
 
 from .conftest import run_cli
 
@@ -157,7 +157,8 @@ def test_online_mode_runs_teachers_on_fresh_views(trained_cache):
     stream = DistillStream(data, cache_url, selection, 32, 8, online={"colour": 24})
     sample = next(iter(stream))
     assert sample["view"] == cache.views and "colour/summary" not in sample and sample["colour/image"].shape == (3, 24, 24)
-    from unic_cache import decode_image, open_source
+    from unic_cache import open_source
+    from unic_cache.cache.pixels import decode_image
 
     row = sample["row"]
     params = plan_views(ViewPlan(views=1, seed=cache.plan.seed), np.array([row]), cache.image_size[[row]],

@@ -13,7 +13,7 @@ from unic_cache import Cache, UserError
 from unic_cache.cache.pixels import CURRENT, PIPELINES, decode_image, pixel_pipeline
 from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models.photometric import photometric, reference
-from unic_cache.models.pixels import channels_first, replay
+from unic_cache.models.device_pixels import channels_first, replay
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_device_geometry_is_pils_resize_bit_for_bit(photos, res):
     expected = channels_first(np.stack([PIPELINES[2].crop(Image.fromarray(images[i]), p, res) for i, p in zip(which, params)]))
     order = geometry.horizontal_first(shapes[which, 0].numpy(), shapes[which, 1].numpy(), res)
     assert order.any() and (res == 517 or not order.all())  # both orders are exercised
-    assert torch.equal(geometry._cut_exact(data, shapes, which, params, res), expected)
+    assert torch.equal(geometry.cut_exact(data, shapes, which, params, res), expected)
     assert torch.equal(geometry.cut_views(data, shapes, which, params, res), expected)
 
 

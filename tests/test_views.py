@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from unic_cache.cache.views import PARAM_NAMES, ViewPlan, plan_views, uniforms
-from unic_cache.models.pixels import replay
+from unic_cache.models.device_pixels import replay
 
 
 def test_uniforms_are_a_pure_function_of_seed_row_view():

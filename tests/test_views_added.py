@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from unic_cache import Cache, UserError, extract
-from unic_cache.cache.audit import verify
+from unic_cache.cache.repair import verify
 from unic_cache.cache.info import cache_info
 from unic_cache.cache.sizing import human
 from unic_cache.distillation.loader import DistillStream, Selection

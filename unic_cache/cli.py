@@ -190,7 +190,7 @@ def _plan(opts) -> None:
 
 
 def _verify(opts) -> None:
-    from .cache.audit import verify
+    from .cache.repair import verify
     from .cache.sources import open_source
 
     opts.check()

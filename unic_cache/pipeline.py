@@ -5,7 +5,7 @@ reused while its recipe is unchanged, a teacher already complete in the cache is
 (a partial one resumes), a finished distill run is reused while its configuration is unchanged (an
 interrupted one resumes from its last checkpoint), and evaluation scores are kept beside each run.
 Every step is recorded in ``PipelineRun.steps`` as (step, what, "ran" | "skipped").
-The YAML keys are those of ``options.pipeline``, which reads and checks a pipeline file.
+The YAML keys are those of ``pipeline_config``, which reads and checks a pipeline file.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .evaluation.train_teacher import train_teacher
 from .extraction.options import ExtractOptions
 from .extraction.runner import extract
 from .models.teachers import file_sha256, resolve
-from .options.pipeline import load_config
+from .pipeline_config import load_config
 from .shapes import WORLD_FORMAT, ShapesOptions, make_shapes
 
 PIPELINE_FOLDERS = ("data", "teachers", "runs", "eval-teachers", "train-rows", "*.zarr")  # all a pipeline's out holds

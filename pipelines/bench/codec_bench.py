@@ -28,7 +28,7 @@ from PIL import Image
 from report import heading, publish
 from unic_cache import Cache, ExtractOptions, extract
 from unic_cache.cache.codecs import f32_bytes, fidelity
-from unic_cache.models.codecs import unpool_tokens
+from unic_cache.models.device_codecs import unpool_tokens
 
 CODECS = ("f16", "bitround-7", "bitround-4", "int8", "int8c", "pca-0.9", "pca-0.95+int8", "pca-128+int8", "pca-160",
           "pool-2+f16", "pool-2+int8")

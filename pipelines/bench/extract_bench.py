@@ -39,7 +39,7 @@ from unic_cache.cache.pixels import CURRENT
 from unic_cache.cache.sources import open_source
 from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.cache.codecs import fidelity
-from unic_cache.models.pixels import replay
+from unic_cache.models.device_pixels import replay
 from unic_cache.photos import make_photos
 
 

@@ -53,7 +53,7 @@ from unic_cache import make_shapes
 from unic_cache.cache.audit import array_values
 from unic_cache.cache.claims import CLAIM_DIR, temp_stem
 from unic_cache.distillation.exported import student_weights
-from unic_cache.distillation.runs import tmp_name
+from unic_cache.distillation.run_files import tmp_name
 
 ARCH = "vit_tiny_patch16_224"
 

@@ -42,7 +42,8 @@ from unic_cache.cache.views import ViewPlan, plan_views
 from unic_cache.models import geometry
 from unic_cache.models.photometric import photometric, reference
 from unic_cache.models.geometry import Packed
-from unic_cache.models.pixels import channels_first
+from unic_cache.models.device_pixels import channels_first
+from unic_cache.models.pixel_worker import PixelWorker
 from unic_cache.photos import make_photos
 
 
@@ -96,19 +97,18 @@ def gpu_decode(blobs: list[bytes], device: str) -> dict:
 
 
 class _Windows(torch.utils.data.Dataset):
-    """Windows of ``batch`` images decoded and packed as a pipeline-3 loader worker does (into shared memory)."""
+    """Windows of ``batch`` images decoded and packed by a pipeline-3 loader worker's step (into shared memory)."""
 
     def __init__(self, blobs: list[bytes], shapes: list[tuple[int, int]], batch: int, windows: int):
         self.blobs, self.shapes, self.batch, self.windows = blobs, shapes, batch, windows
-        self.ring = geometry.SharedRing(4)  # as the stage-2 stream's: prefetch 2, + 2
+        self.worker = PixelWorker(CURRENT, 4)  # the library's worker step, as the stage-2 stream's: prefetch 2, + 2
 
     def __len__(self) -> int:
         return self.windows
 
     def __getitem__(self, i: int) -> int:
         a = (i * self.batch) % max(1, len(self.blobs) - self.batch + 1)
-        decoded = (CURRENT.decode_array(b) for b in self.blobs[a:a + self.batch])
-        return geometry.pack(decoded, self.shapes[a:a + self.batch], self.ring).items()
+        return self.worker.packed(self.blobs[a:a + self.batch], self.shapes[a:a + self.batch]).items()
 
 
 def worker_ms_per_image(blobs: list[bytes], shapes: list[tuple[int, int]], batch: int, windows: int = 16) -> float:
@@ -130,8 +130,8 @@ def geometry_device(packed: Packed, which: np.ndarray, params: np.ndarray, res: 
     batches of ``batch`` views (the images already there, after a warm-up, synchronised) and its largest
     difference from PIL's pixels."""
     data = packed.data.to(device)
-    geometry._cut_exact(data, packed.shapes, which[:batch], params[:batch], res)  # warm-up
-    seconds, out = timed(lambda: [geometry._cut_exact(data, packed.shapes, which[a:a + batch], params[a:a + batch], res)
+    geometry.cut_exact(data, packed.shapes, which[:batch], params[:batch], res)  # warm-up
+    seconds, out = timed(lambda: [geometry.cut_exact(data, packed.shapes, which[a:a + batch], params[a:a + batch], res)
                                   for a in range(0, len(which), batch)], device=device)
     ms = seconds * 1000 / len(which)
     diff = (torch.cat(out).cpu().int() - expected.int()).abs()

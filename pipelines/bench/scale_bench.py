@@ -21,7 +21,7 @@ import zarr
 
 from report import heading, publish, timed, write_rows
 from unic_cache import Cache, DistillOptions, EvalOptions, Evaluator, ExtractOptions, distill, extract, open_source
-from unic_cache.cache.audit import verify_cache
+from unic_cache.cache.repair import verify_cache
 from unic_cache.cache.info import cache_info
 from unic_cache.cache.sizing import array_kind
 

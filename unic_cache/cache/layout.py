@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import zarr
 
+from . import seal
 from .codecs import ZSTD_LEVEL, Codec, FittedCodec
 from .format import create_checked
 from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
@@ -91,3 +92,12 @@ def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int
     # one-byte chunks make each unit's flag atomic; then the seal, written last: other processes wait for it
     create_checked(group, "progress", (units,), "uint8", chunks=(1,))
     return group
+
+
+def seal_teacher(root: zarr.Group, name: str) -> None:
+    """Seal the metadata of teacher ``name`` (or a view block, ``<teacher>/views-<K1>``) of the cache ``root`` as it
+    is now (at creation, and again with its merged statistics); a teacher's seal leaves out its view blocks, which
+    have their own."""
+    at = f"teachers/{name}"
+    paths = [p for p in seal.member_paths(root[at], at) if not p.startswith(f"{at}/{VIEW_BLOCK}")]
+    seal.write_seal(root.store_path, at, paths)

@@ -31,7 +31,7 @@ from .views import P, ViewPlan
 from .format import (FORMAT_VERSION, READABLE_FORMATS, TOP_LEVEL, checksummed, create_checked, decode_keys, index_arrays,
                      local_path, open_group, quick_digest, read_params, read_whole, seal_root, store_path,
                      write_plan)
-from .layout import VIEW_BLOCK, TeacherInfo, codec_record, create_teacher
+from .layout import VIEW_BLOCK, TeacherInfo, codec_record, create_teacher, seal_teacher
 from .teacher import TeacherStore
 
 
@@ -340,7 +340,7 @@ class Cache:
         """Create the arrays of a new teacher (replacing our own unfinished ones), then seal them."""
         create_teacher(self.group["teachers"], name, self.n, self.views, self.format, info, fitted, shard_mb, unit_rows,
                        code_version)
-        self.seal_teacher(name)
+        seal_teacher(self.group, name)
 
     def add_views(self, store: TeacherStore, views: int, shard_mb: float = 256.0, unit_rows: int | None = None,
                   code_version: str = "") -> TeacherStore:
@@ -356,7 +356,7 @@ class Cache:
             params = create_checked(group, "params", (self.n, views - first, P), "float32",
                                     chunks=(min(self.n, 4096), views - first, P), compressors=(zarr.codecs.ZstdCodec(level=3),))
             write_plan(params, self.plan, self.image_size, first_view=first)
-            self.seal_teacher(name)
+            seal_teacher(self.group, name)
 
         claims.once(self.url, f"teacher-{store.name}-{VIEW_BLOCK}{first}", lambda: self._teacher_ready(name), create,
                     lambda: None, f"adding views {first}-{views - 1} of teacher {store.name}")
@@ -365,13 +365,6 @@ class Cache:
             raise UserError(f"teacher {store.name} has views {first}-{first + block.own_views - 1} being added (by another "
                             f"extract, or one that was interrupted); run it with --views {first + block.own_views} first")
         return block
-
-    def seal_teacher(self, name: str) -> None:
-        """Seal the metadata of teacher ``name`` (or a view block) as it is now (at creation, and again with its merged
-        statistics); a teacher's seal leaves out its view blocks, which have their own."""
-        at = f"teachers/{name}"
-        paths = [p for p in seal.member_paths(self.group[at], at) if not p.startswith(f"{at}/{VIEW_BLOCK}")]
-        seal.write_seal(self.group.store_path, at, paths)
 
 
 def check_cache_target(url: str, source: Source, mode: str = "r") -> Cache | None:

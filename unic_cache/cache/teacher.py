@@ -15,7 +15,7 @@ statistics cover every view of the teacher up to its own. Readers of the base se
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import google_crc32c
 import numpy as np
@@ -26,12 +26,21 @@ from .codecs import INT8_MISSING, Codec, FittedCodec
 from ..errors import UserError
 from ..records import json_normal
 from .format import KINDS, create_checked, read_checked, read_params, read_whole
-from .layout import VIEW_BLOCK, TeacherInfo
+from .layout import VIEW_BLOCK, TeacherInfo, seal_teacher
 from .sizing import PARTIALS
 from .statistics import Moments
 
-if TYPE_CHECKING:
-    from .store import Cache
+class Parent(Protocol):
+    """What a teacher reads of the cache that holds it (``store.Cache``): its rows, root group and URL, the view
+    parameters of rows, and the other teachers and view blocks by name (a block's base teacher)."""
+
+    n: int
+    group: zarr.Group
+    url: str
+
+    def params(self, rows: slice) -> np.ndarray: ...
+    def teacher(self, name: str) -> "TeacherStore": ...
+    def unfinished(self, name: str) -> bool: ...
 
 
 class UnitDigest:
@@ -57,7 +66,7 @@ class UnitDigest:
 class TeacherStore:
     """One teacher's arrays in a cache: features, progress per unit, and statistics."""
 
-    def __init__(self, group: zarr.Group, cache: Cache, name: str):
+    def __init__(self, group: zarr.Group, cache: Parent, name: str):
         self.group, self.cache, self.name = group, cache, name  # name: "<teacher>", or "<teacher>/views-<K1>" (a block)
         self.attrs = json_normal(group.attrs.asdict())
         self._arrays: dict[str, zarr.Array] = {}
@@ -336,7 +345,7 @@ class TeacherStore:
                                compressors=(zarr.codecs.ZstdCodec(level=3),))[...] = value
             fidelity[kind] = cos / max(m.count, 1.0)
         if seal.has_seal(self.cache.group.store_path, f"teachers/{self.name}"):  # the statistics' arrays join the seal
-            self.cache.seal_teacher(self.name)
+            seal_teacher(self.cache.group, self.name)
         self.group.attrs.update({"fidelity_cosine": fidelity, "complete": True})
 
     def stats(self, kind: str) -> dict[str, np.ndarray]:

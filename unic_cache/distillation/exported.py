@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from .runs import MODEL_FILES, RUNTIME_OPTIONS, _run_record, remove_ours, save_tensors, tmp_name, write_atomic
+from .run_files import MODEL_FILES, RUNTIME_OPTIONS, remove_ours, run_record, save_tensors, tmp_name, write_atomic
 
 
 def student_weights(run: str | Path) -> Path:
@@ -32,9 +32,9 @@ def unfinished_reason(run: Path) -> str | None:
         return None
     if not run.exists():
         return f"{run} is not a finished distill run: it does not exist; give the folder that distill --out wrote"
-    if run.name == "model" and (run / "model.safetensors").is_file() and _run_record(run.parent) is not None:
+    if run.name == "model" and (run / "model.safetensors").is_file() and run_record(run.parent) is not None:
         return f"{run} is not a finished distill run: it is the model folder of one; give the run folder: {run.parent}"
-    if _run_record(run) is None:
+    if run_record(run) is None:
         return (f"{run} is not a finished distill run: it has no run config.json; give the folder that distill --out "
                 "wrote (config.json, heads.safetensors, model/)")
     return f"{run} is not a finished distill run: it has no model/ yet; finish it by running its distill command again"

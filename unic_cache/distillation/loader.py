@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,20 +27,37 @@ from ..errors import UserError
 from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..cache.views import ViewPlan, plan_views, uniforms
-from ..models.geometry import SharedRing, cut_views, join, offsets, pack, settle
-from ..models.pixels import channels_first
+from ..models.pixel_worker import PixelWorker
+from ..models.geometry import cut_views, join, offsets, settle
+
+
+class Target(NamedTuple):
+    """One target of the student: a (teacher, kind) pair, e.g. ("dinov2", "patch"). ``name`` ("dinov2/patch") keys
+    its predictions, a run's record and a pipeline's; ``module`` ("dinov2__patch") names its norm and head modules
+    (a torch module name holds no '/'), so checkpoints keep the keys they always had."""
+
+    teacher: str
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}/{self.kind}"
+
+    @property
+    def module(self) -> str:
+        return f"{self.teacher}__{self.kind}"
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which cached arrays feed the student: (teacher, kind) pairs, e.g. ("dinov2", "patch")."""
+    """Which cached arrays feed the student: its targets, in order."""
 
-    targets: tuple[tuple[str, str], ...]
+    targets: tuple[Target, ...]
 
     @classmethod
     def of(cls, cache: Cache, teachers: list[str], kinds: list[str] = ()) -> "Selection":
         """Every cached kind of each teacher, or only those in ``kinds``; a teacher left without any is an error."""
-        targets = tuple((t, kind) for t in teachers for kind in cache.teacher(t).kinds if not kinds or kind in kinds)
+        targets = tuple(Target(t, kind) for t in teachers for kind in cache.teacher(t).kinds if not kinds or kind in kinds)
         for t in teachers:
             if not any(u == t for u, _ in targets):
                 raise UserError(f"teacher {t} has none of the kinds {', '.join(kinds)} in the cache "
@@ -55,7 +73,7 @@ class DistillStream(Dataset):
     target}: "image" is uint8 (3, R, R) with the view's geometry, "params" its view parameters (P,) for
     ``models.photometric`` (the colour part, applied per batch on the device). Under pixel pipeline 3 the
     batches carry the decoded images instead ("pixels", packed, and "pixel_shapes", ``models.geometry.Packed``),
-    and the device cuts the views (``models.pixels.device_views``).
+    and the device cuts the views (``models.device_pixels.device_views``).
 
     An item is one window of blocks (``WindowRef``), read by a DataLoader worker as whole stacked
     arrays; ``batches`` cuts the windows, in stream order, into batches in the main process, so the
@@ -63,17 +81,18 @@ class DistillStream(Dataset):
     yields single samples, in the same order (for inspection and tests).
     """
 
-    def __init__(self, data: str, cache_url: str, selection: Selection, resolution: int, batch_size: int,
+    def __init__(self, data: str, cache: Cache | str, selection: Selection, resolution: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, start_step: int = 0,
                  block_rows: int = 64, window_blocks: int = 4, views: int | None = None,
                  online: dict[str, int] | None = None):
         """``views``: how many of the cached views to use (the first ones; default all). ``online``:
         teacher -> resolution for the reference mode, where every epoch draws a fresh view per sample,
-        yields it at each teacher's resolution ("<teacher>/image") and reads no cached target."""
-        self.data, self.url, self.selection, self.resolution = data, cache_url, selection, resolution
+        yields it at each teacher's resolution ("<teacher>/image") and reads no cached target. ``cache``: the cache
+        (opened: the trainer's, not opened again) or its URL; each worker process opens its own."""
+        cache = Cache.open(cache) if isinstance(cache, str) else cache
+        self.data, self.url, self.selection, self.resolution = data, cache.url, selection, resolution
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world_size
         self.online = online or {}
-        cache = Cache.open(cache_url)
         cached = cached_views(cache, selection)
         if views is not None and not 1 <= views <= cached:
             raise UserError(f"--views must be between 1 and the {cached} views the cache holds for "
@@ -90,7 +109,7 @@ class DistillStream(Dataset):
         blocks = [np.flatnonzero(good[a:a + block_rows]) + a for a in range(0, cache.n, block_rows)]
         self.blocks = [b for b in blocks if len(b)]
         self._opened = None  # (source, cache, stores), opened lazily in each worker process
-        self._ring: SharedRing | None = None  # a worker's reused pixel buffers (pipeline 3)
+        self.worker = PixelWorker(cache.pixels, _PREFETCH + 2)  # decode, then pack (pipeline 3) or cut the views
         self._order: tuple[int, list] | None = None
 
     @property
@@ -148,18 +167,11 @@ class DistillStream(Dataset):
         digest = None if self.digest is None else self.digest[needed]
         data = dict(zip(needed.tolist(), source.read_rows(self.location[needed], [str(k) for k in self.keys[needed]],
                                                           digest)))
-        if cache.pixels.device_geometry:  # decoded only: the device cuts the views, at every resolution needed
-            decoded = (cache.pixels.decode_array(data[int(rows[i])]) for i in order)
-            self._ring = self._ring or SharedRing(_PREFETCH + 2)
-            out = pack(decoded, self.image_size[rows[order]][:, ::-1].tolist(), self._ring).items()
+        blobs = (data[int(rows[i])] for i in order)
+        if self.worker.pixels.device_geometry:  # decoded only: the device cuts the views, at every resolution needed
+            out = self.worker.packed(blobs, self.image_size[rows[order]][:, ::-1].tolist()).items()
         else:
-            images = self.resolutions
-            crops = {name: np.empty((len(order), res, res, 3), np.uint8) for name, res in images.items()}
-            for j, i in enumerate(order):
-                image = cache.pixels.decode(data[int(rows[i])])
-                for name, res in images.items():
-                    crops[name][j] = cache.pixels.crop(image, params[i], res)
-            out = {name: channels_first(c) for name, c in crops.items()}
+            out = {name: views[:, 0] for name, views in self.worker.cut(blobs, params[order][:, None], self.resolutions).items()}
         out.update(params=torch.from_numpy(np.ascontiguousarray(params[order], np.float32)),
                    row=torch.from_numpy(rows[order]), view=torch.from_numpy(views_of_rows[order]))
         out.update({name: torch.from_numpy(values[order]) for name, values in targets.items()})

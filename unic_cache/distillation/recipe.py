@@ -25,20 +25,22 @@ from .. import __version__
 from ..cache.store import Cache
 from ..errors import RunInterrupted, UserError
 from ..records import differences, json_normal, refuse
-from ..models.codecs import DeviceCodec
+from ..models.device_codecs import DeviceCodec
 from ..models.geometry import Packed
-from ..models.pixels import device_views
+from ..models.device_pixels import device_views
 from ..models.student import Student
 from ..models.teachers import rebuild_teacher
 from ..runtime import StopOnSignals, autocast_for, init_distributed, prepare_model, share_cores, to_device
 from .loader import DistillStream, Selection
+from .augment import flip_mask, mixup
 from .losses import gaussian_nll, teacher_drop_weights, unic_loss
 from .normalize import RunningNorm, TargetNorm, running_momentum
 from .optim import decay_groups, load_optimizer, optimizer_tensors
 from .options import DistillOptions, recorded_config
 from . import notes
 from .exported import model_card
-from .runs import RUN_FORMAT, RunFolder
+from .run_files import RUN_FORMAT
+from .runs import RunFolder
 
 
 class Distiller:
@@ -60,7 +62,8 @@ class Distiller:
         self._setup_student()
         self._setup_optimizer(int((~cache.bad).sum()))
         self.step, self.last, self._stop = 0, {}, False
-        self.geometry = self.stream().geometry
+        self.feed = self.stream()  # the stream of batches, built once: its geometry is part of a checkpoint's record
+        self.geometry = self.feed.geometry
         self.folder.check_continues(self.config_record())
         if self.folder.checkpoints():
             self.load_checkpoint()
@@ -76,21 +79,22 @@ class Distiller:
         self.selection = Selection.of(cache, self.teachers, cfg.kinds)
         self.online = {t: rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
-            f"{t}__{kind}": RunningNorm(stores[t].info.dim) if cfg.norm_stats == "running"
-            else TargetNorm.from_stats(cfg.norm, stores[t].stats(kind)) for t, kind in self.selection.targets})
+            target.module: RunningNorm(stores[target.teacher].info.dim) if cfg.norm_stats == "running"
+            else TargetNorm.from_stats(cfg.norm, stores[target.teacher].stats(target.kind)) for target in self.selection.targets})
         self.running = [norm for norm in self.norms.values() if isinstance(norm, RunningNorm)]
         self.norms.to(self.device)
         # stored arrays -> vectors, on the device (an online teacher's outputs need no decoding)
-        self.codecs = {(t, kind): DeviceCodec(stores[t].codecs[kind], stores[t].info.grid, self.device)
-                       for t, kind in self.selection.targets if t not in self.online}
-        self.arrays = {(t, kind): (kind,) if t in self.online else stores[t].arrays(kind) for t, kind in self.selection.targets}
+        self.codecs = {target: DeviceCodec(stores[target.teacher].codecs[target.kind], stores[target.teacher].info.grid,
+                                           self.device) for target in self.selection.targets if target.teacher not in self.online}
+        self.arrays = {target: (target.kind,) if target.teacher in self.online else stores[target.teacher].arrays(target.kind)
+                       for target in self.selection.targets}
         self.grids = {t: stores[t].info.grid if cfg.online else stores[t].stored_grid for t in self.teachers}
 
     def _setup_student(self) -> None:
         """The student encoder with its projector ladder (seeded), optionally initialised from a file."""
         cfg = self.cfg
-        targets = {f"{t}/{kind}": (self.norms[f"{t}__{kind}"].out_dim, self.grids[t] if kind == "patch" else None)
-                   for t, kind in self.selection.targets}
+        targets = {target.name: (self.norms[target.module].out_dim, self.grids[target.teacher] if target.kind == "patch"
+                                 else None) for target in self.selection.targets}
         torch.manual_seed(cfg.seed)
         self.student = Student(cfg.student, cfg.img_size, targets, cfg.lop_blocks, cfg.drop_path,
                                2 if cfg.loss == "gauss" else 1, cfg.model_args, cfg.lop_head, cfg.lop_hidden)
@@ -130,9 +134,9 @@ class Distiller:
         student_views = self.views(batch, "image", self.cfg.img_size, self.cfg.channels_last)
         flipped = None  # --flip-p: mirrored samples keep their summary target, and lose their patch targets
         if self.cfg.flip_p and not self.online:
-            flipped = torch.rand(len(student_views), generator=self.drop_gen, device=self.device) < self.cfg.flip_p
+            flipped = flip_mask(len(student_views), self.cfg.flip_p, self.drop_gen, self.device)
             student_views = torch.where(flipped[:, None, None, None], student_views.flip(-1), student_views)
-        mix = self._mix(len(student_views)) if self.cfg.mix_p and not self.online else None
+        mix = mixup(len(student_views), self.cfg.mix_p, self.drop_gen, self.device) if self.cfg.mix_p and not self.online else None
         if mix is not None:
             student_views = mix(student_views.float()).round().to(torch.uint8)
         preds = self.model(student_views)
@@ -141,13 +145,14 @@ class Distiller:
             batch.update({f"{t}/summary": summary.clone(), f"{t}/patch": patch.clone()})
         per_teacher = {t: 0.0 for t in self.teachers}  # over token kinds: mean (UNIC, drop_norm batch) or sum
         kinds = {t: 0.0 for t in self.teachers}  # token kinds in each sample's loss
-        for t, kind in self.selection.targets:
-            used = (~flipped).float() if flipped is not None and kind == "patch" else 1.0
+        for key in self.selection.targets:
+            t = key.teacher
+            used = (~flipped).float() if flipped is not None and key.kind == "patch" else 1.0
             kinds[t] = kinds[t] + used
-            stored = [batch[f"{t}/{name}"].to(self.device, non_blocking=True) for name in self.arrays[t, kind]]
-            target = self.norms[f"{t}__{kind}"](self.codecs[t, kind].decode(stored) if t not in self.online else stored[0])
+            stored = [batch[f"{t}/{name}"].to(self.device, non_blocking=True) for name in self.arrays[key]]
+            target = self.norms[key.module](self.codecs[key].decode(stored) if t not in self.online else stored[0])
             target = mix(target) if mix is not None else target
-            pred = preds[f"{t}/{kind}"].float()
+            pred = preds[key.name].float()
             if self.cfg.loss == "unic":
                 per_teacher[t] = per_teacher[t] + used * unic_loss(pred, target)
             else:
@@ -158,18 +163,6 @@ class Distiller:
         losses = torch.stack([per_teacher[t] for t in self.teachers], 1)
         weights = teacher_drop_weights(losses.detach().float(), self.cfg.teacher_drop, self.drop_gen, self.cfg.drop_norm)
         return (weights * losses).sum(), losses.detach(), weights
-
-    def _mix(self, n: int):
-        """--mix-p: the MixUp of a batch of ``n`` samples, as a function of a (n, ...) tensor: sample i mixed with
-        sample i - 1 at weight w_i ~ U(0, 1) with probability ``mix_p`` (w_i = 1, unmixed, otherwise)."""
-        mixed = torch.rand(n, generator=self.drop_gen, device=self.device) < self.cfg.mix_p
-        weight = torch.where(mixed, torch.rand(n, generator=self.drop_gen, device=self.device), 1.0)
-        partner = torch.arange(n, device=self.device).roll(1)
-
-        def mix(x: torch.Tensor) -> torch.Tensor:
-            w = weight.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
-            return w * x + (1 - w) * x[partner]
-        return mix
 
     def views(self, batch: dict[str, torch.Tensor], name: str, resolution: int, channels_last: bool = False) -> torch.Tensor:
         """A batch's views ``name`` on the device: the loader's crops, or its decoded images cut there (pipeline 3),
@@ -206,15 +199,9 @@ class Distiller:
         cfg = self.cfg
         self.folder.hold()
         self.folder.write_config(self.config_record())
-        if self.rank == 0 and self.step < self.total and cfg.progress:  # beside the progress bar: a note for people
-            print(notes.checkpoint_plan(self), file=sys.stderr, flush=True)
-            print(notes.replay_plan(self), file=sys.stderr, flush=True)
-        warning = notes.replay_warning(self) if self.rank == 0 and self.step < self.total else None
-        if warning:  # said even without progress bars
-            print(warning, file=sys.stderr, flush=True)
-        if self.rank == 0 and self.step < self.total and cfg.progress:
-            if self.cache.pixels.note():
-                print(self.cache.pixels.note(), file=sys.stderr, flush=True)
+        if self.rank == 0 and self.step < self.total:
+            for line in notes.before_training(self.schedule(), self.checkpoints(), self.cache.pixels.note(), cfg.progress):
+                print(line, file=sys.stderr, flush=True)
         metrics = self.folder.metrics_file(self.step)
         tb = self.folder.tensorboard()
         bar = tqdm(total=self.total, initial=self.step, desc="distill", unit="step", disable=not cfg.progress or self.rank != 0)
@@ -298,24 +285,40 @@ class Distiller:
         bar.set_postfix(loss=f"{self.last['loss']:.4f}")
         return now, bool(stop.item())
 
+    def schedule(self) -> notes.Schedule:
+        """The facts the replay notes are made of."""
+        cfg = self.cfg
+        return notes.Schedule(self.total, cfg.batch_size * self.world, int((~self.cache.bad).sum()), cfg.epochs,
+                              self.geometry["views"], min(self.cache.teacher(t).views for t in self.teachers),
+                              bool(self.online), cfg.data, cfg.cache)
+
+    def checkpoints(self) -> notes.Checkpoints:
+        """The facts the checkpoint note is made of."""
+        size = lambda params: sum(p.numel() * p.element_size() for p in params)  # noqa: E731
+        student = self.student
+        return notes.Checkpoints(size(student.encoder.parameters()), size(student.heads.parameters()), size(self.trainable),
+                                 self.checkpoint_interval, self.cfg.keep_checkpoints,
+                                 getattr(student.encoder, "num_features", notes.UNIC_WIDTH), self.cfg.lop_hidden)
+
     def stream(self) -> DistillStream:
         """This process's endless data stream, starting at the current step."""
         cfg = self.cfg
-        return DistillStream(cfg.data, cfg.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
+        return DistillStream(cfg.data, self.cache, self.selection, cfg.img_size, cfg.batch_size, cfg.seed,
                              self.rank, self.world, start_step=self.step, views=cfg.views,
                              online={t: teacher.info.resolution for t, teacher in self.online.items()})
 
     def loader(self):
         """Endless batches from the current step on (the same batches for any number of workers)."""
-        return self.stream().batches(self.cfg.workers, pin_memory=self.device.type == "cuda")
+        self.feed.start_step = self.step
+        return self.feed.batches(self.cfg.workers, pin_memory=self.device.type == "cuda")
 
     def config_record(self) -> dict:
         """What ``config.json`` records: the options, resolved (teachers, kinds, steps), the cache it reads, the
         tool's version and when the run started (kept when a run is continued)."""
         previous = self.folder.recorded() or {}
         return {"format": RUN_FORMAT, **asdict(self.cfg), "world_size": self.world, "total_steps": self.total, "teachers": self.teachers,
-                "kinds": sorted({k for _, k in self.selection.targets}),
-                "targets": {f"{t}/{k}": self.norms[f"{t}__{k}"].out_dim for t, k in self.selection.targets},
+                "kinds": sorted({target.kind for target in self.selection.targets}),
+                "targets": {target.name: self.norms[target.module].out_dim for target in self.selection.targets},
                 "lr_scaled": self.lr, "warmup_steps": self.warmup, "cache_fingerprint": self.cache.attrs["fingerprint"],
                 "version": __version__, "started": previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
 

@@ -18,7 +18,7 @@ import torch
 from ..cache.sources import open_source
 from ..cache.store import Cache
 from ..errors import UserError
-from ..models.pixels import PixelNorm
+from ..models.device_pixels import PixelNorm
 from ..distillation.exported import add_scores_to_card, load_student
 from ..runtime import pick_device, share_cores
 from .agreement import HeadAgreement

@@ -10,7 +10,7 @@ from ..cache.pixels import CURRENT, PixelPipeline
 from ..cache.sources import open_source
 from ..cache.views import ViewPlan, ViewPolicy, plan_views
 from ..models.photometric import photometric
-from ..models.pixels import cut
+from ..models.device_pixels import cut
 
 
 def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..cache.sources import open_source
-from ..distillation.runs import save_tensors
+from ..distillation.run_files import save_tensors
 from ..errors import UserError
-from ..models.pixels import PixelNorm
+from ..models.device_pixels import PixelNorm
 from ..models.student import pooled
 from ..runtime import pick_device, share_cores
 from .images import EvalViews

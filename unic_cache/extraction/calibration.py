@@ -12,7 +12,7 @@ import torch
 
 from ..cache.codecs import Codec, FittedCodec, fidelity, fit_codec
 from ..cache.store import Cache
-from ..models.codecs import DeviceCodec, on_stored_grid, unpool_tokens
+from ..models.device_codecs import DeviceCodec, on_stored_grid, unpool_tokens
 from ..models.teachers import Teacher
 
 CALIBRATION_VIEWS = 8  # the plan's views 0..7 (UNIC's default count) feed every codec fit

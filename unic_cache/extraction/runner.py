@@ -29,9 +29,10 @@ from ..cache.statistics import Moments
 from ..cache.teacher import TeacherStore, UnitDigest
 from ..cache.views import plan_views
 from ..errors import UserError
-from ..models.codecs import DeviceCodec
-from ..models.geometry import Packed, SharedRing, pack
-from ..models.pixels import channels_first, device_views
+from ..models.device_codecs import DeviceCodec
+from ..models.geometry import Packed
+from ..models.pixel_worker import PixelWorker
+from ..models.device_pixels import device_views
 from ..models.teachers import build_teacher
 from ..runtime import HostCopy, autocast_for, pick_device, prepare_model, rank_world, share_cores, to_device
 from .calibration import CALIBRATION_VIEWS, calibrate, calibration_views, held_out_views
@@ -72,7 +73,7 @@ class ViewBatches(Dataset):
         self.keys, self.location, self.bad, self.digest = cache.keys, cache.location, cache.bad, cache.digest
         self.pixels, self.image_size, self.first_view = cache.pixels, cache.image_size, first_view
         self.plan = replace(cache.plan, views=views)
-        self._ring: SharedRing | None = None  # a worker's reused pixel buffers (pipeline 3)
+        self.worker = PixelWorker(cache.pixels, _PREFETCH + 2)  # decode, then pack (pipeline 3) or cut the views
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -85,21 +86,13 @@ class ViewBatches(Dataset):
         good_rows = np.array([row for _, row in good], dtype=int)
         data = self.source.read_rows(self.location[good_rows], [str(k) for k in self.keys[good_rows]],
                                      None if self.digest is None else self.digest[good_rows]) if good else []
+        valid[[i for i, _ in good]] = True
+        blobs = dict(zip((i for i, _ in good), data))
+        in_order = (blobs.get(i) for i in range(len(rows)))  # None: a bad sample
         if self.pixels.device_geometry:
-            valid[[i for i, _ in good]] = True
-            blobs = iter(data)
-            decoded = (self.pixels.decode_array(next(blobs)) if ok else None for ok in valid.tolist())
             shapes = [tuple(self.image_size[row][::-1]) if ok else (0, 0) for row, ok in zip(rows, valid.tolist())]
-            self._ring = self._ring or SharedRing(_PREFETCH + 2)
-            return np.asarray(rows), pack(decoded, shapes, self._ring), valid, params
-        r = self.resolution
-        views = np.zeros((len(rows), self.views, r, r, 3), np.uint8)
-        for (i, _), blob in zip(good, data):
-            image = self.pixels.decode(blob)
-            for v in range(self.views):
-                views[i, v] = self.pixels.crop(image, params[i, v], r)
-            valid[i] = True
-        return np.asarray(rows), channels_first(views), valid, params
+            return np.asarray(rows), self.worker.packed(in_order, shapes), valid, params
+        return np.asarray(rows), self.worker.cut(in_order, params, {"image": self.resolution})["image"], valid, params
 
 
 def batch_views(pixels: torch.Tensor | Packed, params: np.ndarray, rows: np.ndarray, views: np.ndarray,

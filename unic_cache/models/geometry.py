@@ -146,7 +146,7 @@ def cut_views(data: torch.Tensor, shapes: torch.Tensor, image_of_view: np.ndarra
         return torch.zeros((0, 3, resolution, resolution), dtype=torch.uint8, device=data.device)
     if data.device.type == "cpu" and PIL_IS_EXACT:
         return _cut_with_pil(data, shapes, image_of_view, params, resolution)
-    return _cut_exact(data, shapes, image_of_view, params, resolution)
+    return cut_exact(data, shapes, image_of_view, params, resolution)
 
 
 def pil_box(params: np.ndarray, width: np.ndarray, height: np.ndarray) -> np.ndarray:
@@ -235,7 +235,7 @@ def horizontal_first(height: np.ndarray, width: np.ndarray, resolution: int) -> 
     return ~((shrink_y > 0) & (shrink_y > 2 * shrink_x))
 
 
-def _cut_exact(data, shapes, image_of_view, params, resolution) -> torch.Tensor:
+def cut_exact(data, shapes, image_of_view, params, resolution) -> torch.Tensor:
     """The device kernel: both passes in integers, PIL's order, views in chunks."""
     dev, r = data.device, resolution
     at, hw = offsets(shapes), shapes.numpy()

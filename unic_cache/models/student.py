@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .pixels import PixelNorm
+from .device_pixels import PixelNorm
 
 
 def parse_blocks(spec: str, depth: int) -> list[int]:

@@ -26,7 +26,7 @@ from torch import nn
 from ..cache.layout import TeacherInfo
 from ..errors import UserError
 from .converters import from_efficientnet_pytorch, from_layer_scale_gammas, is_efficientnet_pytorch
-from .pixels import PixelNorm
+from .device_pixels import PixelNorm
 from .registry import (MODEL_PREFIXES, alias_model, default_resolution, family_model_args, file_sha256, model_spec,
                        release_problem, summary_kind, weights_problem)
 

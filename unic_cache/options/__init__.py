@@ -163,7 +163,7 @@ class Options:
         may open stores: the storage options take effect first, for every store the process opens)."""
         self.check_values()
         if getattr(self, "storage_options", None):
-            from ..cache.storage import use_storage_options
+            from .storage import use_storage_options
 
             use_storage_options(self.storage_options)
         self.check_together()

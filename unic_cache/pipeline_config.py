@@ -36,8 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UserError
-from . import check_options, set_value
+from .errors import UserError
+from .options import check_options, set_value
 
 _KEYS = {"name", "out", "data", "cache", "teachers", "distill", "arms", "seeds", "eval"}
 _TEACHER_KEYS = {"teacher", "size", "resolution", "model_args", "weights", "train", "extract", "same_as"}
@@ -76,10 +76,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     """A pipeline YAML as a dict, with its ``base`` merged in, ``--set`` overrides applied and its keys checked."""
-    from ..distillation.options import DistillOptions
-    from ..evaluation.options import EvalOptions, TeacherTrainOptions
-    from ..extraction.options import ExtractOptions
-    from ..shapes import ShapesOptions
+    from .distillation.options import DistillOptions
+    from .evaluation.options import EvalOptions, TeacherTrainOptions
+    from .extraction.options import ExtractOptions
+    from .shapes import ShapesOptions
 
     config = _read_yaml(Path(path))
     for assignment in overrides:
