@@ -13,14 +13,15 @@ ALIASES = [(family.alias, size) for family in FAMILIES.values() for size in fami
 
 @pytest.mark.parametrize("resolution", [224, 160, None])
 def test_every_alias_shape_is_the_built_models(resolution):
-    """Width, grid and prefix tokens (CLS and registers) of every alias, at 224, 160 and its family's own
-    resolution (SAM's 1024), as the torch-free table says and as timm builds it on the meta device."""
+    """Width, grid, prefix tokens (CLS and registers) and summary tokens (C-RADIO's) of every alias, at 224, 160
+    and its family's own resolution (SAM's 1024), as the torch-free table says and as timm builds it on the meta
+    device."""
     for alias, size in ALIASES:
         at = resolution or default_resolution(alias, None)
         table, built = alias_shape(alias, size, at), teacher_shape(alias, size, resolution)
         prefix = SHAPES[table.model_id][2]
-        assert (table.dim, table.grid, table.resolution, prefix) == (built.dim, tuple(built.grid), built.resolution,
-                                                                      built.prefix_tokens), (alias, size)
+        assert (table.dim, table.grid, table.resolution, prefix, table.summary_tokens) == (
+            built.dim, tuple(built.grid), built.resolution, built.prefix_tokens, built.summary_tokens), (alias, size)
 
 
 SUMMARIES = {"dinov2": "cls", "dinov2-reg": "cls", "dinov3": "cls", "dino": "cls", "deit3": "cls", "clip": "cls",

@@ -46,7 +46,11 @@ def test_one_extract_per_family_and_a_student_from_the_mixed_cache(data, tmp_pat
     sam = c.teacher("sam-base")
     assert (sam.info.resolution, tuple(sam.info.grid), tuple(sam.stored_grid), sam.info.dim) == (128, (8, 8), (2, 2), 256)
     assert c.teacher("dinov3-small").info.prefix_tokens == 5 and c.teacher("dinov3-small").info.summary_kind == "cls"
-    assert c.teacher("c-radio-base").info.prefix_tokens == 8
+    radio, radio4 = c.teacher("c-radio-base"), c.teacher("c-radio-v4-so400m")
+    assert radio.info.prefix_tokens == 8 and radio4.info.prefix_tokens == 10
+    # RADIO's summary: its summary teachers' tokens concatenated (v3: CLIP, SigLIP2, DINOv2; v4: SigLIP2, DINOv3)
+    assert radio.group["summary"].shape[-1] == 3 * 768 and radio.stats("summary")["mean"].shape == (3 * 768,)
+    assert radio4.group["summary"].shape[-1] == 2 * 1152
     assert c.teacher("pe-core-tiny").info.summary_kind == "pooled"  # its attention pool, not its CLS token
     assert c.teacher("siglip2-base").info.summary_kind == "pooled"
     run = tmp_path / "run"
@@ -75,6 +79,19 @@ def test_a_student_this_tool_exported_is_the_teacher_of_the_next_run(world, tmp_
     import hashlib
     assert store.info.weights_sha256 == hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
 
+
+
+@pytest.mark.parametrize("teacher, size, summary_tokens", [("c-radio", "base", 3), ("c-radio-v4", "so400m", 2)])
+def test_radio_summary_is_its_summary_tokens_concatenated(teacher, size, summary_tokens):
+    """RADIO's own model returns as its summary the CLS tokens of its summary teachers, flattened (NVlabs/RADIO
+    radio_model.py ``_extract_final``), and its patch tokens after every prefix token."""
+    model = build_teacher(teacher, size, weights="random", resolution=32, model_args={"depth": 1})
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    summary, patch = model(images)
+    tokens = model.model.forward_features(model.pixels(images))
+    assert torch.equal(summary, tokens[:, :summary_tokens].reshape(2, -1))
+    assert torch.equal(patch, tokens[:, model.model.num_prefix_tokens:])
+    assert model.info.width("summary") == summary_tokens * model.info.dim
 
 # --- UNIC's four teachers, read from files laid out as they are released -------------------------------------
 

@@ -91,7 +91,7 @@ def plan(opts: PlanOptions) -> tuple[list[TeacherSize], list[ArrayPlan]]:
         index = open_source(opts.data).index(progress=True)
         samples, key_bytes = index.n, sum(len(str(k).encode()) for k in index.keys)
     sizes = [TeacherSize(spec, info.dim, info.grid, codecs["summary"], codecs.get("patch"), samples, opts.planned_views,
-                         opts.shard_mb, opts.unit_rows) for spec, info in zip(opts.teachers, infos)]
+                         opts.shard_mb, opts.unit_rows, info.summary_tokens) for spec, info in zip(opts.teachers, infos)]
     return sizes, cache_arrays(samples, opts.planned_views, key_bytes)
 
 

@@ -42,7 +42,7 @@ def one(teacher: str, batch: int, repeat: int) -> dict:
     model(images)  # warm-up
     seconds, (summary, patch) = timed(lambda: model(images), repeat)
     return {"teacher": teacher, "model": info.model_id, "params": sum(p.numel() for p in model.parameters()),
-            "resolution": info.resolution, "tokens": patch.shape[1], "dim": summary.shape[-1],
+            "resolution": info.resolution, "tokens": patch.shape[1], "summary": summary.shape[-1], "dim": patch.shape[-1],
             "s_per_image": seconds / batch, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -71,14 +71,14 @@ def main() -> None:
         "the resolution `extract` runs it at; peak resident memory of the process that built and ran it. On a GPU "
         "these are much faster; here they say what a CPU smoke run of each family costs, and the ratios between "
         "families hold for the same hardware.", "",
-        "| teacher | timm id | parameters | resolution | patch tokens | width | s / image | peak memory (GiB) |",
+        "| teacher | timm id | parameters | resolution | patch tokens | summary / patch width | s / image | peak memory (GiB) |",
         "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['teacher']} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['teacher']} | `{r['model']}` | {r['params'] / 1e6:.0f} M | {r['resolution']} | {r['tokens']} | "
-                     f"{r['dim']} | {r['s_per_image']:.2f} | {r['peak_gib']:.1f} |")
+                     f"{r['summary']} / {r['dim']} | {r['s_per_image']:.2f} | {r['peak_gib']:.1f} |")
     lines += [""] + [f"Not run: {t}: {why}." for t, why in TOO_LARGE.items()] + [""]
     publish(lines, args.write)
 

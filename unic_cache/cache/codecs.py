@@ -244,6 +244,7 @@ def fidelity(original: np.ndarray, decoded: np.ndarray, mean: np.ndarray, std: n
             "std_rel_err": float(rel.mean()) if varied.any() else float("nan")}
 
 
-def f32_bytes(dim: int, tokens: int) -> int:
-    """Bytes of one sample-view (summary + tokens) in float32: the reference of every size ratio."""
-    return 4 * dim * (1 + tokens)
+def f32_bytes(dim: int, tokens: int, summary_tokens: int = 1) -> int:
+    """Bytes of one sample-view (a summary ``summary_tokens`` wide + tokens) in float32: the reference of every size
+    ratio."""
+    return 4 * dim * (summary_tokens + tokens)

@@ -35,7 +35,7 @@ def cache_info(cache: Cache) -> tuple[dict, list[dict]]:
         groups = (store, *store.blocks)  # the teacher and the views added to it
         stored = sum(g.nbytes_stored() for g in groups)
         per_view = stored / max(1, cache.n * sum(g.own_views for g in groups))
-        f32 = f32_bytes(info.dim, info.tokens if store.has_patch else 0)
+        f32 = f32_bytes(info.dim, info.tokens if store.has_patch else 0, info.summary_tokens)
         grid = store.stored_grid
         teachers.append({
             "teacher": name, "model": info.model_id, "model args": info.model_args, "weights": info.weights,

@@ -32,10 +32,15 @@ class TeacherInfo:
     dim: int
     summary_kind: str  # "cls" or "pooled" (models.registry.summary_kind)
     model_args: dict = field(default_factory=dict)  # extra timm.create_model arguments (depth=2, ...)
+    summary_tokens: int = 1  # "cls": the first N tokens concatenated (C-RADIO: one per teacher; registry.SUMMARY_TOKENS)
 
     @property
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    def width(self, kind: str) -> int:
+        """The width of a ``kind`` vector: a patch token's, or the summary's (``summary_tokens`` of them)."""
+        return self.dim * self.summary_tokens if kind == "summary" else self.dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +56,6 @@ def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int
                fitted: dict[str, FittedCodec], shard_mb: float, unit_rows: int | None, code_version: str) -> zarr.Group:
     """Create the arrays of a new teacher in ``teachers`` (replacing our own unfinished ones) for ``n`` rows of ``k``
     views in a cache of format ``version``; sizes are fixed here, so every rank computes the same layout."""
-    d = info.dim
     shapes = {"summary": (), "patch": ()}
     if "patch" in fitted:
         grid = fitted["patch"].codec.stored_grid(info.grid)
@@ -59,7 +63,7 @@ def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int
     vector = {kind: f.codec.bytes_per_vector(f.stored_dim) for kind, f in fitted.items()}
     row_bytes = k * sum(vector[kind] * int(np.prod(shapes[kind])) for kind in fitted)
     patch_row = shapes["patch"][0] * vector["patch"] if "patch" in fitted else None
-    stats_bytes = partial_stats_bytes(d, len(fitted)) if version >= 5 else 0  # format 4: one shard per unit
+    stats_bytes = partial_stats_bytes([info.width(kind) for kind in fitted]) if version >= 5 else 0  # format 4: one shard per unit
     layout = UnitLayout.of(n, row_bytes, patch_row, shard_mb, unit_rows, stats_bytes)
     unit_rows, units, chunk_rows, summary_rows = layout.unit_rows, layout.units, layout.chunk_rows, layout.summary_rows
     group = teachers.create_group(name, overwrite=True)
@@ -79,6 +83,7 @@ def create_teacher(teachers: zarr.Group, name: str, n: int, k: int, version: int
     stats = group.create_group("stats/partial")
     digested += [f"stats/partial/{kind}_{n}" for kind in fitted for n in PARTIALS]
     for kind in fitted:
+        d = info.width(kind)
         create_checked(stats, f"{kind}_count", (units,), "float64", chunks=(1,))
         create_checked(stats, f"{kind}_cos", (units,), "float64", chunks=(1,))
         create_checked(stats, f"{kind}_mean", (units, d), "float64", chunks=(1, d), compressors=zstd)

@@ -32,9 +32,10 @@ KEY_BYTES = 24  # a sample key's UTF-8 bytes when the dataset is not read ("n014
 STATS_SHARE = 200  # a unit's features take at least this many times the bytes of its partial statistics (format 5)
 
 
-def partial_stats_bytes(dim: int, kinds: int) -> int:
-    """Bytes of one unit's partial statistics: per kind a count, a codec cosine, a mean and a D x D float64 m2."""
-    return kinds * (2 + dim + dim * dim) * 8
+def partial_stats_bytes(widths: list[int]) -> int:
+    """Bytes of one unit's partial statistics: per kind (of width D) a count, a codec cosine, a mean and a D x D
+    float64 m2."""
+    return sum((2 + d + d * d) * 8 for d in widths)
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,13 @@ def cache_arrays(n: int, views: int, key_bytes: int) -> list[ArrayPlan]:
             _chunked("views/params", (n, views, 16), 4, 4096)]
 
 
-def teacher_arrays(name: str, n: int, views: int, dim: int, kinds: dict[str, tuple[Codec, int, int, dict]],
+def teacher_arrays(name: str, n: int, views: int, widths: dict[str, int], kinds: dict[str, tuple[Codec, int, int, dict]],
                    layout: UnitLayout) -> list[ArrayPlan]:
     """Every array of a teacher: ``kinds`` maps summary/patch to (codec, stored width, stored tokens per vector
-    (1 for the summary), codec parameter shapes)."""
+    (1 for the summary), codec parameter shapes), ``widths`` to their vectors' width."""
     at, out, digested = f"teachers/{name}/", [], 0
     for kind, (codec, stored, tokens, params) in kinds.items():
+        dim = widths[kind]
         vectors = (n, views, *((tokens,) if kind == "patch" else ()))
         out.append(_chunked(at + kind, (*vectors, stored), np.dtype(codec.dtype).itemsize, layout.shard_rows))
         parts = codec.parts
@@ -141,14 +143,19 @@ class TeacherSize:
     views: int
     shard_mb: float = 256.0  # extract's shards and units of work, as its --shard-mb and --unit-rows
     unit_rows: int | None = None
+    summary_tokens: int = 1  # the summary is this many tokens wide (C-RADIO's)
+
+    def width(self, kind: str) -> int:
+        """The width of a ``kind`` vector before its codec."""
+        return self.dim * self.summary_tokens if kind == "summary" else self.dim
 
     def kinds(self) -> dict[str, tuple[Codec, int, int, dict]]:
         """summary/patch -> (codec, planned stored width, stored tokens per vector, codec parameter shapes)."""
         out = {}
         for kind, codec in (("summary", self.codec), ("patch", self.patch_codec)):
             if codec is not None:
-                stored = codec.planned_dim(self.dim)
-                params = codec.param_shapes(self.dim, stored)
+                stored = codec.planned_dim(self.width(kind))
+                params = codec.param_shapes(self.width(kind), stored)
                 tokens = self.stored_grid[0] * self.stored_grid[1] if kind == "patch" else 1
                 out[kind] = (codec, stored, tokens, params)
         return out
@@ -158,12 +165,13 @@ class TeacherSize:
         """The units extract will cut this teacher into."""
         kinds = self.kinds()
         patch = kinds["patch"][2] * kinds["patch"][0].bytes_per_vector(kinds["patch"][1]) if "patch" in kinds else None
-        stats = partial_stats_bytes(self.dim, len(kinds))  # a new cache: format 5's units
+        stats = partial_stats_bytes([self.width(kind) for kind in kinds])  # a new cache: format 5's units
         return UnitLayout.of(self.samples, self.per_sample_view * self.views, patch, self.shard_mb, self.unit_rows, stats)
 
     def arrays(self) -> list[ArrayPlan]:
         """Every array extract will write for this teacher (features, codec parameters, statistics, digest, progress)."""
-        return teacher_arrays(self.name, self.samples, self.views, self.dim, self.kinds(), self.layout)
+        return teacher_arrays(self.name, self.samples, self.views, {k: self.width(k) for k in ("summary", "patch")},
+                              self.kinds(), self.layout)
 
     @property
     def stored_grid(self) -> tuple[int, int]:
@@ -172,7 +180,7 @@ class TeacherSize:
     @property
     def per_sample_view(self) -> int:
         """Encoded bytes of one sample-view: the summary and the (possibly pooled) patch tokens."""
-        summary = self.codec.bytes_per_vector(self.codec.planned_dim(self.dim))
+        summary = self.codec.bytes_per_vector(self.codec.planned_dim(self.width("summary")))
         if self.patch_codec is None:
             return summary
         tokens = self.stored_grid[0] * self.stored_grid[1]
@@ -184,7 +192,8 @@ class TeacherSize:
 
     @property
     def vs_float32(self) -> float:
-        return self.per_sample_view / f32_bytes(self.dim, self.grid[0] * self.grid[1] if self.patch_codec else 0)
+        return self.per_sample_view / f32_bytes(self.dim, self.grid[0] * self.grid[1] if self.patch_codec else 0,
+                                                self.summary_tokens)
 
     @property
     def upper_bound(self) -> bool:

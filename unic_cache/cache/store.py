@@ -294,7 +294,8 @@ class Cache:
             self._teacher_sealed.pop(name)  # being added by another process: look again next time
             raise UserError(f"cache {self.url}: teacher {name} is being added, or its addition was interrupted (it has no "
                             f"{seal.SEAL} yet); run the same extract command to finish it")
-        return TeacherStore(group, self, name)
+        teacher, _, block = name.partition("/")
+        return TeacherStore(group, self, name, self.teacher(teacher) if block else None)
 
     def unfinished(self, name: str) -> bool:
         """Whether teacher (or view block) ``name`` exists but is not made: its seal, written last when it is added, is

@@ -32,7 +32,7 @@ from .statistics import Moments
 
 class Parent(Protocol):
     """What a teacher reads of the cache that holds it (``store.Cache``): its rows, root group and URL, the view
-    parameters of rows, and the other teachers and view blocks by name (a block's base teacher)."""
+    parameters of rows, and a teacher's view blocks by name."""
 
     n: int
     group: zarr.Group
@@ -66,8 +66,9 @@ class UnitDigest:
 class TeacherStore:
     """One teacher's arrays in a cache: features, progress per unit, and statistics."""
 
-    def __init__(self, group: zarr.Group, cache: Parent, name: str):
+    def __init__(self, group: zarr.Group, cache: Parent, name: str, base: "TeacherStore | None" = None):
         self.group, self.cache, self.name = group, cache, name  # name: "<teacher>", or "<teacher>/views-<K1>" (a block)
+        self.base = base or self  # the teacher a view block adds views to (a teacher's is itself)
         self.attrs = json_normal(group.attrs.asdict())
         self._arrays: dict[str, zarr.Array] = {}
 
@@ -92,7 +93,7 @@ class TeacherStore:
             if f"codec/{kind}" in self.group:
                 params = {name: read_whole(array, f"teacher {self.name} codec parameter {kind}/{name}")
                           for name, array in self.group[f"codec/{kind}"].arrays()}
-            out[kind] = FittedCodec.from_attrs(described[kind], self.info.dim, params, self.name)
+            out[kind] = FittedCodec.from_attrs(described[kind], self.info.width(kind), params, self.name)
         return out
 
     @property
@@ -314,9 +315,8 @@ class TeacherStore:
         of the teacher, then of each view block before this one, then this group's, in unit order."""
         chain = [self]
         if self.first_view:  # a block: the teacher's views before it come first
-            base = self.cache.teacher(self.name.split("/")[0])
-            chain = [base, *(b for b in base.blocks if b.first_view < self.first_view), self]
-        total, cos = Moments.empty(self.info.dim), 0.0
+            chain = [self.base, *(b for b in self.base.blocks if b.first_view < self.first_view), self]
+        total, cos = Moments.empty(self.info.width(kind)), 0.0
         for group in chain:
             for unit in range(group.units):
                 m, c = group.unit_moments(kind, unit)
@@ -327,7 +327,7 @@ class TeacherStore:
         """Once every unit is done, write ``stats/<kind>/{count, mean, var, cov}`` and mark complete
         (one process merges; the others wait for it). False while units are missing (for a view block: or the
         teacher's own are, whose statistics its merge continues)."""
-        if not self.done().all() or (self.first_view and not self.cache.teacher(self.name.split("/")[0]).complete):
+        if not self.done().all() or (self.first_view and not self.base.refresh().complete):
             return False
         claims.once(self.cache.url, f"finalize-{self.name}", lambda: self.refresh().complete, self._merge_stats,
                     lambda: None, f"merging the statistics of teacher {self.name}")

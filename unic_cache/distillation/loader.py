@@ -39,6 +39,12 @@ class Target(NamedTuple):
     teacher: str
     kind: str
 
+    @classmethod
+    def named(cls, name: str) -> "Target":
+        """The target a ``name`` ("dinov2/patch", as a run's record keys it) stands for."""
+        teacher, _, kind = name.rpartition("/")
+        return cls(teacher, kind)
+
     @property
     def name(self) -> str:
         return f"{self.teacher}/{self.kind}"

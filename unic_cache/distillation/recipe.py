@@ -79,7 +79,7 @@ class Distiller:
         self.selection = Selection.of(cache, self.teachers, cfg.kinds)
         self.online = {t: rebuild_teacher(t, stores[t].info).to(self.device) for t in self.teachers} if cfg.online else {}
         self.norms = torch.nn.ModuleDict({
-            target.module: RunningNorm(stores[target.teacher].info.dim) if cfg.norm_stats == "running"
+            target.module: RunningNorm(stores[target.teacher].info.width(target.kind)) if cfg.norm_stats == "running"
             else TargetNorm.from_stats(cfg.norm, stores[target.teacher].stats(target.kind)) for target in self.selection.targets})
         self.running = [norm for norm in self.norms.values() if isinstance(norm, RunningNorm)]
         self.norms.to(self.device)

@@ -27,6 +27,7 @@ from ..cache.store import Cache
 from ..errors import UserError
 from ..models.student import Student
 from ..distillation.exported import student_weights
+from ..distillation.loader import Target
 from ..distillation.normalize import RunningNorm, TargetNorm
 from .images import EvalViews
 
@@ -34,11 +35,11 @@ MAX_ROWS = 1000  # distilled rows compared (evenly spaced over the run's cache)
 GROUPS = ("distilled", "val", "test")
 
 
-def _norms(heads: dict[str, torch.Tensor], targets: list[str], mode: str) -> dict[str, torch.nn.Module]:
+def _norms(heads: dict[str, torch.Tensor], targets: list[Target], mode: str) -> dict[Target, torch.nn.Module]:
     """The run's target standardisations, as saved beside its heads (``norms.<teacher>__<kind>.*``)."""
     out = {}
     for target in targets:
-        prefix = f"norms.{target.replace('/', '__')}."
+        prefix = f"norms.{target.module}."
         state = {k[len(prefix):]: v for k, v in heads.items() if k.startswith(prefix)}
         dim = len(state["mean"])
         norm = RunningNorm(dim) if "std" in state else TargetNorm(mode, np.zeros(dim), np.eye(dim))
@@ -54,7 +55,7 @@ class HeadAgreement:
         self.run, self.device = Path(run), torch.device(device)
         self.config = json.loads((self.run / "config.json").read_text())
         heads = load_file(str(self.run / "heads.safetensors"))
-        self.targets = sorted(self.config["targets"])
+        self.targets = sorted(Target.named(name) for name in self.config["targets"])
         self.norms = _norms(heads, self.targets, self.config.get("norm", "standard"))
         self.out_factor = 2 if self.config.get("loss") == "gauss" else 1
         self.heads_state = {k[len("heads."):]: v for k, v in heads.items() if k.startswith("heads.")}
@@ -63,7 +64,7 @@ class HeadAgreement:
     def _student(self, grids: dict[str, tuple[int, int]]) -> Student:
         """The run's student (encoder and heads) predicting patch targets on ``grids`` (teacher -> token grid)."""
         c = self.config
-        targets = {t: (self.norms[t].out_dim, grids[t.split("/")[0]] if t.endswith("/patch") else None) for t in self.targets}
+        targets = {t.name: (self.norms[t].out_dim, grids[t.teacher] if t.kind == "patch" else None) for t in self.targets}
         student = Student(c["student"], c["img_size"], targets, c.get("lop_blocks", "all"), 0.0, self.out_factor,
                           c.get("model_args") or {}, c.get("lop_head", "unic"), str(c.get("lop_hidden", "768")))
         student.encoder.load_state_dict(self.encoder_state)
@@ -74,9 +75,8 @@ class HeadAgreement:
     def compare(self, cache: Cache, data: str, rows: np.ndarray, batch_size: int = 128) -> dict[str, dict[str, float]]:
         """{target: {"cosine": mean cosine, "error": mean squared error per dimension}} of the heads' predictions
         against ``cache``'s view-0 targets of ``rows``, both standardised by the run's norms."""
-        teachers = [t for t in {t.split("/")[0] for t in self.targets} if t in cache.teacher_names()]
-        targets = [t for t in self.targets if t.split("/")[0] in teachers
-                   and (t.endswith("/summary") or cache.teacher(t.split("/")[0]).has_patch)]
+        teachers = [t for t in {t.teacher for t in self.targets} if t in cache.teacher_names()]
+        targets = [t for t in self.targets if t.teacher in teachers and (t.kind == "summary" or cache.teacher(t.teacher).has_patch)]
         if not targets or not len(rows):
             return {}
         stores = {t: cache.teacher(t) for t in teachers}
@@ -90,14 +90,13 @@ class HeadAgreement:
             chunk = rows[done:done + len(images)]
             done += len(images)
             for target in targets:
-                teacher, kind = target.split("/")
-                span = stores[teacher].read(kind, slice(int(chunk[0]), int(chunk[-1]) + 1), 0)  # rows are sorted
+                span = stores[target.teacher].read(target.kind, slice(int(chunk[0]), int(chunk[-1]) + 1), 0)  # rows are sorted
                 stored = np.ascontiguousarray(span[chunk - chunk[0]])
                 truth = self.norms[target].to(self.device)(torch.from_numpy(stored).to(self.device)).reshape(-1, self.norms[target].out_dim)
-                pred = preds[target].float().chunk(self.out_factor, dim=-1)[0].reshape(truth.shape)
+                pred = preds[target.name].float().chunk(self.out_factor, dim=-1)[0].reshape(truth.shape)
                 cos = torch.nn.functional.cosine_similarity(pred, truth, dim=-1)
                 sums[target] += [float(cos.sum()), float(((pred - truth) ** 2).mean(-1).sum()), len(truth)]
-        return {t: {"cosine": s[0] / s[2], "error": s[1] / s[2]} for t, s in sums.items()}
+        return {t.name: {"cosine": s[0] / s[2], "error": s[1] / s[2]} for t, s in sums.items()}
 
     def report(self, cache: Cache, data: str, split: np.ndarray, rows: np.ndarray) -> dict[str, dict[str, float]]:
         """{target: {"cosine_<group>", "error_<group>"} for the groups of ``GROUPS``} and ``seen`` (1.0 when the

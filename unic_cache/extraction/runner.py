@@ -258,7 +258,6 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
     shards, however many a unit has."""
     kinds, k, info = store.kinds, store.own_views, store.info
     res = info.resolution
-    d = info.dim
     codecs = {kind: DeviceCodec(store.codecs[kind], info.grid, device) for kind in kinds}
     shapes, dtypes = {}, {}
     for kind in kinds:
@@ -277,7 +276,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
                 if not shards:
                     unit = next(unit_iter)
                     shards, digest = store.unit_shards(unit), UnitDigest(store)
-                    moments = {kind: Moments.empty(d) for kind in kinds}
+                    moments = {kind: Moments.empty(info.width(kind)) for kind in kinds}
                     cos = {kind: torch.zeros((), dtype=torch.float64, device=device) for kind in kinds}
                 rows, shards, filled = shards[0], shards[1:], 0
                 buffers = {name: np.zeros((len(rows), *shapes[name]), dtypes[name]) for name in shapes}
@@ -293,7 +292,7 @@ def _run_units(loader: DataLoader, teacher: torch.nn.Module, store: TeacherStore
                     vectors = codecs[kind].original(out[kind])
                     stored = codecs[kind].encode(vectors)
                     decoded = codecs[kind].decode(stored, torch.float64)
-                    moments[kind] = moments[kind].merge(batch_moments(decoded.reshape(-1, d)))
+                    moments[kind] = moments[kind].merge(batch_moments(decoded.reshape(-1, info.width(kind))))
                     cos[kind] = cos[kind] + cosine_sum(vectors, decoded)
                     queued += [(buffers[name], local[valid.numpy()], HostCopy(values.reshape(-1, *shapes[name])))
                                for name, values in zip(store.arrays(kind), stored)]

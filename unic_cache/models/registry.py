@@ -63,10 +63,10 @@ FAMILIES = {
         TeacherFamily("c-radio", {"base": "vit_base_patch16_radio_v3.c_radio", "large": "vit_large_patch16_radio_v3.c_radio",
                                   "huge": "vit_huge_patch16_radio_v3.c_radio", "giant": "vit_giant_patch16_radio_v3.c_radio"},
                       "base", "C-RADIOv3 (NVIDIA, agglomerative: CLIP, SigLIP2, DINOv2, SAM; 8 prefix tokens, native 512 px)",
-                      "summary token 0 (RADIO's own summary concatenates tokens 0-2; one width per teacher here)"),
+                      "summary tokens 0-2 concatenated (one per summary teacher, as RADIO's own model returns it)"),
         TeacherFamily("c-radio-v4", {"so400m": "vit_so400m_patch16_radio_v4.c_radio", "huge": "vit_huge_patch16_radio_v4.c_radio"},
                       "so400m", "C-RADIOv4 (NVIDIA: SigLIP2, DINOv3, SAM3; 10 prefix tokens, native 512 px)",
-                      "summary token 0 (RADIO's own summary concatenates tokens 0-1; one width per teacher here)"),
+                      "summary tokens 0-1 concatenated (one per summary teacher, as RADIO's own model returns it)"),
         TeacherFamily("pe-core", {"tiny": "vit_pe_core_tiny_patch16_384.fb", "small": "vit_pe_core_small_patch16_384.fb",
                                   "base": "vit_pe_core_base_patch16_224.fb", "large": "vit_pe_core_large_patch14_336.fb",
                                   "gigantic": "vit_pe_core_gigantic_patch14_448.fb"},
@@ -151,6 +151,14 @@ CONV_MODELS = {"efficientnet_lite0", "convnext_tiny.dinov3_lvd1689m", "convnext_
 # models that have a CLS token but whose summary is their pooled embedding (the pool their own objective shapes);
 # every other model with a CLS token is summarised by it (whatever timm's default global_pool), one without by its pool
 POOLED_SUMMARY = tuple(m for f in ("pe-core", "pe-spatial") for m in FAMILIES[f].sizes.values())
+# models whose summary is their first N prefix tokens concatenated: C-RADIO keeps a CLS token per teacher it distils
+# and its own model returns those of the teachers trained with a summary loss, flattened (NVlabs/RADIO
+# ``radio_model.py`` ``_extract_final``: ``all_summary[:, summary_idxs]`` then ``flatten(1)``; ``hubconf.py``:
+# ``summary_idxs`` = the first index of each ``use_summary`` teacher, from the checkpoint's args). Its README lists
+# the teachers in order, v3 ``clip``, ``siglip2-g``, ``dino_v2``, ``sam`` and v4 ``siglip2-g``, ``dino_v3``, ``sam3``;
+# SAM has no summary: tokens 0-2 for v3, 0-1 for v4. timm drops these indices when it converts the weights.
+SUMMARY_TOKENS = {**{m: 3 for m in FAMILIES["c-radio"].sizes.values()},
+                  **{m: 2 for m in FAMILIES["c-radio-v4"].sizes.values()}}
 MODEL_PREFIXES = ("timm:", "local-dir:", "hf-hub:")  # a model named outright, not an alias
 
 
@@ -186,6 +194,7 @@ class AliasShape:
     dim: int
     grid: tuple[int, int]
     resolution: int
+    summary_tokens: int = 1  # the summary's width is dim x summary_tokens (SUMMARY_TOKENS)
 
 
 def alias_shape(teacher: str, size: str | None, resolution: int) -> AliasShape:
@@ -193,7 +202,7 @@ def alias_shape(teacher: str, size: str | None, resolution: int) -> AliasShape:
     model_id = alias_model(teacher, size)
     dim, step, _ = SHAPES[model_id]
     side = -(-resolution // step) if model_id in CONV_MODELS else resolution // step
-    return AliasShape(model_id, dim, (side, side), resolution)
+    return AliasShape(model_id, dim, (side, side), resolution, SUMMARY_TOKENS.get(model_id, 1))
 
 
 def split_alias(teacher: str, size: str | None) -> tuple[str, str | None]:

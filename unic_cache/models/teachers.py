@@ -2,7 +2,7 @@
 
 ``build_teacher("dinov2", size="base")`` gives a ``Teacher`` whose forward maps uint8 views to
 (summary (B, D), patch (B, T, D)): the summary by its model's rule (``registry.summary_kind``: the CLS token, or
-the model's own pooled embedding), and the patch tokens with CLS and register tokens removed. Any timm model is
+the model's own pooled embedding; C-RADIO's summary tokens concatenated, D times their count), and the patch tokens with CLS and register tokens removed. Any timm model is
 ``timm:<name>``; a timm / Hugging Face model folder ``local-dir:FOLDER`` (a student this tool exported, too) and a
 hub repo ``hf-hub:REPO`` are taken as timm takes them.
 
@@ -27,8 +27,8 @@ from ..cache.layout import TeacherInfo
 from ..errors import UserError
 from .converters import from_efficientnet_pytorch, from_layer_scale_gammas, is_efficientnet_pytorch
 from .device_pixels import PixelNorm
-from .registry import (MODEL_PREFIXES, alias_model, default_resolution, family_model_args, file_sha256, model_spec,
-                       release_problem, summary_kind, weights_problem)
+from .registry import (MODEL_PREFIXES, SUMMARY_TOKENS, alias_model, default_resolution, family_model_args, file_sha256,
+                       model_spec, release_problem, summary_kind, weights_problem)
 
 
 PACKAGED = {  # timm model id -> (python package holding its weights, function giving the file, pip extra)
@@ -268,7 +268,8 @@ class Teacher(nn.Module):
             summary = self.model.forward_head(feats, pre_logits=True)
         else:
             patch = feats[:, self.info.prefix_tokens:]
-            summary = feats[:, 0] if self.info.summary_kind == "cls" else self.model.forward_head(feats, pre_logits=True)
+            summary = feats[:, :self.info.summary_tokens].flatten(1) if self.info.summary_kind == "cls" \
+                else self.model.forward_head(feats, pre_logits=True)
         return summary.float(), patch.float()
 
 
@@ -317,7 +318,7 @@ def describe(model: nn.Module, model_id: str, resolution: int | None, weights: s
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
         grid=grid, prefix_tokens=prefix, dim=int(feats.shape[1] if feats.ndim == 4 else feats.shape[-1]), summary_kind=kind,
-        model_args=dict(model_args or {}),
+        model_args=dict(model_args or {}), summary_tokens=SUMMARY_TOKENS.get(model_id, 1) if kind == "cls" else 1,
     )
 
 
