@@ -179,3 +179,15 @@ def test_plan_checks_its_teachers_before_the_data_and_takes_arguments_per_teache
     assert both.exit_code == 0, both.output
     per_view = {name: t["per_sample_view"] for name, t in json.loads(both.stdout)["teachers"].items()}
     assert per_view == {"efficientnet-lite": (1 + 1) * 1280 * 2, "timm:vit_tiny_patch16_224": (1 + 2 * 2) * 192 * 2}
+
+
+def test_a_model_built_for_another_size_plans_at_its_own_and_refuses_another():
+    """An img_size model argument is the model's own resolution when none is given; a --resolution it cannot run
+    at is one line saying so, not an assertion from inside timm."""
+    own = runner.invoke(app, ["plan", "--samples", "10", "--teachers", "timm:vit_tiny_patch16_224", "--model-arg",
+                              "img_size=32", "--json"])
+    assert own.exit_code == 0, own.output
+    assert json.loads(own.stdout)["teachers"]["timm:vit_tiny_patch16_224"]["per_sample_view"] == (1 + 2 * 2) * 192 * 2
+    other = runner.invoke(app, ["plan", "--samples", "10", "--teachers", "timm:vit_tiny_patch16_224", "--model-arg",
+                                "img_size=32", "--resolution", "64"])
+    one_line(other, "does not run at 64 px")

@@ -303,10 +303,15 @@ def describe(model: nn.Module, model_id: str, resolution: int | None, weights: s
     """What the cache records about an encoder: resolution, normalisation, token grid, width, summary kind
     (one forward of a blank image; on the meta device when ``model`` lives there)."""
     cfg = model.pretrained_cfg
-    res = resolution or int(cfg["input_size"][-1])
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # an img_size model argument is its own
+    res = resolution or int(built[-1] if built else cfg["input_size"][-1])
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        feats = model.forward_features(torch.zeros(1, 3, res, res, device=device))
+    try:
+        with torch.inference_mode():
+            feats = model.forward_features(torch.zeros(1, 3, res, res, device=device))
+    except (AssertionError, RuntimeError) as exc:
+        raise UserError(f"{model_id} does not run at {res} px ({str(exc).splitlines()[0]}); give the resolution it "
+                        "was built for (--resolution, or its img_size model argument)") from None
     if feats.ndim == 4:
         grid, prefix, kind = (int(feats.shape[2]), int(feats.shape[3])), 0, "pooled"
     else:
