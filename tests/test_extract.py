@@ -195,3 +195,31 @@ def test_teacher_forward_matches_timm_tokens(weights):
     assert torch.allclose(s, feats[:, 0]) and torch.allclose(p, feats[:, 5:])
     pooled = build_teacher("siglip", resolution=32, weights="random", model_args={"depth": 2})
     assert pooled.info.summary_kind == "pooled" and pooled.info.prefix_tokens == 0
+
+
+def test_a_teacher_recorded_by_an_older_version_or_its_weights_by_another_path_is_the_same_teacher(
+        shapes_dir, weights, tmp_path, monkeypatch):
+    """A 0.3 teacher (no ``summary_tokens`` in its record) keeps growing, and the same weights named by a relative
+    path (the cache recorded an absolute one) are the same teacher: compared by their bytes' sha256; other bytes
+    under the same name are not."""
+    from safetensors.torch import load_file, save_file
+
+    from unic_cache.cache.layout import seal_teacher
+
+    url = str(tmp_path / "c.zarr")
+    assert extract(str(shapes_dir), url, opts(weights)).complete
+    root = zarr.open_group(url, mode="r+")
+    group = root[f"teachers/{TINY}"]
+    group.attrs.put({k: v for k, v in group.attrs.asdict().items() if k != "summary_tokens"})
+    seal_teacher(root, TINY)
+    monkeypatch.chdir(weights[TINY].parent)
+    relative = {TINY: weights[TINY].relative_to(weights[TINY].parent)}
+    assert extract(str(shapes_dir), url, opts(relative)).complete  # complete already: nothing to do
+    assert extract(str(shapes_dir), url, opts(relative, views=VIEWS + 2)).complete
+    store = Cache.open(url).teacher(TINY)
+    assert store.views == VIEWS + 2 and store.info.summary_tokens == 1 and "summary_tokens" not in store.attrs
+    other = tmp_path / "w" / weights[TINY].name
+    other.parent.mkdir()
+    save_file({k: v + 1 for k, v in load_file(str(weights[TINY])).items()}, str(other))
+    with pytest.raises(UserError, match="weights_sha256"):
+        extract(str(shapes_dir), url, opts({TINY: other}, views=VIEWS + 2))

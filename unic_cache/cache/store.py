@@ -329,9 +329,11 @@ class Cache:
                     lambda: None, f"adding teacher {name}")
         store = self.teacher(name)
         want = {**info.to_dict(), **codec_record(codecs)}
-        have = {k: store.attrs.get(k) for k in info.to_dict()} | codec_record(store.codec_specs())
+        have = store.info.to_dict() | codec_record(store.codec_specs())  # fields an older cache lacks: their defaults
         if have["weights"] == want["weights"] == "hub" and not have["weights_sha256"]:
             want["weights_sha256"] = ""  # caches of 0.3 and before did not record the hub file's digest
+        if have["weights_sha256"] and have["weights_sha256"] == want["weights_sha256"]:
+            want["weights"] = have["weights"]  # the same file's bytes, named by another path (relative, moved)
         refuse(differences(have, want), f"teacher {name!r} is already in {self.url} with other settings",
                "pass --name to store this one beside it")
         return store

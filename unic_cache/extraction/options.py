@@ -119,7 +119,8 @@ class ExtractOptions(Options):
             return None
         store = cache.teacher(name)
         model_id = self.teacher.removeprefix("timm:") if named else alias_model(self.teacher, self.size)
-        want = {"model_id": model_id, "weights": self.weights or "hub",
+        file = self.weights and not self.weights.startswith("random")  # compared by its bytes, not its path
+        want = {"model_id": model_id, **({} if file else {"weights": self.weights or "hub"}),
                 "resolution": default_resolution(self.teacher, self.resolution),
                 "model_args": family_model_args(self.teacher, self.model_args),
                 **codec_record(kind_codecs(self.codec, self.patch_codec, self.patch))}
@@ -128,7 +129,7 @@ class ExtractOptions(Options):
                 or differences({**cache.attrs["plan"], "views": plan.views}, plan.to_dict())
                 or not cache.views <= plan.views <= store.views or not store.done().all()):
             return None
-        file = self.weights and not self.weights.startswith("random")  # the file read last, and only when all else holds
+        # the file read last, and only when all else holds
         return store if not file or file_sha256(self.weights) == store.attrs.get("weights_sha256") else None
 
     def recorded(self, store: "TeacherStore") -> "ExtractOptions":
