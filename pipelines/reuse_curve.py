@@ -8,7 +8,8 @@ i: the same initialisation and data order, so the gap is paired), on the val ave
 average (reported), over the tasks the world's teachers learn: a task is kept when its best teacher scores more
 than ``MARGIN`` points, and more than ``SPREADS`` times a reference's own seed spread, above each reference of
 ``dense_references.py --all-tasks --seeds 0-4`` (raw pixels, an untrained student) on val and on test. Gaps are
-given as mean and 95 % interval (Student's t over the paired seeds); beside them the label-free gap: the heads'
+given as mean and 95 % interval (Student's t over the paired seeds), with the paired seeds an interval of ±1 point
+would need at that spread (a pilot's sizing); beside them the label-free gap: the heads'
 mean cosine to the teachers' cached targets on val rows, arm minus online (``evaluation.agreement``), and the
 arm's own overfitting to its cached targets (cosine on the rows it distilled on minus on val rows). The limit is
 the largest reuse ratio at which every arm at or below it, in every world and schedule given, has its val
@@ -93,6 +94,17 @@ def interval(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
+def seeds_needed(values: np.ndarray, half_width: float = 1.0) -> int | None:
+    """The fewest paired seeds whose 95 % interval would be at most ``half_width`` points wide on each side, were
+    the gaps as spread as ``values`` (a pilot's; None for fewer than 2 values)."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    sd = values.std(ddof=1)
+    return next(n for n in range(2, 10_000) if t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= half_width)
+
+
 def lower_bound(values: np.ndarray) -> float:
     """The lower end of the 95 % interval of the mean of ``values``."""
     mean, half = interval(values)
@@ -167,14 +179,16 @@ def main() -> None:
               f"{', '.join(left_out[world]) or 'none'}")
     print()
     print("| world | arm | cached views | epochs | reuse (epochs / views) | seeds | val gap to online | "
-          "test gap to online | heads' val cosine gap (x100) | overfitting (x100) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "test gap to online | seeds for ±1 (val) | heads' val cosine gap (x100) | overfitting (x100) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for world, rows in curves.items():
         for r in rows:
             print(f"| {world} | {r['arm']} | {r['views']} | {r['epochs']} | {r['reuse']:g} | {len(r['val'])} | "
-                  f"{cell(r['val'])} | {cell(r['test'])} | {cell(r['cosine'])} | {cell(r['overfit'])} |")
+                  f"{cell(r['val'])} | {cell(r['test'])} | {seeds_needed(r['val']) or '-'} | {cell(r['cosine'])} | "
+                  f"{cell(r['overfit'])} |")
     print("\nGaps in points of the average over each world's learnt tasks: mean ± half-width of the 95 % interval "
-          "(Student's t) over seeds of (arm seed i) - (online seed i), paired by seed. Heads' cosine: the mean cosine "
+          "(Student's t) over seeds of (arm seed i) - (online seed i), paired by seed; seeds for ±1: how many "
+          "paired seeds a 95 % interval of ±1 point needs at the spread these seeds show. Heads' cosine: the mean cosine "
           "of the student's heads to its teachers' cached targets on val rows, arm minus online; overfitting: the "
           "arm's cosine on the rows it distilled on minus on val rows (both x100).")
     reuse, failed = limit(curves)

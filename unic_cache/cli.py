@@ -313,15 +313,16 @@ def _report(run: "PipelineRun") -> None:
 
 def main() -> None:
     """The ``unic-cache`` command: only the command named is registered (every one for ``--help``)."""
-    import sys
-
     import os
+    import sys
 
     from .crashpoints import install
 
     install()  # crash tests only: off unless UNIC_CACHE_CRASH_ROOT is set
-    if os.environ.get("UNIC_CACHE_THREADS") != "torch":  # before torch loads OpenMP: threads that wait sleep rather
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # than spin on cores that others need (runtime.share_cores)
+    # before torch loads OpenMP: threads that wait sleep rather than spin on cores that others need
+    # (runtime.share_cores; runtime.THREADS_ENV spelled out, as runtime imports torch and `teachers` must not)
+    if os.environ.get("UNIC_CACHE_THREADS") != "torch":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     name = next((a for a in sys.argv[1:2] if not a.startswith("-")), None)
     if name in ("teachers", "run"):
         register([])
