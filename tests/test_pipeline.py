@@ -300,3 +300,36 @@ def test_augmented_targets_are_exact_for_an_equivariant_teacher():
         assert figures[what][2] > 1 - 1e-9 and figures[what][3] < 1e-12, what
     assert figures["MixUp (outputs mixed)"][2] > 0.9999
     assert figures["scale: another image"][3] > 0.5  # (the cosine of positive means is near 1 for anything)
+
+
+def test_knowledge_position_probes_every_place_of_a_student_as_eval_does(world, tmp_path):
+    """pipelines/knowledge_position.py: each block's CLS and mean token, the embedding and each head's summary
+    prediction are probed; the embedding scores what eval scores for the same run, the teachers' cached summaries
+    what eval scores for them, and runs named alike are averaged."""
+    import sys
+    from pathlib import Path
+
+    from unic_cache import Cache, EvalOptions, distill
+    from unic_cache.evaluation.evaluate import Evaluator
+
+    from .conftest import config
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
+    from knowledge_position import headline, position, table
+
+    root, cache = world
+    distill(config(world, tmp_path / "run", steps=6))
+    tasks = ["x", "count"]  # a ridge and a logistic probe
+    found = position(str(root / "data"), cache, [("s", str(tmp_path / "run"))] * 2, tasks)
+    places = set(found["runs"]["s"][0])
+    teachers = Cache.open(cache).teacher_names()
+    assert places == {f"block {i} {p}" for i in range(2) for p in ("cls", "mean")} | {"embedding"} | {
+        f"head {t}" for t in teachers}
+    ev = Evaluator(EvalOptions(data=str(root / "data"), cache=cache, tasks=tasks, progress=False))
+    by_eval = ev.scores(ev.student_features(str(tmp_path / "run"), "s"), headline_only=True)
+    for t in tasks:
+        assert headline(found["runs"]["s"][0]["embedding"][t], "val") == pytest.approx(headline(by_eval[t], "val"), abs=1e-6)
+        for teacher in teachers:
+            assert found["teachers"][f"teacher {teacher}"][t] == ev.scores(ev.teacher_features(teacher), headline_only=True)[t]
+    rows = table(found)
+    assert len(rows) == 2 + len(teachers) + len(places) and all(" ± " in r for r in rows[2 + len(teachers):])

@@ -61,7 +61,7 @@ class HeadAgreement:
         self.heads_state = {k[len("heads."):]: v for k, v in heads.items() if k.startswith("heads.")}
         self.encoder_state = load_file(str(student_weights(self.run)))
 
-    def _student(self, grids: dict[str, tuple[int, int]]) -> Student:
+    def student(self, grids: dict[str, tuple[int, int]]) -> Student:
         """The run's student (encoder and heads) predicting patch targets on ``grids`` (teacher -> token grid)."""
         c = self.config
         targets = {t.name: (self.norms[t].out_dim, grids[t.teacher] if t.kind == "patch" else None) for t in self.targets}
@@ -80,7 +80,7 @@ class HeadAgreement:
         if not targets or not len(rows):
             return {}
         stores = {t: cache.teacher(t) for t in teachers}
-        student = self._student({t: tuple(s.stored_grid) for t, s in stores.items()})
+        student = self.student({t: tuple(s.stored_grid) for t, s in stores.items()})
         views = EvalViews(data, cache.keys, cache.location, cache.image_size, rows, int(self.config["img_size"]),
                           cache.plan.policy, cache.digest, cache.pixels)
         sums = {t: np.zeros(3) for t in targets}  # cosine sum, squared-error sum over dims, vectors

@@ -120,9 +120,11 @@ class Evaluator:
             self._token_labels[key] = torch.from_numpy(pool_majority(maps, grid, self.labels.task(task).classes))
         return self._token_labels[key]
 
-    def scores(self, features: Features, model: str = "", seed: int = 0) -> dict[str, dict[str, float]]:
+    def scores(self, features: Features, model: str = "", seed: int = 0, headline_only: bool = False
+               ) -> dict[str, dict[str, float]]:
         """{task: {metric: score}} for one model's features (rows as in ``self.rows``); dense tasks only
-        when the model has patch tokens. A progress bar moves per task."""
+        when the model has patch tokens; ``headline_only``: a classification's linear probe without kNN and
+        k-means. A progress bar moves per task."""
         from tqdm import tqdm
 
         out = {}
@@ -141,10 +143,11 @@ class Evaluator:
             (xtr, ytr), (xva, yva), (xte, yte) = ((x[p], y[p]) for p in parts)
             if task.is_classification:
                 linear, linear_val, _ = linear_probe(xtr, ytr, xva, yva, xte, yte, task.classes)
-                knn = knn_accuracy(torch.cat([xtr, xva]), torch.cat([ytr, yva]), xte, yte, task.classes,
-                                   self.opts.k, self.opts.temperature)
-                out[name] = {"linear": linear, "linear_val": linear_val, "knn": knn,
-                             "nmi": kmeans_nmi(xte, yte, task.classes, seed)}
+                out[name] = {"linear": linear, "linear_val": linear_val}
+                if not headline_only:
+                    out[name]["knn"] = knn_accuracy(torch.cat([xtr, xva]), torch.cat([ytr, yva]), xte, yte, task.classes,
+                                                    self.opts.k, self.opts.temperature)
+                    out[name]["nmi"] = kmeans_nmi(xte, yte, task.classes, seed)
             else:
                 r2, r2_val, _ = ridge_r2(xtr, ytr, xva, yva, xte, yte)
                 out[name] = {"r2": r2, "r2_val": r2_val}
