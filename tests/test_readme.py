@@ -107,7 +107,33 @@ def world(tmp_path_factory):
         yield tmp, endpoint
 
 
-def test_every_readme_example_runs(world):
+PARTS = ("demo", "in1k", "others")
+
+
+def part_of(text: str) -> str:
+    """The chain of README's steps a step belongs to, each run by a test of its own (in parallel): the demo and the
+    pipelines; what grows ``in1k.zarr`` and distils from it; the rest, each on a cache of its own."""
+    if re.search(r"\bdemo\b|unic-cache run ", text):
+        return "demo"
+    if re.search(r"(?<![/\w])in1k\.zarr|runs/b16|run\.yaml", text):
+        return "in1k"
+    return "others"
+
+
+def is_test_command(kind: str, text: str) -> bool:
+    return kind == "bash" and text.startswith("python3 -m venv") and "pytest" in text
+
+
+def test_readme_steps_fall_into_the_parts():
+    """Every command and block of README but the test command is run by one part: a new one is run without
+    changing the tests."""
+    runnable = [(k, t) for k, t in readme_steps() if k != "yaml" and not is_test_command(k, t)]
+    assert len(runnable) >= 15 and all(sum(part_of(t) == p for _, t in runnable) for p in PARTS)
+    assert sum(1 for k, t in readme_steps() if is_test_command(k, t)) == 1
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_every_readme_example_runs(world, part):
     tmp, endpoint = world
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}
@@ -118,8 +144,8 @@ def test_every_readme_example_runs(world):
             text = adapt(kind, text, tmp, endpoint)
             (tmp / re.match(r"# (\S+\.yaml)", text).group(1)).write_text(text)
     for kind, text in steps:
-        if kind == "yaml" or kind == "bash" and text.startswith("python3 -m venv") and "pytest" in text:
-            continue  # written above; the test suite itself
+        if kind == "yaml" or is_test_command(kind, text) or part_of(text) != part:
+            continue  # written above; the test suite itself; another part's
         text = adapt(kind, text, tmp, endpoint)
         args = ["bash", "-c", f"set -o pipefail; {text}"] if kind == "bash" else [sys.executable, "-c", text]
         start = time.perf_counter()
@@ -130,6 +156,6 @@ def test_every_readme_example_runs(world):
             failed.append(f"{text[:160]!r} -> {result.returncode}: {(result.stdout + result.stderr)[-600:]}")
     print(sorted(seconds, reverse=True)[:8])  # pytest -s shows where the time goes
     assert not failed, "\n\n".join(failed)
-    # every command and block of README but the test command, so a new one is run by this test without changing it
-    assert ran == sum(kind != "yaml" for kind, _ in steps) - 1 >= 15, ran
-    assert (tmp / "runs" / "b16" / "model" / "model.safetensors").exists()
+    assert ran == sum(k != "yaml" and not is_test_command(k, t) and part_of(t) == part for k, t in steps), ran
+    if part == "in1k":
+        assert (tmp / "runs" / "b16" / "model" / "model.safetensors").exists()
