@@ -151,7 +151,7 @@ def test_storage_options_reach_every_store_and_worker(s3, shapes_dir, weights, c
 
 def test_an_s3_extract_killed_twice_resumes_bit_identical(s3, shapes_dir, weights, tmp_path):
     reference = tmp_path / "ref.zarr"
-    extract(str(shapes_dir), str(reference), opts(weights, unit_rows=1))
+    extract(str(shapes_dir), str(reference), opts(weights, unit_rows=2))
     url = "s3://shapes/killed.zarr"
 
     def units_done() -> int:
@@ -161,16 +161,16 @@ def test_an_s3_extract_killed_twice_resumes_bit_identical(s3, shapes_dir, weight
             return -1
 
     killed_at = []
-    for stage in (4, 12):
-        proc = cli_extract(str(shapes_dir), url, weights, "--unit-rows", "1")
+    for stage in (2, 6):  # of 12 units
+        proc = cli_extract(str(shapes_dir), url, weights, "--unit-rows", "2")
         deadline = time.monotonic() + HANG_GUARD
         while proc.poll() is None and time.monotonic() < deadline and units_done() < stage:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at.append(units_done())
-    assert killed_at[-1] < 24, f"the run finished before it could be killed: {killed_at}"
-    proc = cli_extract(str(shapes_dir), url, weights, "--unit-rows", "1")
+    assert killed_at[-1] < 12, f"the run finished before it could be killed: {killed_at}"
+    proc = cli_extract(str(shapes_dir), url, weights, "--unit-rows", "2")
     _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err[-2000:]
     same_values(reference, url)
