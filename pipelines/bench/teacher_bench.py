@@ -67,7 +67,7 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], file=sys.stderr)
     lines = heading("Teachers at their real size: seconds per image and peak memory, random weights") + [
-        f"One batch of {args.batch} images through each teacher's forward (median of {args.repeat}, after a warm-up), at "
+        f"One batch of {args.batch} image{'s' if args.batch > 1 else ''} through each teacher's forward (median of {args.repeat}, after a warm-up), at "
         "the resolution `extract` runs it at; peak resident memory of the process that built and ran it. On a GPU "
         "these are much faster; here they say what a CPU smoke run of each family costs, and the ratios between "
         "families hold for the same hardware.", "",
