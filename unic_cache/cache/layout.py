@@ -12,7 +12,7 @@ import zarr
 from . import seal
 from .codecs import ZSTD_LEVEL, Codec, FittedCodec
 from .format import create_checked
-from .sizing import PARTIALS, UnitLayout, partial_stats_bytes
+from .sizing import PARTIALS, UnitLayout, kind_width, partial_stats_bytes
 
 VIEW_BLOCK = "views-"  # a view block's group: teachers/<name>/views-<its first view>
 
@@ -40,7 +40,7 @@ class TeacherInfo:
 
     def width(self, kind: str) -> int:
         """The width of a ``kind`` vector: a patch token's, or the summary's (``summary_tokens`` of them)."""
-        return self.dim * self.summary_tokens if kind == "summary" else self.dim
+        return kind_width(kind, self.dim, self.summary_tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -32,6 +32,12 @@ KEY_BYTES = 24  # a sample key's UTF-8 bytes when the dataset is not read ("n014
 STATS_SHARE = 200  # a unit's features take at least this many times the bytes of its partial statistics (format 5)
 
 
+def kind_width(kind: str, dim: int, summary_tokens: int = 1) -> int:
+    """The width of a ``kind`` vector of a teacher ``dim`` wide: a patch token's, or its summary's (``summary_tokens``
+    tokens concatenated, C-RADIO's)."""
+    return dim * summary_tokens if kind == "summary" else dim
+
+
 def partial_stats_bytes(widths: list[int]) -> int:
     """Bytes of one unit's partial statistics: per kind (of width D) a count, a codec cosine, a mean and a D x D
     float64 m2."""
@@ -147,7 +153,7 @@ class TeacherSize:
 
     def width(self, kind: str) -> int:
         """The width of a ``kind`` vector before its codec."""
-        return self.dim * self.summary_tokens if kind == "summary" else self.dim
+        return kind_width(kind, self.dim, self.summary_tokens)
 
     def kinds(self) -> dict[str, tuple[Codec, int, int, dict]]:
         """summary/patch -> (codec, planned stored width, stored tokens per vector, codec parameter shapes)."""

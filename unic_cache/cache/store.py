@@ -278,8 +278,9 @@ class Cache:
             return None
         return group if isinstance(group, zarr.Group) else None
 
-    def teacher(self, name: str) -> "TeacherStore":
-        """The teacher ``name``; its metadata is checked against its seal (once per open cache)."""
+    def teacher(self, name: str, base: "TeacherStore | None" = None) -> "TeacherStore":
+        """The teacher ``name``; its metadata is checked against its seal (once per open cache). A view block
+        (``<teacher>/views-<K1>``) is told its teacher: ``base`` when the caller holds it, else opened here."""
         at = f"teachers/{name}"
         if name not in self._teacher_sealed:
             sealed = seal.has_seal(self.group.store_path, at)
@@ -295,7 +296,7 @@ class Cache:
             raise UserError(f"cache {self.url}: teacher {name} is being added, or its addition was interrupted (it has no "
                             f"{seal.SEAL} yet); run the same extract command to finish it")
         teacher, _, block = name.partition("/")
-        return TeacherStore(group, self, name, self.teacher(teacher) if block else None)
+        return TeacherStore(group, self, name, base or (self.teacher(teacher) if block else None))
 
     def unfinished(self, name: str) -> bool:
         """Whether teacher (or view block) ``name`` exists but is not made: its seal, written last when it is added, is

@@ -39,7 +39,7 @@ class Parent(Protocol):
     url: str
 
     def params(self, rows: slice) -> np.ndarray: ...
-    def teacher(self, name: str) -> "TeacherStore": ...
+    def teacher(self, name: str, base: "TeacherStore | None" = None) -> "TeacherStore": ...
     def unfinished(self, name: str) -> bool: ...
 
 
@@ -173,7 +173,7 @@ class TeacherStore:
         """The view blocks added to this teacher, in view order (complete or not; one whose addition is unfinished,
         having no seal yet, is left out: ``unfinished_blocks``)."""
         unfinished = self.unfinished_blocks()  # seals looked up once, not once per block
-        return [self.cache.teacher(f"{self.name}/{n}") for n in self._block_names() if n not in unfinished]
+        return [self.cache.teacher(f"{self.name}/{n}", self) for n in self._block_names() if n not in unfinished]
 
     def unfinished_blocks(self) -> list[str]:
         """The view blocks being added, or whose addition was interrupted (the same extract command makes them)."""

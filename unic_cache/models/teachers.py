@@ -2,8 +2,8 @@
 
 ``build_teacher("dinov2", size="base")`` gives a ``Teacher`` whose forward maps uint8 views to
 (summary (B, D), patch (B, T, D)): the summary by its model's rule (``registry.summary_kind``: the CLS token, or
-the model's own pooled embedding; C-RADIO's summary tokens concatenated, D times their count), and the patch tokens with CLS and register tokens removed. Any timm model is
-``timm:<name>``; a timm / Hugging Face model folder ``local-dir:FOLDER`` (a student this tool exported, too) and a
+the model's own pooled embedding; C-RADIO's summary tokens concatenated, D times their count), and the patch
+tokens with CLS and register tokens removed. Any timm model is ``timm:<name>``; a timm / Hugging Face model folder ``local-dir:FOLDER`` (a student this tool exported, too) and a
 hub repo ``hf-hub:REPO`` are taken as timm takes them.
 
 Hub weights (an alias or ``timm:`` without ``--weights``, ``hf-hub:``) are read from the Hugging Face cache
@@ -278,8 +278,8 @@ def build_teacher(teacher: str, size: str | None = None, resolution: int | None 
     """Build a teacher; ``weights`` is None for the hub, "random", or a .safetensors/.pth file;
     ``model_args`` go to ``timm.create_model`` (e.g. ``{"depth": 2}`` for a small local teacher)."""
     model_id = resolve(teacher, size)
-    if release_problem(teacher, weights):
-        raise UserError(release_problem(teacher, weights))
+    if problem := release_problem(teacher, weights):
+        raise UserError(problem)
     model_args = family_model_args(teacher, model_args)
     resolution = default_resolution(teacher, resolution)
     given, weights = weights, weights or packaged_weights(model_id)
