@@ -93,6 +93,23 @@ def test_radio_summary_is_its_summary_tokens_concatenated(teacher, size, summary
     assert torch.equal(patch, tokens[:, model.model.num_prefix_tokens:])
     assert model.info.width("summary") == summary_tokens * model.info.dim
 
+
+def test_the_planner_counts_a_summary_of_several_tokens_as_extract_writes_it(data, tmp_path):
+    """C-RADIO's summary is 3 tokens wide: `plan` sizes its arrays, codec and statistics (a 2304 x 2304 m2 per unit)
+    within 5% of what extract leaves (before compression)."""
+    import zarr
+
+    from unic_cache.cache.audit import array_values
+    from unic_cache.plan import PlanOptions, plan_report
+
+    url = tmp_path / "radio.zarr"
+    extract(str(data), str(url), ExtractOptions(teacher="c-radio", size="base", weights="random", model_args={"depth": 1},
+                                                resolution=32, views=2, progress=False))
+    disk = sum(v.nbytes for v in array_values(zarr.open_group(str(url), mode="r")).values())
+    planned = json.loads(plan_report(PlanOptions(data=str(data), teachers=["c-radio:base"], resolution=32,
+                                                 model_args={"depth": 1}, views=2, json=True))[0])
+    assert abs(planned["total_bytes"] - disk) <= 0.05 * disk, (planned["total_bytes"], disk)
+
 # --- UNIC's four teachers, read from files laid out as they are released -------------------------------------
 
 
