@@ -11,7 +11,8 @@ than ``MARGIN`` points, and more than ``SPREADS`` times a reference's own seed s
 given as mean and 95 % interval (Student's t over the paired seeds), with the paired seeds an interval of ±1 point
 would need at that spread (a pilot's sizing); beside them the label-free gap: the heads'
 mean cosine to the teachers' cached targets on val rows, arm minus online (``evaluation.agreement``), and the
-arm's own overfitting to its cached targets (cosine on the rows it distilled on minus on val rows). The limit is
+arm's own overfitting to its cached targets (cosine on the rows it distilled on minus on val rows), and the same
+cosines for every student, online ones included. The limit is
 the largest reuse ratio at which every arm at or below it, in every world and schedule given, has its val
 interval above ``-TOLERANCE``. Prints the tasks left out, a markdown table and the limit; writes a plot.
 
@@ -111,9 +112,10 @@ def lower_bound(values: np.ndarray) -> float:
     return mean - half
 
 
-def cell(values: np.ndarray) -> str:
+def cell(values: np.ndarray, sign: str = "+") -> str:
+    """Mean ± half-width of the 95 % interval (the mean alone for one value); ``sign=""`` for a level, not a gap."""
     mean, half = interval(values)
-    return f"{mean:+.1f}" if np.isnan(half) else f"{mean:+.1f} ± {half:.1f}"
+    return f"{mean:{sign}.1f}" if np.isnan(half) else f"{mean:{sign}.1f} ± {half:.1f}"
 
 
 def limit(curves: dict[str, list[dict]]) -> tuple[float | None, list[str]]:
@@ -169,10 +171,11 @@ def main() -> None:
     parser.add_argument("results", nargs="+", help="WORLD=path/to/train-rows.json:path/to/references.json")
     parser.add_argument("--plot", type=Path, help="where to write the plot (PNG)")
     args = parser.parse_args()
-    curves, left_out = {}, {}
+    curves, left_out, worlds = {}, {}, {}
     for spec in args.results:
         world, _, paths = spec.partition("=")
         results, references = (Results.load(p) for p in paths.split(":"))
+        worlds[world] = results
         left_out[world] = unlearnt(results, references)
         curves[world] = gaps(results, set(left_out[world]))
         print(f"world {world}: left out (no teacher {MARGIN:g} points above the references on val and test): "
@@ -191,6 +194,15 @@ def main() -> None:
           "paired seeds a 95 % interval of ±1 point needs at the spread these seeds show. Heads' cosine: the mean cosine "
           "of the student's heads to its teachers' cached targets on val rows, arm minus online; overfitting: the "
           "arm's cosine on the rows it distilled on minus on val rows (both x100).")
+    print("\n| world | arm | seeds | heads' cosine on val rows (x100) | on the rows distilled on | overfitting (x100) |")
+    print("|---|---|---|---|---|---|")
+    for world, results in worlds.items():
+        for model in results.of_kind("student"):
+            cosine = {g: 100 * v for g, v in head_cosine(results, model).items()}
+            print(f"| {world} | {model} | {len(cosine['val'])} | {cell(cosine['val'], '')} | {cell(cosine['distilled'], '')} | "
+                  f"{cell(cosine['distilled'] - cosine['val'])} |")
+    print("\nLabel-free, every student (online ones included): the heads' mean cosine to the teachers' cached targets "
+          "(view 0), mean ± half-width of the 95 % interval over seeds.")
     reuse, failed = limit(curves)
     print(f"\nLimit: {'none' if reuse is None else f'{reuse:g} replays'} (every arm at or below it within "
           f"{TOLERANCE:g} points of online on val, 95 % interval, in worlds {', '.join(curves)})"

@@ -170,12 +170,13 @@ def world(tmp_path_factory, weights):
 
 
 def config(world, out, **kw):
-    """DistillOptions of a short run on ``world`` (6 steps of 8, the tests' student), with ``kw`` on top."""
+    """DistillOptions of a short run on ``world`` (6 steps of 8, the tests' student, projectors its width: UNIC's
+    768/3072 would make every checkpoint 100+ MB; tests/test_student.py holds UNIC's), with ``kw`` on top."""
     from unic_cache import DistillOptions
 
     root, cache = world
     base = dict(data=str(root / "data"), cache=cache, out=str(out), student=STUDENT, img_size=32,
-                model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02)
+                model_args={"depth": 2}, steps=6, batch_size=8, workers=0, progress=False, lr=0.02, lop_hidden="student")
     return DistillOptions(**{**base, **kw})
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from unic_cache import Cache, UserError
 from unic_cache.models import teachers as teachers_module
-from unic_cache.cache.views import REPLAY_LIMIT, views_for
+from unic_cache.cache.views import REPLAY_EVIDENCE, REPLAY_LIMIT, views_for
 from unic_cache.distillation import notes
 from unic_cache.distillation.augment import mixup
 from unic_cache.distillation.recipe import Distiller, distill
@@ -242,7 +242,7 @@ def _distill_cli(world, out, *extra: str) -> list[str]:
     root, cache = world
     return [sys.executable, "-m", "unic_cache", "distill", str(root / "data"), "--cache", cache, "--out", str(out),
             "--student", STUDENT, "--img-size", "32", "--model-arg", "depth=2", "--batch-size", "4", "--steps", "60",
-            "--workers", "2", "--log-every", "1", "--no-progress", *extra]
+            "--workers", "2", "--log-every", "1", "--lop-hidden", "student", "--no-progress", *extra]
 
 
 def test_a_signal_the_process_was_started_ignoring_stays_ignored_while_training():
@@ -369,6 +369,7 @@ def test_distill_warns_above_the_measured_replay_limit_naming_the_views_that_fix
     warning = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps)).schedule())
     need = views_for(steps * 8 / 32)
     assert need == VIEWS + 1 and f"--views {need}` (it adds views to every teacher" in warning and "\n" not in warning
+    assert REPLAY_EVIDENCE in warning  # the interval the limit was drawn from
     fewer = notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps // VIEWS, views=1)).schedule())  # the cache has them
     assert f"`--views {views_for(steps // VIEWS * 8 / 32)}` (the cache holds {VIEWS})" in fewer and "extract" not in fewer
     assert notes.replay_warning(Distiller(config(world, tmp_path / "a", steps=steps - 8)).schedule()) is None

@@ -333,3 +333,44 @@ def test_knowledge_position_probes_every_place_of_a_student_as_eval_does(world, 
             assert found["teachers"][f"teacher {teacher}"][t] == ev.scores(ev.teacher_features(teacher), headline_only=True)[t]
     rows = table(found)
     assert len(rows) == 2 + len(teachers) + len(places) and all(" ± " in r for r in rows[2 + len(teachers):])
+
+
+def test_reuse_curve_pairs_seeds_leaves_out_unlearnt_tasks_and_draws_the_limit_from_intervals():
+    """pipelines/reuse_curve.py, the rule the replay limit is drawn by: gaps paired seed by seed, a task counted only
+    when a teacher beats every reference by the margin and its spreads, and a limit only where every arm at or below
+    it has the lower end of its 95 % interval above -TOLERANCE (a mean within it is not enough)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from unic_cache.evaluation.results import TOLERANCE, Results
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
+    from reuse_curve import gaps, limit, seeds_needed, unlearnt
+
+    def world(k8_gaps: list[float]) -> Results:
+        results = Results(tasks={"colour": 4, "shape": 4})
+        results.add("teacher", "teacher", {"colour": {"linear": 90.0, "linear_val": 90.0},
+                                           "shape": {"linear": 27.0, "linear_val": 27.0}})
+        online = [60.0, 62.0, 58.0, 61.0]  # seeds spread 4 points: only pairing makes the gaps small
+        arms = {"online-e100": [0.0] * 4, "k16-e100": [-0.3, -0.2, -0.4, -0.3], "k8-e100": k8_gaps}
+        for arm, gap in arms.items():
+            for seed, (base, g) in enumerate(zip(online, gap)):
+                results.add(arm, "student", {"colour": {"linear": base + g, "linear_val": base + g},
+                                             "shape": {"linear": 25.0, "linear_val": 25.0},
+                                             "agreement": {"t/summary": {"cosine_val": 0.9, "cosine_distilled": 0.92}}})
+        return results
+
+    references = Results(tasks={"colour": 4, "shape": 4})
+    for value in (24.0, 26.0, 25.0):
+        references.add("pixels", "student", {"colour": {"linear": value, "linear_val": value},
+                                             "shape": {"linear": value, "linear_val": value}})
+    assert unlearnt(world([0.0] * 4), references) == ["shape"]  # 27 is within 3 of the pixels' 25 ± 1
+    rows = gaps(world([-0.5, -0.6, -0.4, -0.5]), {"shape"})
+    assert [(r["arm"], r["reuse"]) for r in rows] == [("k8-e100", 12.5), ("k16-e100", 6.25)]
+    assert np.allclose(rows[1]["val"], [-0.3, -0.2, -0.4, -0.3]) and np.allclose(rows[1]["overfit"], 2.0)
+    assert limit({"C": rows}) == (12.5, []) and seeds_needed(rows[1]["val"]) == 2
+    wide = gaps(world([0.5, -3.0, 1.0, -1.5]), {"shape"})  # mean -0.75, within TOLERANCE; its interval is not
+    best, failed = limit({"C": wide, "D": rows})
+    assert best == 6.25 and failed[0].startswith("world C k8-e100 (12.5 replays): -0.8 ± ") and TOLERANCE == 2.0

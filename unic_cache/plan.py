@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 from .cache.codecs import codec_problem, kind_codecs, parse_codec
-from .cache.views import REPLAY_LIMIT, ViewPlan, views_for
+from .cache.views import REPLAY_EVIDENCE, REPLAY_LIMIT, ViewPlan, views_for
 from .cache.sizing import KEY_BYTES, ArrayPlan, TeacherSize, cache_arrays, plan_figures, plan_lines
 from .errors import UserError
 from .options import Options, at_least, comma_list, key_values, option, storage_option
@@ -107,7 +107,7 @@ def schedule_line(opts: PlanOptions) -> str | None:
         return None
     views, replays = opts.planned_views, opts.epochs / opts.planned_views
     line = (f"schedule: {opts.epochs:g} epochs over {views} views replay each view {replays:.1f} times "
-            f"(measured safe: up to {REPLAY_LIMIT:g}")
+            f"(measured safe: up to {REPLAY_LIMIT:g}; {REPLAY_EVIDENCE}")
     if replays > REPLAY_LIMIT:
         line = f"{line}); warning: plan --views {views_for(opts.epochs)} for this schedule"
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cache.views import REPLAY_LIMIT, views_for
+from ..cache.views import REPLAY_EVIDENCE, REPLAY_LIMIT, views_for
 
 UNIC_WIDTH = 768  # the projectors' hidden width in UNIC's code: a ViT-B's
 
@@ -88,7 +88,8 @@ def replay_warning(s: Schedule) -> str | None:
            f"`unic-cache extract {s.data} --cache {s.cache} --views {need}` (it adds views to every teacher, "
            "each with its recorded options)")
     return (f"warning: each cached view will be replayed {times:.1f} times, more than the {REPLAY_LIMIT:g} at which "
-            f"students distilled from a cache matched online ones (RESULTS.md, the reuse curve); {fix} brings it to "
+            f"students distilled from a cache stayed within 2 points of online ones ({REPLAY_EVIDENCE}; RESULTS.md, the "
+            f"powered reuse curve); {fix} brings it to "
             f"{epochs / need:.1f}, or use fewer --epochs")
 
 
