@@ -22,6 +22,7 @@ from .cache.teacher import TeacherStore
 from .distillation.options import DistillOptions
 from .distillation.recipe import distill
 from .distillation.exported import add_scores_to_card, is_finished, student_weights
+from .distillation.run_files import write_atomic
 from .distillation.runs import recipe_differences, recorded
 from .errors import UserError
 from .records import differences, json_normal, refuse
@@ -198,7 +199,7 @@ class Pipeline:
             return record["scores"]
         scores = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"options": key, "scores": scores}, indent=1))
+        write_atomic(path, json.dumps({"options": key, "scores": scores}, indent=1))  # another call may read it now
         self.run.log("eval", what, "ran")
         return scores
 

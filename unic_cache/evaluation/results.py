@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..distillation.run_files import is_tmp, write_atomic
 from ..errors import UserError
 from ..records import refuse_foreign
 
@@ -40,12 +41,14 @@ RESULT_FILES = (".md", ".json", ".png")  # what results (and a pipeline's record
 
 
 def check_results_folder(folder: str | Path, folders: tuple[str, ...] = (), what: str = "eval") -> None:
-    """Refuse a ``--out`` holding anything but results (``.md``, ``.json``, ``.png`` files) and the ``folders``
-    named (a pipeline's own: data, teachers, runs, ``*.zarr`` caches...): a dataset folder is never written into."""
+    """Refuse a ``--out`` holding anything but results (``.md``, ``.json``, ``.png`` files, or the temp name of one a
+    kill cut while we wrote it) and the ``folders`` named (a pipeline's own: data, teachers, runs, ``*.zarr``
+    caches...): a dataset folder is never written into."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder} is a file; give a folder for the results")
-    ours = lambda p: (p.is_file() and p.suffix in RESULT_FILES) or (p.is_dir() and any(  # noqa: E731
+    result = lambda name: Path(name).suffix in RESULT_FILES  # noqa: E731
+    ours = lambda p: (p.is_file() and (result(p.name) or is_tmp(p.name, result))) or (p.is_dir() and any(  # noqa: E731
         p.name == f or f.startswith("*") and p.name.endswith(f[1:]) for f in folders))
     refuse_foreign("--out", folder, sorted(p.name for p in folder.iterdir() if not ours(p)) if folder.is_dir() else [], what)
 
@@ -227,9 +230,9 @@ class Results:
             raise UserError(f"--out {folder} is a file; give a folder for the results")
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "chart": folder / f"{stem}.png"}
-        paths["json"].write_text(json.dumps({"tasks": self.tasks, "dense": self.dense, "split": self.split,
+        write_atomic(paths["json"], json.dumps({"tasks": self.tasks, "dense": self.dense, "split": self.split,
                                              "models": self.models, "claims": self.claims()}, indent=1))
-        paths["markdown"].write_text(self.markdown())
+        write_atomic(paths["markdown"], self.markdown())
         self.chart(paths["chart"])
         return paths
 
