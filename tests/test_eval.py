@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,9 +205,10 @@ def test_the_split_is_read_from_beside_the_data(shapes_dir, tmp_path):
 
 def test_head_agreement_rises_with_training_and_says_when_val_rows_were_distilled_on(world, tmp_path):
     """eval's label-free measure: a student trained longer predicts its teachers' cached targets better on the
-    rows it distilled on, every target of the run is compared, and rows of the run's own cache count as seen."""
+    rows it distilled on, every target of the run is compared in every group, rows of the run's own cache count as
+    seen, and a cached view it was trained on fits better than fresh views of the same rows."""
     from unic_cache import EvalOptions, distill
-    from unic_cache.evaluation.agreement import GROUPS
+    from unic_cache.evaluation.results import GROUPS
     from unic_cache.evaluation.evaluate import Evaluator
 
     from .conftest import config
@@ -224,3 +227,47 @@ def test_head_agreement_rises_with_training_and_says_when_val_rows_were_distille
         assert {f"{m}_{g}" for m in ("cosine", "error") for g in GROUPS} <= set(metrics)
         assert metrics["cosine_distilled"] > reports["short"][target]["cosine_distilled"] + 0.05, (target, metrics)
         assert metrics["error_distilled"] < reports["short"][target]["error_distilled"], (target, metrics)
+    replayed = np.mean([m["cosine_distilled_cached"] - m["cosine_distilled_fresh"] for m in reports["long"].values()])
+    assert replayed > 0.02, reports["long"]  # a view it trained on (the cache holds 2) fits better than fresh ones
+
+
+def test_head_agreement_on_a_fresh_view_rebuilds_the_teachers_targets_as_extract_stores_them(world, tmp_path):
+    """A view the cache does not hold is compared against the teachers rebuilt and run on it, their outputs passed
+    through the cache's codecs: on a cache of one view, view 1 computed so matches view 1 read from a cache that
+    holds it; a fresh view is another view; a teacher that cannot be rebuilt leaves the fresh groups out."""
+    from unic_cache import ExtractOptions, distill, extract
+    from unic_cache.cache.store import Cache
+    from safetensors.torch import load_file, save_file
+
+    from unic_cache.evaluation.agreement import FRESH_VIEW, HeadAgreement
+
+    from .conftest import SMALL8, TINY, config
+
+    root, cache = world
+    distill(config(world, tmp_path / "run", steps=20, teacher_drop=0.0))
+    one = str(tmp_path / "one.zarr")  # the same teachers and plan, view 0 only
+    held = Cache.open(cache)
+    for name in held.teacher_names():
+        info = held.teacher(name).info
+        arch = TINY if TINY in info.model_id else SMALL8
+        weights = tmp_path / f"{name}.safetensors"  # a copy, changed below
+        shutil.copy(info.weights, weights)
+        extract(str(root / "data"), one, ExtractOptions(teacher=f"timm:{arch}", resolution=info.resolution,
+                                                        weights=str(weights), model_args={"depth": 2}, views=1,
+                                                        unit_rows=8, progress=False))
+    agreement, rows = HeadAgreement(tmp_path / "run"), np.flatnonzero(~held.bad)
+    read = agreement.compare(held, str(root / "data"), rows, 1)
+    rebuilt = agreement.compare(Cache.open(one), str(root / "data"), rows, 1)
+    fresh = agreement.compare(held, str(root / "data"), rows, FRESH_VIEW)
+    assert set(read) == set(rebuilt) == set(fresh) and len(read) == 4
+    for target in read:
+        assert abs(read[target]["cosine"] - rebuilt[target]["cosine"]) < 2e-3, (target, read[target], rebuilt[target])
+        assert abs(read[target]["error"] - rebuilt[target]["error"]) < 5e-3, (target, read[target], rebuilt[target])
+        assert abs(read[target]["cosine"] - fresh[target]["cosine"]) > 1e-4, target
+    for name in held.teacher_names():  # the weights change after extraction: the fresh groups cannot be measured
+        copy = Path(Cache.open(one).teacher(name).info.weights)
+        save_file(load_file(str(copy)), str(copy), metadata={"changed": "yes"})
+    split = read_split(open_source(str(root / "data"))).rows(held.keys)[rows]
+    report = HeadAgreement(tmp_path / "run").report(Cache.open(one), str(root / "data"), split, rows)
+    assert all("cosine_val" in m and "cosine_val_fresh" not in m and "cosine_distilled_fresh" not in m
+               for m in report.values()), report

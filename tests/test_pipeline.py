@@ -374,3 +374,27 @@ def test_reuse_curve_pairs_seeds_leaves_out_unlearnt_tasks_and_draws_the_limit_f
     wide = gaps(world([0.5, -3.0, 1.0, -1.5]), {"shape"})  # mean -0.75, within TOLERANCE; its interval is not
     best, failed = limit({"C": wide, "D": rows})
     assert best == 6.25 and failed[0].startswith("world C k8-e100 (12.5 replays): -0.8 ± ") and TOLERANCE == 2.0
+
+
+def test_view_overfitting_splits_replay_from_images_and_pairs_by_seed_number():
+    """pipelines/view_overfitting.py: replay overfitting is the cached views' cosine minus the fresh views' on the
+    distilled rows, image overfitting the fresh views' on distilled rows minus on val rows, both averaged over the
+    targets; an arm is paired with the online arm of its epochs on the seed numbers both have."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
+    from view_overfitting import measure, table
+
+    def report(cached: float, fresh: float, val: float) -> dict:
+        return {t: {"cosine_distilled_cached": cached, "cosine_distilled_fresh": fresh, "cosine_val_fresh": val}
+                for t in ("a/summary", "a/patch")}
+
+    assert measure(report(0.92, 0.90, 0.89)) == pytest.approx(
+        {"distilled_cached": 92, "distilled_fresh": 90, "val_fresh": 89, "replay": 2, "images": 1})
+    found = {"online-e100": {0: measure(report(0.90, 0.90, 0.89)), 1: measure(report(0.91, 0.90, 0.89))},
+             "k16-e100": {1: measure(report(0.93, 0.90, 0.88)), 2: measure(report(0.99, 0.90, 0.80))}}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table(found)[2:]}
+    assert rows["online-e100"][-2:] == ["–", "– |"]
+    replay, images = rows["k16-e100"][-2:]  # seed 1 only: (3 - 1) and (2 - 1) points
+    assert replay == "+2.00 (1)" and images == "+1.00 (1) |"

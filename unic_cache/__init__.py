@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"
 
 _EXPORTS = {  # the public API: what README's Python section and a user's own training loop need
     "cache.store": ["Cache"],

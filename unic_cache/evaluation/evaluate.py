@@ -30,7 +30,7 @@ from .probes import kmeans_nmi, knn_accuracy, linear_probe, ridge_r2
 from .results import AGREEMENT, Results
 
 
-EVAL_FORMAT = 4  # 4: a student's head agreement (``agreement``) beside its probes; changes whenever the scores of the same model and data would change
+EVAL_FORMAT = 5  # 4: a student's head agreement (``agreement``) beside its probes; 5: on cached views past 0 and fresh views too; changes whenever the scores of the same model and data would change
 
 
 @dataclass

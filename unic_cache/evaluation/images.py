@@ -1,4 +1,4 @@
-"""The eval view of chosen rows, as batches of uint8 pixels for a model (students, trained teachers)."""
+"""A view of chosen rows (by default the eval view), as batches of uint8 pixels for a model (students, teachers)."""
 
 from __future__ import annotations
 
@@ -13,23 +13,26 @@ from ..models.photometric import photometric
 from ..models.device_pixels import cut
 
 
-def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray) -> np.ndarray:
-    """The eval view's parameters (view 0 of ``policy``) of each of ``rows``."""
-    return plan_views(ViewPlan(views=1, policy=policy), rows, image_size[rows])[:, 0]
+def eval_params(policy: ViewPolicy, rows: np.ndarray, image_size: np.ndarray, view: int = 0, seed: int = 0) -> np.ndarray:
+    """The parameters of view number ``view`` of ``policy`` drawn with ``seed`` (0: the eval view, the same for any
+    seed) of each of ``rows``."""
+    return plan_views(ViewPlan(views=1, seed=seed, policy=policy), rows, image_size[rows], first_view=view)[:, 0]
 
 
 class EvalViews(Dataset):
-    """The eval view (view 0: resize + centre crop) of chosen rows at one resolution, as uint8 (3, R, R)."""
+    """One view of chosen rows at one resolution, as uint8 (3, R, R): by default the eval view (view 0: resize +
+    centre crop), or any other view number of a view plan (a cache's, to replay or go past its views)."""
 
     def __init__(self, data: str, keys: np.ndarray, location: np.ndarray, image_size: np.ndarray,
                  rows: np.ndarray, resolution: int, policy: ViewPolicy = ViewPolicy(), digest: np.ndarray | None = None,
-                 pixels: PixelPipeline = CURRENT):
+                 pixels: PixelPipeline = CURRENT, view: int = 0, seed: int = 0):
         """``policy``: the view policy whose eval crop to use (a cache's, so that its view 0 is matched);
         ``digest``: the indexed crc32c of each row's image bytes, checked on every read (None: unchecked);
-        ``pixels``: the pixel pipeline (a cache's, so that its view 0 is replayed as the teachers saw it)."""
+        ``pixels``: the pixel pipeline (a cache's, so that its view 0 is replayed as the teachers saw it);
+        ``view``, ``seed``: the view number and the plan's seed (a cache's ``plan.seed``) for a view other than 0."""
         self.data, self.keys, self.location, self.rows, self.resolution = data, keys, location, rows, resolution
         self.digest, self.pixels = digest, pixels
-        self.params = eval_params(policy, rows, image_size)
+        self.params = eval_params(policy, rows, image_size, view, seed)
         self._source = None
 
     def __len__(self) -> int:

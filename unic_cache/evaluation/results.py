@@ -24,6 +24,7 @@ METRICS = {"linear": "linear probe accuracy", "knn": "kNN (k=20) accuracy", "nmi
            "miou": "dense linear probe mIoU"}
 TOLERANCE = 2.0  # points
 AGREEMENT = "agreement"  # a student's heads against its teachers' targets (``evaluation.agreement``)
+GROUPS = ("distilled", "val", "test", "distilled_cached", "distilled_fresh", "val_fresh")  # the rows and views it compares
 
 
 def model_colours(n: int) -> np.ndarray:
@@ -79,12 +80,13 @@ class Results:
         return np.asarray(self.models[model].get(AGREEMENT, {}).get(target, {}).get(metric, [np.nan]))
 
     def agreement_table(self) -> list[str]:
-        """Markdown rows: per student and target, cosine and standardised error of its heads on the rows it
-        distilled on and on val and test rows (empty when no student has them)."""
+        """Markdown rows: per student and target, cosine of its heads in every group of ``agreement.GROUPS`` and
+        standardised error at view 0 on the rows it distilled on and on val and test rows (empty when no student has
+        them)."""
         rows = [(m, t) for m in self.of_kind("student") for t in self.models[m].get(AGREEMENT, {})]
         if not rows:
             return []
-        cols = [f"{metric}_{group}" for metric in ("cosine", "error") for group in ("distilled", "val", "test")]
+        cols = [f"cosine_{group}" for group in GROUPS] + [f"error_{group}" for group in GROUPS[:3]]
         lines = ["| student | target | " + " | ".join(c.replace("_", " ") for c in cols) + " | val rows distilled on |",
                  "|" + "---|" * (len(cols) + 3)]
         for m, t in rows:
@@ -172,9 +174,12 @@ class Results:
                       "the test split; NMI: k-means (k = classes) on L2-normalised features of the test split."]
         agreement = self.agreement_table()
         if agreement:
-            lines += ["", "Label-free: how well each student's heads predict its teachers' cached targets (view 0, in the "
-                      "standardised space of the loss): mean cosine (1 is exact) and mean squared error per dimension "
-                      "(1 is the teachers' mean), on rows it distilled on and on val and test rows:", "", *agreement]
+            lines += ["", "Label-free: how well each student's heads predict its teachers' targets (in the standardised "
+                      "space of the loss): mean cosine (1 is exact) and mean squared error per dimension (1 is the "
+                      "teachers' mean), at the cached view 0 of rows it distilled on and of val and test rows; at "
+                      "cached views 1-4 of the distilled rows (those it trained on); at 4 fresh views (teachers rebuilt) of distilled and "
+                      "val rows (cached minus fresh: overfitting to replayed views; fresh distilled minus fresh val: to the "
+                      "images; '–': not measurable here):", "", *agreement]
         for s, c in self.claims().items():
             worst = min(c["gap_to_best_teacher"], key=c["gap_to_best_teacher"].get)
             lines += ["", f"**{s}**: within {TOLERANCE:g} points of the best teacher on every task: "
