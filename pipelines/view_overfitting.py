@@ -70,7 +70,8 @@ def table(found: dict[str, dict[int, dict[str, float]]]) -> list[str]:
         diff = {m: np.array([seeds[s][m] - online[s][m] for s in paired]) for m in MEASURES}
         lines.append(f"| {arm} | {len(seeds)} | {interval(value['distilled_fresh'])} | {interval(value['val_fresh'])} | "
                      f"{interval(value['replay'])} | {interval(value['images'])} | "
-                     + " | ".join(f"{interval(diff[m])} ({len(paired)})" if paired else "–" for m in MEASURES) + " |")
+                     + " | ".join(f"{interval(diff[m])} ({len(paired)})" if paired and not np.isnan(diff[m]).any() else "–"
+                                  for m in MEASURES) + " |")
     return lines
 
 

@@ -393,8 +393,10 @@ def test_view_overfitting_splits_replay_from_images_and_pairs_by_seed_number():
     assert measure(report(0.92, 0.90, 0.89)) == pytest.approx(
         {"distilled_cached": 92, "distilled_fresh": 90, "val_fresh": 89, "replay": 2, "images": 1})
     found = {"online-e100": {0: measure(report(0.90, 0.90, 0.89)), 1: measure(report(0.91, 0.90, 0.89))},
-             "k16-e100": {1: measure(report(0.93, 0.90, 0.88)), 2: measure(report(0.99, 0.90, 0.80))}}
+             "k16-e100": {1: measure(report(0.93, 0.90, 0.88)), 2: measure(report(0.99, 0.90, 0.80))},
+             "k1-e100": {1: measure({"a/summary": {"cosine_distilled_fresh": 0.9, "cosine_val_fresh": 0.8}})}}
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table(found)[2:]}
     assert rows["online-e100"][-2:] == ["–", "– |"]
+    assert rows["k1-e100"][4:] == ["–", "+10.00", "–", "+9.00 (1) |"]  # no cached view it trained on past view 0
     replay, images = rows["k16-e100"][-2:]  # seed 1 only: (3 - 1) and (2 - 1) points
     assert replay == "+2.00 (1)" and images == "+1.00 (1) |"

@@ -177,9 +177,9 @@ class Results:
             lines += ["", "Label-free: how well each student's heads predict its teachers' targets (in the standardised "
                       "space of the loss): mean cosine (1 is exact) and mean squared error per dimension (1 is the "
                       "teachers' mean), at the cached view 0 of rows it distilled on and of val and test rows; at "
-                      "cached views 1-4 of the distilled rows (those it trained on); at 4 fresh views (teachers rebuilt) of distilled and "
-                      "val rows (cached minus fresh: overfitting to replayed views; fresh distilled minus fresh val: to the "
-                      "images; '–': not measurable here):", "", *agreement]
+                      "cached views 1-4 of the distilled rows (those it trained on); at 4 fresh views (teachers "
+                      "rebuilt) of distilled and val rows (cached minus fresh: overfitting to replayed views; fresh "
+                      "distilled minus fresh val: to the images):", "", *agreement]
         for s, c in self.claims().items():
             worst = min(c["gap_to_best_teacher"], key=c["gap_to_best_teacher"].get)
             lines += ["", f"**{s}**: within {TOLERANCE:g} points of the best teacher on every task: "
