@@ -3,8 +3,8 @@
 For the finished students of the given arms of a pipeline's grid (``<out>/train-rows/runs/train-rows/<arm>/seed-<n>``,
 distilled by ``train_rows_only.py``), the label-free groups of ``evaluation.agreement`` are measured on the
 pipeline's probed world (the teachers rebuilt from their weights for the fresh views), each run once: kept in
-``<out>/view-overfitting.json`` while its student and eval's format are unchanged. Printed per arm, over the teachers' targets (their
-mean cosine, x100; mean ± 95 % t interval over seeds):
+``<out>/view-overfitting.json`` while its student and eval's format are unchanged. Printed per arm, over the
+teachers' targets (their mean cosine, x100; mean ± 95 % t interval over seeds):
 
 - replay: cosine on the distilled rows' cached views 1-4 (those it trained on; none for one view: '–') minus on 4
   fresh views of them (overfitting to the views it replayed; an online student saw neither: its replay is the

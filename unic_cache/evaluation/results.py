@@ -80,7 +80,7 @@ class Results:
         return np.asarray(self.models[model].get(AGREEMENT, {}).get(target, {}).get(metric, [np.nan]))
 
     def agreement_table(self) -> list[str]:
-        """Markdown rows: per student and target, cosine of its heads in every group of ``agreement.GROUPS`` and
+        """Markdown rows: per student and target, cosine of its heads in every group of ``GROUPS`` and
         standardised error at view 0 on the rows it distilled on and on val and test rows (empty when no student has
         them)."""
         rows = [(m, t) for m in self.of_kind("student") for t in self.models[m].get(AGREEMENT, {})]
@@ -236,7 +236,7 @@ class Results:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "chart": folder / f"{stem}.png"}
         write_atomic(paths["json"], json.dumps({"tasks": self.tasks, "dense": self.dense, "split": self.split,
-                                             "models": self.models, "claims": self.claims()}, indent=1))
+                                                "models": self.models, "claims": self.claims()}, indent=1))
         write_atomic(paths["markdown"], self.markdown())
         self.chart(paths["chart"])
         return paths
