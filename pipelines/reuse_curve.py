@@ -112,10 +112,10 @@ def lower_bound(values: np.ndarray) -> float:
     return mean - half
 
 
-def cell(values: np.ndarray, sign: str = "+") -> str:
+def cell(values: np.ndarray, sign: str = "+", digits: int = 1) -> str:
     """Mean ± half-width of the 95 % interval (the mean alone for one value); ``sign=""`` for a level, not a gap."""
     mean, half = interval(values)
-    return f"{mean:{sign}.1f}" if np.isnan(half) else f"{mean:{sign}.1f} ± {half:.1f}"
+    return f"{mean:{sign}.{digits}f}" if np.isnan(half) else f"{mean:{sign}.{digits}f} ± {half:.{digits}f}"
 
 
 def limit(curves: dict[str, list[dict]]) -> tuple[float | None, list[str]]:

@@ -66,6 +66,11 @@ def _weights(out: Path, name: str, spec: dict) -> str | None:
     return spec.get("weights")
 
 
+def probed_config(config: dict) -> dict:
+    """The pipeline whose world the students are probed on: with ``data.distill_on`` its cache holds view 0 only."""
+    return {**config, "cache": {**(config.get("cache") or {}), "views": 1}} if config["data"].get("distill_on") else config
+
+
 def seed_list(spec: str) -> list[int]:
     """``0-9`` or ``0,1,5`` -> seeds."""
     seeds = []
@@ -116,8 +121,7 @@ def main() -> None:
     config = load_config(args.pipeline, args.set)
     out, name = Path(config["out"]), "train-rows"
     other_world = config["data"].get("distill_on")
-    probed = {**config, "cache": {**(config.get("cache") or {}), "views": 1}} if other_world else config
-    whole = Pipeline(probed)
+    whole = Pipeline(probed_config(config))
     data, folder = Path(whole.data()), out / name
     for teacher, spec in config["teachers"].items():  # trained, and extracted on the whole world, once
         whole.teacher(str(data), teacher, spec)

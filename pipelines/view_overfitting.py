@@ -23,7 +23,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from unic_cache import load_config
 from unic_cache.cache.sources import open_source
@@ -35,19 +34,15 @@ from unic_cache.evaluation.evaluate import EVAL_FORMAT
 from unic_cache.evaluation.labels import read_split
 from unic_cache.pipeline import Pipeline
 
-from train_rows_only import finished_runs
+from reuse_curve import cell
+from train_rows_only import finished_runs, probed_config
 
 MEASURES = {"replay": ("distilled_cached", "distilled_fresh"), "images": ("distilled_fresh", "val_fresh")}
 
 
 def interval(values: np.ndarray) -> str:
-    """``mean ± 95 % t half-width`` (x100 already applied), or the value alone for one seed."""
-    if np.isnan(values).any():
-        return "–"
-    if len(values) < 2:
-        return f"{values.mean():+.2f}" if len(values) else "–"
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return f"{values.mean():+.2f} ± {half:.2f}"
+    """``reuse_curve.cell`` to two decimals (x100 already applied); "–" where nothing was measured."""
+    return "–" if not len(values) or np.isnan(values).any() else cell(values, digits=2)
 
 
 def measure(report: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -83,8 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.pipeline, [])
     out = Path(config["out"])
-    probed = {**config, "cache": {**(config.get("cache") or {}), "views": 1}} if config["data"].get("distill_on") else config
-    whole = Pipeline(probed, progress=False)
+    whole = Pipeline(probed_config(config), progress=False)
     data, cache = whole.data(), Cache.open(whole.cache_url)
     rows = np.flatnonzero(~cache.bad)
     split = read_split(open_source(data)).rows(cache.keys)[rows]

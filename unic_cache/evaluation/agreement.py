@@ -83,6 +83,7 @@ class HeadAgreement:
         self.heads_state = {k[len("heads."):]: v for k, v in heads.items() if k.startswith("heads.")}
         self.encoder_state = load_file(str(student_weights(self.run)))
         self._rebuilt: dict[tuple[str, str], Teacher] = {}  # (teacher, weights sha256) -> the teacher, rebuilt once
+        self._students: dict[tuple, Student] = {}  # token grids -> the student, built once for every view compared
 
     def teacher(self, name: str, info: TeacherInfo) -> Teacher:
         """Teacher ``name`` as a cache holding it was extracted with (``UserError`` when it cannot be rebuilt here)."""
@@ -93,6 +94,12 @@ class HeadAgreement:
 
     def student(self, grids: dict[str, tuple[int, int]]) -> Student:
         """The run's student (encoder and heads) predicting patch targets on ``grids`` (teacher -> token grid)."""
+        key = tuple(sorted(grids.items()))
+        if key not in self._students:
+            self._students[key] = self._build_student(grids)
+        return self._students[key]
+
+    def _build_student(self, grids: dict[str, tuple[int, int]]) -> Student:
         c = self.config
         targets = {t.name: (self.norms[t].out_dim, grids[t.teacher] if t.kind == "patch" else None) for t in self.targets}
         student = Student(c["student"], c["img_size"], targets, c.get("lop_blocks", "all"), 0.0, self.out_factor,
