@@ -271,3 +271,19 @@ def test_head_agreement_on_a_fresh_view_rebuilds_the_teachers_targets_as_extract
     report = HeadAgreement(tmp_path / "run").report(Cache.open(one), str(root / "data"), split, rows)
     assert all("cosine_val" in m and "cosine_val_fresh" not in m and "cosine_distilled_fresh" not in m
                for m in report.values()), report
+
+
+def test_a_results_folder_takes_the_temp_name_a_kill_cut_and_still_refuses_a_users_file(tmp_path):
+    """eval's --out: results, and the temp name of one a kill cut between its write and its rename (results are
+    written atomically), are ours; a user's file, even one named like our temp name of a file that is not a result,
+    is refused in one line."""
+    from unic_cache.distillation.run_files import tmp_name
+    from unic_cache.evaluation.results import check_results_folder
+
+    (tmp_path / "results.md").write_text("| model |")
+    tmp_name(tmp_path / "results.json").write_text("{\"tasks\"")  # the kill came before the rename
+    check_results_folder(tmp_path)
+    users = tmp_name(tmp_path / "labels.csv")
+    users.write_text("a,b")
+    with pytest.raises(UserError, match=rf"holds files eval did not write \({users.name}\)"):
+        check_results_folder(tmp_path)
